@@ -1,0 +1,287 @@
+"""Every network of He et al. (2016) as one Flax module.
+
+`ResNet` builds the ImageNet nets of Table 1, the CIFAR-10 nets of Section 4.2 and their plain counterparts from a
+few fields. Blocks receive `conv` and `norm` factories (as in flax's examples/imagenet), so precision, initialisation
+and BatchNorm grouping are decided once, in `ResNet`. Named variants are `functools.partial`s of `ResNet`;
+`create_model` is the entry point other tools use.
+
+Layer names follow torchvision (`conv1`, `bn1`, `layer2_0`, `downsample`, `fc`) so that weights convert by name, and
+every convolution pads k//2 on both sides as Caffe and PyTorch do (XLA's 'SAME' pads stride-2 convolutions
+asymmetrically, which would shift every feature map by a pixel against the released weights).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.batch_norm import GroupedBatchNorm
+
+ModuleDef = Any
+Shortcut = Literal["A", "B", "C"]
+
+# He et al. (2015), "Delving deep into rectifiers": zero-mean Gaussian with std sqrt(2 / (k*k*c_in)) (Caffe "msra").
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _pad(kernel: int) -> list[tuple[int, int]]:
+    return [(kernel // 2, kernel // 2)] * 2
+
+
+class ShortcutBranch(nn.Module):
+    """The shortcut of one block: identity, option A (zero padding) or a 1x1 projection (options B and C).
+
+    `avg_down` is mmpretrain's v1d downsampling: average-pool 2x2 before a stride-1 projection, so the shortcut sees
+    every input pixel rather than one in four.
+    """
+
+    features: int
+    strides: int
+    kind: Literal["identity", "zero_pad", "projection"]
+    conv: ModuleDef
+    norm: ModuleDef
+    avg_down: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind == "identity":
+            return x
+        if self.kind == "projection":
+            strides = self.strides
+            if self.avg_down and self.strides > 1:
+                x = nn.avg_pool(x, (self.strides, self.strides), (self.strides, self.strides),
+                                padding="SAME", count_include_pad=False)
+                strides = 1
+            x = self.conv(self.features, (1, 1), (strides, strides), padding=_pad(1), name="conv")(x)
+            return self.norm(name="bn")(x)
+        # Option A: subsample by striding, then zero-pad the new channels, split evenly before and after the old
+        # ones (as the public CIFAR reproduction does, so its weights load unchanged). No parameters.
+        x = x[:, :: self.strides, :: self.strides, :]
+        extra = self.features - x.shape[-1]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    shortcut: ModuleDef | None  # a ShortcutBranch factory; None for plain nets
+    zero_init_last: bool = False
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad(3), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+        y = self.norm(name="bn2", scale_init=_last_scale_init(self.zero_init_last))(y)
+        return nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x))
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152).
+
+    `stride_on_3x3` False is the authors' release ("v1": the stride sits on the first 1x1); True is torchvision's
+    and NVIDIA's "v1.5" (about +0.5% top-1 and 5% more multiply-adds).
+    """
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    shortcut: ModuleDef | None  # a ShortcutBranch factory; None for plain nets
+    zero_init_last: bool = False
+    stride_on_3x3: bool = False
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        y = self.conv(self.features, (1, 1), (s1, s1), padding=_pad(1), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), (s3, s3), padding=_pad(3), name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.features * 4, (1, 1), padding=_pad(1), name="conv3")(y)
+        y = self.norm(name="bn3", scale_init=_last_scale_init(self.zero_init_last))(y)
+        return nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x))
+
+
+def _last_scale_init(zero: bool) -> Callable:
+    return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+class ResNet(nn.Module):
+    """A residual or plain network of He et al. (2016).
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50 or (3, 3, 3) for CIFAR ResNet-20.
+      block_cls: `BasicBlock` or `BottleneckBlock`.
+      num_classes: width of the final fully-connected layer.
+      widths: base width of each stage (bottleneck outputs are 4x this).
+      stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool), 'cifar' (3x3 conv, 16 filters) or 'deep' (mmpretrain v1d:
+        three 3x3 convs + max pool).
+      shortcut: 'A' zero-padding identity, 'B' projection where the shape changes, 'C' projection everywhere.
+      residual: False gives the plain net of the same depth (no shortcuts at all).
+      stride_on_3x3: bottleneck stride placement; False is v1 (the paper's release), True v1.5.
+      avg_down: v1d's average-pool downsampling in projection shortcuts.
+      zero_init_last_bn: start each residual branch at zero (Goyal et al. 2017); off in the paper.
+      bn_group_size: BatchNorm statistics per group of this many examples ("ghost" batches) during training, to
+        reproduce the paper's per-GPU BN (32 per GPU on ImageNet) whatever the device count; None uses the whole
+        (global) batch, i.e. cross-device BN.
+      bn_momentum: decay of the BN moving averages.
+      dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: ModuleDef
+    num_classes: int
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem: Literal["imagenet", "cifar", "deep"] = "imagenet"
+    shortcut: Shortcut = "B"
+    residual: bool = True
+    stride_on_3x3: bool = False
+    avg_down: bool = False
+    zero_init_last_bn: bool = False
+    bn_group_size: int | None = None
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, features: bool = False) -> jax.Array | dict[str, jax.Array]:
+        """Returns logits [N, num_classes], or with `features=True` the stage outputs {'C2': .., 'C5': ..}.
+
+        CIFAR nets have three stages, returned as C2..C4.
+        """
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
+        norm = functools.partial(GroupedBatchNorm, use_running_average=not train, group_size=self.bn_group_size,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+        x = self._stem(x.astype(self.dtype), conv, norm)
+
+        stages = {}
+        in_features = x.shape[-1]
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                out_features = self.widths[i] * self.block_cls.expansion
+                block_kwargs = {"stride_on_3x3": self.stride_on_3x3} if self.block_cls is BottleneckBlock else {}
+                x = self.block_cls(
+                    features=self.widths[i], strides=strides, conv=conv, norm=norm,
+                    shortcut=self._shortcut(in_features, out_features, strides, conv, norm),
+                    zero_init_last=self.zero_init_last_bn, name=f"layer{i + 1}_{j}", **block_kwargs)(x)
+                in_features = out_features
+            stages[f"C{i + 2}"] = x
+        if features:
+            return stages
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+
+    def _stem(self, x: jax.Array, conv: ModuleDef, norm: ModuleDef) -> jax.Array:
+        if self.stem == "cifar":
+            return nn.relu(norm(name="bn1")(conv(self.widths[0], (3, 3), padding=_pad(3), name="conv1")(x)))
+        if self.stem == "imagenet":
+            x = nn.relu(norm(name="bn1")(conv(self.widths[0], (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)))
+        else:  # deep
+            for k, (width, strides) in enumerate(((self.widths[0] // 2, 2), (self.widths[0] // 2, 1),
+                                                  (self.widths[0], 1))):
+                x = conv(width, (3, 3), (strides, strides), padding=_pad(3), name=f"stem_conv{k + 1}")(x)
+                x = nn.relu(norm(name=f"stem_bn{k + 1}")(x))
+        return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+
+    def _shortcut(self, in_features: int, out_features: int, strides: int, conv: ModuleDef,
+                  norm: ModuleDef) -> ModuleDef | None:
+        if not self.residual:
+            return None
+        if strides == 1 and in_features == out_features:
+            kind = "projection" if self.shortcut == "C" else "identity"
+        else:
+            kind = "zero_pad" if self.shortcut == "A" else "projection"
+        return functools.partial(ShortcutBranch, features=out_features, strides=strides, kind=kind, conv=conv,
+                                 norm=norm, avg_down=self.avg_down)
+
+
+_IMAGENET_DEPTHS = {
+    18: ((2, 2, 2, 2), BasicBlock),
+    34: ((3, 4, 6, 3), BasicBlock),
+    50: ((3, 4, 6, 3), BottleneckBlock),
+    101: ((3, 4, 23, 3), BottleneckBlock),
+    152: ((3, 8, 36, 3), BottleneckBlock),
+}
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # 6n + 2
+
+
+def _imagenet(depth: int, **fields: Any) -> Callable[..., ResNet]:
+    stage_sizes, block_cls = _IMAGENET_DEPTHS[depth]
+    return functools.partial(ResNet, stage_sizes=stage_sizes, block_cls=block_cls, **fields)
+
+
+def _cifar(depth: int, **fields: Any) -> Callable[..., ResNet]:
+    n = (depth - 2) // 6
+    return functools.partial(ResNet, stage_sizes=(n, n, n), block_cls=BasicBlock, widths=(16, 32, 64), stem="cifar",
+                             shortcut="A", **fields)
+
+
+_REGISTRY: dict[str, Callable[..., ResNet]] = {}
+for _depth in _IMAGENET_DEPTHS:
+    _REGISTRY[f"resnet{_depth}"] = _imagenet(_depth)
+    _REGISTRY[f"plain{_depth}"] = _imagenet(_depth, residual=False)
+for _depth in (50, 101, 152):
+    _REGISTRY[f"resnet{_depth}_v1d"] = _imagenet(_depth, stem="deep", avg_down=True, stride_on_3x3=True)
+for _depth in _CIFAR_DEPTHS:
+    _REGISTRY[f"resnet{_depth}"] = _cifar(_depth)
+    if _depth != 1202:
+        _REGISTRY[f"plain{_depth}"] = _cifar(_depth, residual=False)
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Every named network: ImageNet `resnet18..152`, `plain18..152`, `resnet50_v1d..152_v1d`; CIFAR `resnet20..1202`,
+`plain20..110`."""
+
+_OPTIONS = {
+    "shortcut": ("A", "B", "C"),
+    "stride_on_3x3": (False, True),
+    "zero_init_last_bn": (False, True),
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+_FREE_OPTIONS = ("bn_group_size", "bn_momentum", "bn_epsilon")
+
+
+def is_cifar(name: str) -> bool:
+    """Whether `name` is one of the 6n+2 CIFAR-10 nets (32x32 inputs)."""
+    return _REGISTRY[name].keywords.get("stem") == "cifar"
+
+
+def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
+    """Builds a named network.
+
+    Args:
+      name: one of `MODEL_NAMES`.
+      num_classes: output width (1000 for ImageNet, 10 for CIFAR-10).
+      **options: `shortcut` ('A'|'B'|'C'; default B for ImageNet nets, A for CIFAR), `stride_on_3x3` (v1.5),
+        `zero_init_last_bn`, `dtype` ('float32'|'bfloat16'|'float16' or a dtype), `bn_group_size`,
+        `bn_momentum`, `bn_epsilon`.
+
+    Raises:
+      ValueError: for an unknown name, option or option value; the message lists the valid ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model {name!r}. Valid names: {', '.join(MODEL_NAMES)}.")
+    for key, value in options.items():
+        if key in _FREE_OPTIONS:
+            continue
+        if key not in _OPTIONS:
+            raise ValueError(f"Unknown option {key!r} for create_model. Valid options: "
+                             f"{', '.join((*_OPTIONS, *_FREE_OPTIONS))}.")
+        if key == "dtype":
+            value = jnp.dtype(value).name
+        if value not in _OPTIONS[key]:
+            raise ValueError(f"Invalid value {value!r} for option {key!r}. Valid values: {_OPTIONS[key]}.")
+    if "dtype" in options:
+        options["dtype"] = jnp.dtype(options["dtype"])
+    return _REGISTRY[name](num_classes=num_classes, **options)
