@@ -1,0 +1,54 @@
+"""CIFAR-10, Section 4.2 and Table 6: the 6n+2 nets and their plain counterparts on the paper's recipe.
+
+    python -m resnet_jax.main --config=configs/cifar10.py:resnet110 --workdir=workdirs/cifar10_resnet110
+
+ARG is a CIFAR model name (resnet20/32/44/56/110/1202, plain20/32/44/56/110), optionally followed by ",quick"
+(a few-minute CPU schedule for trying the code, not a paper setting) or ",holdout" (the 45k/5k train/val split on
+which the paper chose its schedule). Recipe: batch 128 in BN groups of 64 (the paper's 2 GPUs), SGD momentum 0.9,
+weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; pad-4 random crop and flip, per-pixel
+mean subtracted; single-view test. ResNet-110 and 1202 warm up at lr 0.01 until the training error is below 80%.
+
+Paper (Table 6, test error %): ResNet-20 8.75, 32 7.51, 44 7.17, 56 6.97, 110 6.43 (mean 6.61 +- 0.16), 1202 7.93.
+Our data is CIFAR-10 re-encoded as JPEG q75 (see README): expect higher absolute errors.
+Hardware: ResNet-110 takes about 64k steps x 128 images; see benchmarks/RESULTS.md for measured step times.
+"""
+
+from resnet_jax.config import base_config
+
+CIFAR_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+                "plain20", "plain32", "plain44", "plain56", "plain110")
+
+
+def get_config(arg: str = "resnet20"):
+    model, *variants = arg.split(",")
+    if model not in CIFAR_MODELS:
+        raise ValueError(f"configs/cifar10.py:{arg}: model must be one of {CIFAR_MODELS}.")
+    unknown = set(variants) - {"quick", "holdout"}
+    if unknown:
+        raise ValueError(f"configs/cifar10.py:{arg}: unknown variants {sorted(unknown)}; use 'quick' or 'holdout'.")
+
+    c = base_config("cifar10", model)
+    c.batch_size = 128
+    c.num_steps = 64_000
+    c.model.bn_group_size = 64
+    c.schedule.kind = "steps"
+    c.schedule.base_lr = 0.1
+    c.schedule.boundaries = (32_000, 48_000)
+    if model in ("resnet110", "resnet1202"):
+        c.schedule.warmup_lr = 0.01
+    c.eval.split = "test"
+    c.eval.protocol = "single"
+    c.eval.batch_size = 500
+    c.eval.every_steps = 2_000
+    c.checkpoint_every_steps = 2_000
+
+    if "holdout" in variants:
+        c.data.holdout_val = True
+        c.eval.split = "val"
+    if "quick" in variants:
+        c.num_steps = 600
+        c.schedule.boundaries = (400, 500)
+        c.log_every_steps = 50
+        c.eval.every_steps = 300
+        c.checkpoint_every_steps = 300
+    return c

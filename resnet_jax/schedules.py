@@ -1,0 +1,69 @@
+"""Learning-rate schedules of the paper, run on the host and checkpointed with the model.
+
+They react to measured errors (the ImageNet drop "when the error plateaus", ResNet-110's warm-up "until the training
+error is below 80%"), so they are small stateful objects rather than optax schedules of the step alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+class StepSchedule:
+    """`base_lr`, multiplied by `factor` at each boundary (CIFAR: 0.1, /10 at 32k and 48k).
+
+    With `warmup_lr`, the rate is `warmup_lr` until a reported training error falls below `warmup_until_error`
+    (Section 4.2's ResNet-110/1202 warm-up: 0.01 until training error < 80%, about 400 iterations).
+    """
+
+    def __init__(self, base_lr: float, boundaries: Sequence[int], factor: float = 0.1,
+                 warmup_lr: float | None = None, warmup_until_error: float = 0.8):
+        self.base_lr, self.boundaries, self.factor = base_lr, tuple(boundaries), factor
+        self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
+        self.warmup_ended_at: int | None = None if warmup_lr is not None else 0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_ended_at is None:
+            return self.warmup_lr
+        return self.base_lr * self.factor ** sum(step >= b for b in self.boundaries)
+
+    def observe(self, step: int, *, train_error: float | None = None, val_error: float | None = None) -> None:
+        if self.warmup_ended_at is None and train_error is not None and train_error < self.warmup_until_error:
+            self.warmup_ended_at = step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup_ended_at": self.warmup_ended_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warmup_ended_at = state["warmup_ended_at"]
+
+
+class PlateauSchedule:
+    """`base_lr`, multiplied by `factor` when the validation error has not improved by `min_delta` over the last
+    `patience` evaluations (Section 3.4: "divided by 10 when the error plateaus"), at most `max_drops` times."""
+
+    def __init__(self, base_lr: float, factor: float = 0.1, patience: int = 3, min_delta: float = 0.001,
+                 max_drops: int = 3):
+        self.base_lr, self.factor, self.patience, self.min_delta, self.max_drops = (
+            base_lr, factor, patience, min_delta, max_drops)
+        self.drops, self.best, self.evals_since_best = 0, float("inf"), 0
+
+    def __call__(self, step: int) -> float:
+        return self.base_lr * self.factor ** self.drops
+
+    def observe(self, step: int, *, train_error: float | None = None, val_error: float | None = None) -> None:
+        if val_error is None:
+            return
+        if val_error < self.best - self.min_delta:
+            self.best, self.evals_since_best = val_error, 0
+            return
+        self.evals_since_best += 1
+        if self.evals_since_best >= self.patience and self.drops < self.max_drops:
+            self.drops, self.evals_since_best = self.drops + 1, 0
+            self.best = min(self.best, val_error)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drops": self.drops, "best": self.best, "evals_since_best": self.evals_since_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drops, self.best, self.evals_since_best = state["drops"], state["best"], state["evals_since_best"]
