@@ -55,7 +55,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
-    c.eval.protocol = "single"
+    c.eval.protocol = "single"  # periodic evaluation
+    c.eval.final_protocol = ml_collections.config_dict.placeholder(str)  # the table's protocol, run once at the end
     c.eval.batch_size = 256
     c.eval.every_steps = 2_000
 
@@ -79,10 +80,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     checks = [
         (config.schedule.kind in SCHEDULES, f"config.schedule.kind must be one of {SCHEDULES}"),
         (config.eval.protocol in PROTOCOLS, f"config.eval.protocol must be one of {PROTOCOLS}"),
+        (config.eval.final_protocol in (None, *PROTOCOLS), f"config.eval.final_protocol must be one of {PROTOCOLS}"),
         (models.is_cifar(config.model.name) == (config.data.name != "imagenet2012"),
          f"config.model.name={config.model.name!r} does not fit data.name={config.data.name!r} (CIFAR nets take "
          "32x32 CIFAR images, ImageNet nets 224x224 ImageNet images)"),
-        ((config.eval.protocol == "single") == (config.data.name != "imagenet2012"),
+        (all((p == "single") == (config.data.name != "imagenet2012")
+             for p in (config.eval.protocol, config.eval.final_protocol or config.eval.protocol)),
          "config.eval.protocol: 'single' is the CIFAR protocol; ImageNet uses '1crop', '10crop' or 'multiscale'"),
         (config.batch_size > 0 and config.num_steps > 0 and config.eval.batch_size > 0,
          "config.batch_size, config.num_steps and config.eval.batch_size must be positive"),

@@ -10,14 +10,14 @@ import json
 import jax
 from absl import app, flags
 
+from etils import epath
+
 from resnet_jax import train
-from resnet_jax.checkpoints import Checkpointer
-from resnet_jax.config import PROTOCOLS, model_from_config
-from resnet_jax.optim import make_optimizer
+from resnet_jax.config import PROTOCOLS
 from resnet_jax.sharding import check_divisible, make_mesh
 
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
-flags.DEFINE_enum("protocol", None, PROTOCOLS, "Test protocol (default: the run's config.eval.protocol).")
+flags.DEFINE_enum("protocol", None, PROTOCOLS, "Test protocol (default: the run's final protocol, else its config.eval.protocol).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval.split).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("batch_size", None, "Global evaluation batch size (default: the run's config.eval.batch_size).")
@@ -26,24 +26,18 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
-    config = train.load_run_config(FLAGS.workdir)
+    config, model, state = train.load_run(FLAGS.workdir, FLAGS.step)
     if FLAGS.batch_size:
         config.eval.batch_size = FLAGS.batch_size
     mesh = make_mesh()
     check_divisible(config.eval.batch_size, mesh, "--batch_size")
-    model = model_from_config(config.model)
-    template = train.create_train_state(model, make_optimizer(**config.optimizer), train.image_shape(config),
-                                        config.seed, mesh)
-    checkpointer = Checkpointer(f"{FLAGS.workdir}/checkpoints", train.model_signature(config, template.params))
-    if checkpointer.latest_step is None:
-        raise FileNotFoundError(f"No checkpoint in {FLAGS.workdir}/checkpoints.")
-    state, _, _ = checkpointer.restore(template, FLAGS.step)
-    protocol, split = FLAGS.protocol or config.eval.protocol, FLAGS.split or config.eval.split
+    protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
+    split = FLAGS.split or config.eval.split
     result = train.run_evaluation(config, model, state.variables(), mesh, protocol=protocol, split=split)
     step = int(state.step)
     if jax.process_index() == 0:
-        with open(f"{FLAGS.workdir}/eval_{protocol}_{split}_{step}.json", "w") as f:
-            json.dump({"step": step, "protocol": protocol, "split": split, **result}, f, indent=2)
+        (epath.Path(FLAGS.workdir) / f"eval_{protocol}_{split}_{step}.json").write_text(
+            json.dumps({"step": step, "protocol": protocol, "split": split, **result}, indent=2))
         print(f"step {step} {split} {protocol}: top-1 error {100 * result['top1_error']:.2f}%, top-5 error "
               f"{100 * result['top5_error']:.2f}% ({result['examples']} examples)", flush=True)
 

@@ -8,31 +8,31 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, total_steps: int):
+    def __init__(self, workdir: str | epath.PathLike, total_steps: int):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
-        self.path = Path(workdir) / METRICS_FILE
+        self.path = epath.Path(workdir) / METRICS_FILE
         self._tensorboard = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
         self._last = (time.perf_counter(), None)
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Appends a record `{"step", "kind", **values}`; kind is 'train' or 'eval'."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with self.path.open("a") as f:
             f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
         for key, value in values.items():
             if isinstance(value, (int, float)):
@@ -59,10 +59,10 @@ class MetricWriter:
             self._tensorboard.close()
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(workdir: str | epath.PathLike) -> list[dict[str, Any]]:
     """The records of a run's JSON-lines log (a resumed run may repeat steps; the last record of a step wins)."""
     records: dict[tuple[str, int], dict] = {}
-    with open(Path(workdir) / METRICS_FILE) as f:
+    with (epath.Path(workdir) / METRICS_FILE).open() as f:
         for line in f:
             record = json.loads(line)
             records[(record["kind"], record["step"])] = record

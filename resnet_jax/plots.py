@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,5 +36,6 @@ def plot_training_curves(workdirs: Sequence[str | Path], labels: Sequence[str], 
     ax.grid(alpha=0.3)
     ax.legend(title="dashed: training, bold: test")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with epath.Path(path).open("wb") as f:  # also gs://
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

@@ -183,6 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.log(f"step {step}  {config.eval.split} error: top-1 {100 * result['top1_error']:.2f}%  top-5 "
                        f"{100 * result['top5_error']:.2f}% ({result['examples']} examples)")
             schedule.observe(step, val_error=result["top1_error"])
+        if last and config.eval.final_protocol not in (None, config.eval.protocol):
+            result = run_evaluation(config, model, state.variables(), mesh, protocol=config.eval.final_protocol)
+            writer.write(step, f"eval_{config.eval.final_protocol}", result)
+            writer.log(f"final {config.eval.final_protocol} {config.eval.split} error: top-1 "
+                       f"{100 * result['top1_error']:.2f}%  top-5 {100 * result['top5_error']:.2f}%")
 
         preempted = preemption.event.is_set() or checkpointer.reached_preemption(step)
         if step % config.checkpoint_every_steps == 0 or last or preempted:
@@ -197,20 +202,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return {}
 
     if not result:  # the run had already finished
-        result = run_evaluation(config, model, state.variables(), mesh)
+        result = run_evaluation(config, model, state.variables(), mesh,
+                                protocol=config.eval.final_protocol or config.eval.protocol)
     checkpointer.wait()
     checkpointer.close()
     writer.close()
     if jax.process_index() == 0:
         plot_training_curves([workdir], [config.model.name], workdir_path / "curves.png",
                              title=f"{config.model.name} on {config.data.name}")
-        (workdir_path / "result.json").write_text(json.dumps(result, indent=2))
+        (workdir_path / "result.json").write_text(json.dumps(
+            {**result, "protocol": config.eval.final_protocol or config.eval.protocol, "split": config.eval.split},
+            indent=2))
     return result
 
 
-def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was started with."""
+def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, Any, TrainState]:
+    """(config, model, state) of the checkpoint of a run at `step` (default: the latest), on all devices."""
     path = epath.Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {workdir} is not the workdir of a resnet_jax run.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    mesh = make_mesh()
+    model = model_from_config(config.model)
+    template = create_train_state(model, make_optimizer(**config.optimizer), image_shape(config), config.seed, mesh)
+    checkpointer = Checkpointer(epath.Path(workdir) / "checkpoints", model_signature(config, template.params))
+    if checkpointer.latest_step is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+    state, _, _ = checkpointer.restore(template, step)
+    checkpointer.close()
+    return config, model, state

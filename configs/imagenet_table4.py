@@ -1,0 +1,29 @@
+"""Table 4: single-model results with multi-scale fully-convolutional testing (shorter side in
+{224, 256, 384, 480, 640}, score maps averaged over positions and scales).
+
+    python -m resnet_jax.main --config=configs/imagenet_table4.py:resnet50 --workdir=gs://BUCKET/table3_resnet50
+    python -m resnet_jax.evaluate --workdir=gs://BUCKET/table3_resnet50 --protocol=multiscale
+
+The nets and their training are those of Table 3: a finished Table 3 run gives its Table 4 row by evaluating its
+checkpoint with --protocol=multiscale (second command); training with this config does both in one run.
+ARG: resnet34_B, resnet34_C, resnet50, resnet101, resnet152.
+Paper, top-1 / top-5 error % (validation): ResNet-34 B 21.84/5.71, C 21.53/5.60; ResNet-50 20.74/5.25;
+ResNet-101 19.87/4.60; ResNet-152 19.38/4.49.
+Hardware: as Table 3; multi-scale evaluation runs 5 scales of up to 1280x1280 canvases per image.
+"""
+
+from configs import imagenet
+
+ROWS = {  # ARG: (model, shortcut, paper (top-1, top-5) error %)
+    "resnet34_B": ("resnet34", "B", (21.84, 5.71)),
+    "resnet34_C": ("resnet34", "C", (21.53, 5.60)),
+    "resnet50": ("resnet50", "B", (20.74, 5.25)),
+    "resnet101": ("resnet101", "B", (19.87, 4.60)),
+    "resnet152": ("resnet152", "B", (19.38, 4.49)),
+}
+
+
+def get_config(arg: str = "resnet50"):
+    c = imagenet.table_config(ROWS, arg, final_protocol="multiscale")
+    c.eval.batch_size = 32  # five canvases of up to 1280x1280 per image
+    return c

@@ -1,0 +1,115 @@
+"""Figure 7: standard deviations of the layer responses of trained CIFAR-10 nets.
+
+    python experiments/layer_responses.py --workdirs=workdirs/depth_study/plain20,workdirs/depth_study/resnet20,... \
+        --output=workdirs/depth_study/figure7
+
+A response is the output of a 3x3 convolution after its BatchNorm, before the ReLU and the addition of the shortcut
+(Section 4.2). For each such layer we take the standard deviation of each channel over the test set (all images and
+positions) and average it over the channels. Writes <output>.csv (net, layer index, layer, std) and <output>.png
+(top: in layer order; bottom: sorted in descending order), as in the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_jax import data, train  # noqa: E402
+from resnet_jax.batch_norm import GroupedBatchNorm  # noqa: E402
+
+flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.", required=True)
+flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
+flags.DEFINE_string("split", "test", "Split whose images give the responses.")
+FLAGS = flags.FLAGS
+
+
+def _is_3x3_response(path: tuple[str, ...]) -> bool:
+    # Every conv of the CIFAR nets but the projection shortcuts is 3x3; each is followed by the BN named after it.
+    return path[-1].startswith("bn") and "downsample" not in path
+
+
+def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, float]]:
+    """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split`."""
+    config, model, state = train.load_run(workdir)
+    variables = state.variables()
+
+    @jax.jit
+    def moments(images, mask):
+        _, captured = model.apply(variables, images[:, 0], train=False, capture_intermediates=lambda m, _: isinstance(
+            m, GroupedBatchNorm), mutable=["intermediates"])
+        flat = jax.tree_util.tree_flatten_with_path(captured["intermediates"])[0]
+        out = {}
+        for path, y in flat:
+            names = tuple(getattr(k, "key", None) for k in path if hasattr(k, "key"))[:-1]
+            if _is_3x3_response(names):
+                w = mask[:, None, None, None].astype(jnp.float32)
+                y = y.astype(jnp.float32)
+                out["/".join(names)] = (jnp.sum(w * y, (0, 1, 2)), jnp.sum(w * y * y, (0, 1, 2)),
+                                        jnp.sum(w) * y.shape[1] * y.shape[2])
+        return out
+
+    totals = None
+    for batch in data.eval_iterator(config.data, split=split, protocol="single", global_batch_size=500):
+        m = moments(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"]))
+        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    stds = []
+    for name, (s, ss, n) in totals.items():
+        mean = s / n
+        stds.append((name, float(jnp.mean(jnp.sqrt(jnp.maximum(ss / n - mean**2, 0))))))
+    return sorted(stds, key=lambda item: _layer_order(item[0]))
+
+
+def _layer_order(name: str) -> tuple:
+    parts = name.split("/")
+    if len(parts) == 1:  # the stem's bn1
+        return (0, 0, 0, 0)
+    stage, block = parts[0].removeprefix("layer").split("_")
+    return (1, int(stage), int(block), int(parts[1].removeprefix("bn")))
+
+
+def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5))
+    for net, stds in responses.items():
+        style = "--" if net.startswith("plain") else "-"
+        top.plot(range(1, len(stds) + 1), stds, style, label=net)
+        bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), style, label=net)
+    top.set(xlabel="layer index (original)", ylabel="std")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    responses = {}
+    with open(f"{FLAGS.output}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["net", "layer_index", "layer", "std"])
+        for workdir in FLAGS.workdirs:
+            net = Path(workdir).name
+            stds = layer_response_stds(workdir, FLAGS.split)
+            responses[net] = [s for _, s in stds]
+            writer.writerows((net, i + 1, name, f"{s:.6f}") for i, (name, s) in enumerate(stds))
+            print(f"{net}: {len(stds)} layers, mean std {np.mean(responses[net]):.4f}", flush=True)
+    plot_figure7(responses, f"{FLAGS.output}.png")
+
+
+if __name__ == "__main__":
+    app.run(main)

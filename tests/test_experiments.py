@@ -1,0 +1,101 @@
+"""The experiment scripts on small fake runs: job splitting, resume, and collecting tables and figures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import cifar_depth_study as study
+from experiments import imagenet_tables
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(run_dir: Path, evals: list[tuple[int, float]], train_error: float = 0.05, config: dict | None = None,
+              result: dict | None = None) -> None:
+    """A workdir as resnet_jax.main leaves it: metrics.jsonl, config.json and result.json."""
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for step, error in evals:
+            f.write(json.dumps({"step": step, "kind": "train", "loss": 1.0, "error": train_error + step * 1e-6,
+                                "learning_rate": 0.1, "images_per_sec": 1.0}) + "\n")
+            f.write(json.dumps({"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5,
+                                "examples": 10000}) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(config or {}))
+    (run_dir / "result.json").write_text(json.dumps(result or {"top1_error": evals[-1][1]}))
+
+
+def test_jobs_split_the_nets_exactly_once():
+    nets = study.study_nets(None, quick=False, with_1202=True)
+    assert nets[-1] == "resnet1202" and len(nets) == 11
+    for num_jobs in (1, 3, 4, 11, 20):
+        parts = [study.nets_for_job(nets, i, num_jobs) for i in range(num_jobs)]
+        assert sorted(n for part in parts for n in part) == sorted(nets)
+    with pytest.raises(ValueError, match="job_index"):
+        study.nets_for_job(nets, 3, 3)
+    with pytest.raises(ValueError, match="Unknown nets"):
+        study.study_nets(["resnet50"], quick=False, with_1202=False)
+    assert study.study_nets(None, quick=True, with_1202=False) == list(study.QUICK_NETS)
+
+
+def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
+    _fake_run(tmp_path / "plain20", [(100, 0.5)])
+    (tmp_path / "resnet20" / "checkpoints" / "50").mkdir(parents=True)  # interrupted: checkpoints, no result
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append((config, workdir))
+        return {"top1_error": 0.1}
+
+    assert study.run_nets(tmp_path, ["plain20", "resnet20", "plain56"], lambda net: net, fake_train)
+    assert calls == [("resnet20", str(tmp_path / "resnet20")), ("plain56", str(tmp_path / "plain56"))]
+    # a preempted net stops the job, so the scheduler can restart it
+    assert not study.run_nets(tmp_path, ["resnet56", "resnet110"], lambda net: net, lambda c, w: {})
+
+
+def test_quick_config_keeps_the_schedule_shape():
+    config = study.net_config("resnet110", quick=True, data_dir="/d", prepare_from=None, batch_size=None)
+    assert config.num_steps == study.QUICK_STEPS and tuple(config.schedule.boundaries) == study.QUICK_BOUNDARIES
+    assert config.schedule.warmup_lr == 0.01 and config.batch_size == 128 and config.data.data_dir == "/d"
+
+
+def test_collect_reports_the_final_not_the_best_epoch(tmp_path):
+    _fake_run(tmp_path / "resnet20", [(100, 0.30), (200, 0.08), (300, 0.09)])
+    _fake_run(tmp_path / "plain20", [(100, 0.40), (300, 0.12)], train_error=0.1)
+    _fake_run(tmp_path / "resnet110", [(300, 0.07)])
+    rows = study.collect(tmp_path, ["plain20", "resnet20", "resnet56", "resnet110"])
+    assert [r["net"] for r in rows] == ["plain20", "resnet20", "resnet110"]  # resnet56 has not run
+    assert rows[1]["test_error"] == 9.0 and rows[1]["paper_test_error"] == 8.75
+    table = (tmp_path / "table6.md").read_text()
+    assert "| resnet20 | 300 | 5.03 | 9.00 | 8.75 |" in table  # last training window, in %
+    assert (tmp_path / "table6.csv").read_text().splitlines()[0] == "net,steps,train_error,test_error,paper_test_error"
+    assert (tmp_path / "figure6.png").stat().st_size > 10_000
+
+
+def test_print_commands_gives_one_line_per_net(tmp_path):
+    result = subprocess.run([sys.executable, "experiments/cifar_depth_study.py", f"--workdir={tmp_path}", "--quick",
+                             "--print_commands"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) == len(study.QUICK_NETS)
+    assert all(line.endswith(f"--nets={net}") and "--quick" in line for line, net in zip(lines, study.QUICK_NETS))
+
+
+def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):
+    def config(model, shortcut):
+        return {"model": {"name": model, "shortcut": shortcut}}
+
+    _fake_run(tmp_path / "r34a", [(1, 0.2)], config=config("resnet34", "A"),
+              result={"top1_error": 0.2503, "top5_error": 0.0776, "protocol": "10crop"})
+    _fake_run(tmp_path / "r50", [(1, 0.2)], config=config("resnet50", "B"),
+              result={"top1_error": 0.2285, "top5_error": 0.0671, "protocol": "10crop"})
+    (tmp_path / "r50" / "eval_multiscale_validation_600000.json").write_text(json.dumps(
+        {"protocol": "multiscale", "top1_error": 0.2074, "top5_error": 0.0525}))
+    markdown = imagenet_tables.tables_markdown([str(tmp_path / "r34a"), str(tmp_path / "r50")])
+    table2, table3, table4 = markdown.split("### ")[1:]
+    assert "| resnet34 | A | 25.03 / 7.76 | 25.03 |" in table2  # Table 2 gives only top-1 in the paper
+    assert "| resnet18 | A | not run | 27.88 |" in table2
+    assert "| resnet50 | B | 22.85 / 6.71 | 22.85 / 6.71 |" in table3
+    assert "| resnet50 | B | 20.74 / 5.25 | 20.74 / 5.25 |" in table4
+    assert "| resnet34 | B | not run |" in table4
