@@ -1,0 +1,79 @@
+"""The per-pixel mean image of a training split, computed once by `prepare` and stored beside it.
+
+CIFAR: the mean of the 32x32 training images.
+
+ImageNet: crops come from images resized to many scales, so no image-sized mean lines up with
+them. We store the mean of the 1-crop view (shorter side 256, centre 224 crop) of every training
+image, which is exactly the geometry of the 1-crop and 10-crop test views and the average
+geometry of the training crops (shorter side 368 on average, crop positions spread over the
+whole image). It is subtracted from every 224 crop, train or test; the multi-scale test views
+subtract it resized to the whole image. A natural-image mean is smooth, so the choice is a
+second-order detail -- but it is one, fixed, documented choice.
+
+The file `per_pixel_mean.npz` maps tfds split specs ('train', and for CIFAR also the 45k
+holdout training split) to float32 [H, W, 3] means in [0, 1] units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import grain
+import numpy as np
+
+from resnet_jax.data import images, pipeline, protocols, sources
+
+
+class _PixelBatch(grain.transforms.Map):
+    """Record indices -> {"index", "pixels": uint8 views}; unreadable records are logged and left out."""
+
+    def __init__(self, source, imagenet: bool):
+        self._source = source
+        self._imagenet = imagenet
+
+    def map(self, indices):
+        kept, views = [], []
+        for index, record in zip(indices, self._source.__getitems__(indices.tolist())):
+            try:
+                data = record["image"]
+                views.append(protocols.one_crop_pixels(data) if self._imagenet else images.decode_png(data))
+                kept.append(index)
+            except images.CorruptImageError as e:
+                logging.warning("Per-pixel mean: skipping unreadable record %d: %s", index, e)
+        return {"index": np.array(kept, np.int64), "pixels": np.stack(views)} if views else None
+
+
+def compute(source, imagenet: bool, holdout: bool = False, worker_count: int = 0) -> dict[str, np.ndarray]:
+    """Means of the whole training `source` and, with `holdout`, of all but its last 5000 (the 45k/5k split)."""
+    n = len(source)
+    holdout = holdout and n > sources.HOLDOUT_EXAMPLES
+    held_out = sources.HOLDOUT_EXAMPLES if holdout else 0
+    ds = grain.MapDataset.range(n).batch(256).map(_PixelBatch(source, imagenet)).to_iter_dataset()
+    ds = pipeline.in_worker_processes(ds, worker_count)
+    total = kept_total = None
+    count = kept_count = 0
+    with contextlib.closing(iter(ds)) as batches:
+        for batch in batches:
+            pixels = batch["pixels"].astype(np.float64)
+            kept = batch["index"] < n - held_out
+            batch_total, batch_kept = pixels.sum(0), pixels[kept].sum(0)
+            total = batch_total if total is None else total + batch_total
+            kept_total = batch_kept if kept_total is None else kept_total + batch_kept
+            count += len(pixels)
+            kept_count += int(kept.sum())
+    if not count:
+        raise ValueError("No readable training image to compute the per-pixel mean from.")
+    means = {"train": (total / count / 255).astype(np.float32)}
+    if holdout:
+        means[sources.HOLDOUT_TRAIN_SPEC] = (kept_total / kept_count / 255).astype(np.float32)
+    return means
+
+
+def store(directory, means: dict[str, np.ndarray]) -> None:
+    """Writes the means atomically: a dataset without its mean file is seen as half-prepared."""
+    path = directory / sources.MEAN_FILE
+    partial = directory / (sources.MEAN_FILE + ".partial")
+    with partial.open("wb") as f:
+        np.savez(f, **means)
+    partial.replace(path)

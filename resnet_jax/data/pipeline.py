@@ -1,0 +1,272 @@
+"""Training and evaluation loaders: grain over `tfds.data_source`, sharded by JAX process.
+
+Training (endless): the record indices are shuffled globally, differently every epoch, by the
+same seeded permutation on every process; process p of P takes the p-th local slice of each global
+batch of that stream, so together the processes read every example exactly once per epoch and their
+parts form exactly the global batch one process would read. An example's
+augmentation is drawn from a generator seeded by (seed, epoch, index), which makes the stream a
+pure function of the seed: the iterator's `get_state()` is a position in it, and an iterator
+restored with `set_state()` yields exactly the batches the uninterrupted one would have
+(with the same worker_count: grain's workers interleave batches).
+
+Evaluation (one pass): the split is padded to a whole number of global batches; global batch k
+holds records k*B ... k*B + B - 1 and process p the p-th b-sized slice of it, so the global
+batch assembled by `put_on_mesh` is in record order and every example is in exactly one
+batch of one process, whatever B. Batch formats: see protocols.py.
+
+Corrupt records follow `corrupt_policy`: 'fail' raises CorruptRecordError naming the record;
+'skip' logs the record (with a running count per process) and leaves it out (training) or
+masks it out (evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags
+from google.protobuf import message as protobuf_message
+
+from resnet_jax.data import images, protocols, sources, transforms
+
+_EVAL_VIEWS = {
+    "single": protocols.CifarSingleView,
+    "1crop": protocols.OneCropView,
+    "10crop": protocols.TenCropView,
+    "multiscale": protocols.MultiScaleView,
+}
+# Errors that mean "this record is damaged", as opposed to bugs.
+_CORRUPT_RECORD_ERRORS = (images.CorruptImageError, protobuf_message.DecodeError)
+
+
+class CorruptRecordError(ValueError):
+    """A record could not be read or decoded (corrupt_policy='fail')."""
+
+
+class _ExampleBatch(grain.transforms.Map):
+    """A batch of (epoch, record index) -> a batch of examples made by `view`, under the policy.
+
+    Records are fetched with one batched read (a single-record read of an ArrayRecord file costs
+    ~20x more). Index -1 is padding (evaluation); epoch -1 means no randomness (test views).
+    Training batches lose the records skipped as corrupt (a rebatch refills them); evaluation
+    batches keep them, masked out.
+    """
+
+    def __init__(self, source, view, *, seed: int, policy: str, where: str, padding: dict | None = None):
+        self._source = source
+        self._view = view
+        self._seed = seed
+        self._policy = policy
+        self._where = where
+        self._padding = padding
+        self._skipped = 0
+
+    def _corrupt(self, index: int, error: Exception) -> None:
+        if self._policy == "fail":
+            raise CorruptRecordError(
+                f"Record {index} of {self._where} is corrupt: {error}. Re-prepare the dataset, or set "
+                "data.corrupt_policy='skip' to skip (and log) such records."
+            ) from error
+        self._skipped += 1
+        logging.warning(
+            "Skipping corrupt record %d of %s (%d skipped by this process): %s",
+            index,
+            self._where,
+            self._skipped,
+            error,
+        )
+
+    def _records(self, indices: list[int]) -> list[dict | None]:
+        try:
+            return self._source.__getitems__(indices)
+        except _CORRUPT_RECORD_ERRORS:  # find the culprit(s) one record at a time
+            records = []
+            for index in indices:
+                try:
+                    records.append(self._source[index])
+                except _CORRUPT_RECORD_ERRORS as e:
+                    self._corrupt(index, e)
+                    records.append(None)
+            return records
+
+    def _example(self, record: dict | None, epoch: int, index: int) -> dict | None:
+        if record is None:
+            return None
+        try:
+            if epoch < 0:
+                example = self._view(record)
+            else:
+                example = self._view(record, np.random.default_rng((self._seed, epoch, index)))
+        except _CORRUPT_RECORD_ERRORS as e:
+            self._corrupt(index, e)
+            return None
+        example.update(label=np.int32(record["label"]), index=np.int32(index))
+        return example
+
+    def map(self, batch):
+        epochs, indices = (np.asarray(x).tolist() for x in batch)
+        records = iter(self._records([i for i in indices if i >= 0]))
+        examples = []
+        for epoch, index in zip(epochs, indices):
+            example = self._example(next(records), epoch, index) if index >= 0 else None
+            if example is not None:
+                if self._padding is not None:
+                    example["mask"] = True
+                examples.append(example)
+            elif self._padding is not None:  # padding, or a skipped record, counted nowhere
+                examples.append({**self._padding, "label": np.int32(-1), "index": np.int32(index), "mask": False})
+        if not examples:
+            return None
+        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+class _WithEpoch(grain.transforms.MapWithIndex):
+    """Position p in the repeated stream of an n-record split -> (epoch, record index)."""
+
+    def __init__(self, num_records: int):
+        self._num_records = num_records
+
+    def map_with_index(self, position, index):
+        return position // self._num_records, index
+
+
+class _EvalPosition(grain.transforms.Map):
+    """Local position -> (no epoch, record index), index -1 for padding (see module docstring)."""
+
+    def __init__(self, num_records: int, global_batch: int, process_index: int, local_batch: int):
+        self._num_records = num_records
+        self._global_batch = global_batch
+        self._offset = process_index * local_batch
+        self._local_batch = local_batch
+
+    def map(self, position):
+        step, within = divmod(position, self._local_batch)
+        index = step * self._global_batch + self._offset + within
+        return -1, (index if index < self._num_records else -1)
+
+
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        shard = grain.sharding.ShardByJaxProcess()
+        process_index = shard.shard_index if process_index is None else process_index
+        process_count = shard.shard_count if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
+    return process_index, process_count
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of the "
+            f"{process_count} processes (each builds an equal local part of the global batch)."
+        )
+    return global_batch_size // process_count
+
+
+def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int = 1) -> grain.IterDataset:
+    """`ds` computed by `worker_count` grain worker processes (none: in this process)."""
+    if not worker_count:
+        return ds
+    if not flags.FLAGS.is_parsed():
+        # grain 0.2.18 reads an absl flag when starting workers, which fails in programs that do not
+        # parse absl flags (google/grain#1355); the flags keep their defaults.
+        flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=prefetch))
+
+
+def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.DatasetIterator:
+    return iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch))
+
+
+def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
+    # Elements are whole batches here, so a buffer of one batch per thread is enough.
+    return grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=max(cfg.read_threads, 1))
+
+
+def train_positions(
+    num_records: int, seed: int, local_batch: int, process_index: int, process_count: int
+) -> grain.MapDataset:
+    """This process's endless stream of local batches of (epoch, record index).
+
+    Every process shuffles all records with the same permutation, different each epoch; global batch k is
+    positions [k*B, (k+1)*B) of that stream and process p takes the p-th slice of b = B / process_count of it.
+    The processes' parts, concatenated in process order, are therefore exactly the global batch a single process
+    reads, so BatchNorm groups and results do not depend on the number of hosts.
+    """
+    # Hashing the seed keeps runs with nearby seeds apart (grain shuffles epoch e with seed + e).
+    shuffle_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    ds = grain.MapDataset.range(num_records).shuffle(seed=shuffle_seed).repeat()
+    return ds.map_with_index(_WithEpoch(num_records)).batch(local_batch)[process_index::process_count]
+
+
+def train_iterator(
+    cfg: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Endless iterator of this process's part of each global training batch.
+
+    Batches: {"image": float32 [b, H, W, 3], "label": int32 [b], "index": int32 [b]} with
+    b = global_batch_size // process_count (H = W = 224 for ImageNet, 32 for CIFAR); "index" is
+    the record's position in the training split. The iterator has get_state() / set_state().
+    process_index / process_count default to JAX's.
+    """
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, process_count)
+    source = sources.open_split(cfg, "train")
+    mean = sources.mean_image(cfg)
+    if cfg.name == "imagenet2012":
+        view = transforms.ImageNetTrainView(mean, crop=cfg.train_crop, alphastd=cfg.pca_lighting)
+    else:
+        view = transforms.CifarTrainView(mean)
+    ds = train_positions(len(source), seed, local_batch, process_index, process_count)
+    ds = ds.map(_ExampleBatch(source, view, seed=seed, policy=cfg.corrupt_policy, where=f"{cfg.name} train"))
+    ds = ds.to_iter_dataset(_read_options(cfg))
+    if cfg.corrupt_policy == "skip":  # refill batches that lost skipped records
+        ds = grain.experimental.RebatchIterDataset(ds, batch_size=local_batch, drop_remainder=True)
+    return _loader(ds, cfg)
+
+
+def eval_iterator(
+    cfg: ml_collections.ConfigDict,
+    *,
+    split: str,
+    protocol: str,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """One pass over `split` with a test protocol; every example is in exactly one batch, once.
+
+    protocol: 'single' (CIFAR), '1crop', '10crop', 'multiscale' (ImageNet). Formats: protocols.py.
+    """
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, process_count)
+    imagenet = cfg.name == "imagenet2012"
+    allowed = ("1crop", "10crop", "multiscale") if imagenet else ("single",)
+    if protocol not in allowed:
+        raise ValueError(f"Protocol {protocol!r} is not one of {allowed} for {cfg.name}.")
+    source = sources.open_split(cfg, split)
+    view = _EVAL_VIEWS[protocol](sources.mean_image(cfg))
+    n = len(source)
+    steps = -(-n // global_batch_size)
+    ds = grain.MapDataset.range(steps * local_batch)
+    ds = ds.map(_EvalPosition(n, global_batch_size, process_index, local_batch)).batch(local_batch)
+    ds = ds.map(
+        _ExampleBatch(
+            source,
+            view,
+            seed=0,
+            policy=cfg.corrupt_policy,
+            where=f"{cfg.name} {split}",
+            padding=view.empty(),
+        )
+    )
+    ds = ds.to_iter_dataset(_read_options(cfg))
+    return _loader(ds, cfg)

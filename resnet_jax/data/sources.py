@@ -1,0 +1,106 @@
+"""Opening prepared datasets, with errors that say how to prepare them.
+
+A prepared dataset is a tfds ArrayRecord dataset plus the training statistics written next to
+it by `prepare` (see mean_image.py). Reading needs neither TensorFlow nor the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from resnet_jax.data import config as config_lib
+
+HOLDOUT_EXAMPLES = 5000  # CIFAR: the paper's 45k/5k train/val split
+HOLDOUT_TRAIN_SPEC = f"train[:-{HOLDOUT_EXAMPLES}]"
+HOLDOUT_VAL_SPEC = f"train[-{HOLDOUT_EXAMPLES}:]"
+MEAN_FILE = "per_pixel_mean.npz"  # in the dataset's version directory; keys are split specs
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A dataset (or part of one) is not prepared; the message gives the command that prepares it."""
+
+
+def prepare_command(name: str, data_dir: str | None) -> str:
+    source = {
+        "cifar10": " [--source=DIR_OR_TARBALL]  # no source: tfds download",
+        "cifar100": "  # tfds download",
+        "imagenet2012": " --source=DIR  # train/<wnid>/*.JPEG + val/<wnid>/*.JPEG, or the tfds manual dir",
+    }[name]
+    data_dir_flag = f" --data_dir={data_dir}" if data_dir else ""
+    return f"python -m resnet_jax.data.prepare {name}{data_dir_flag}{source}"
+
+
+def _missing(cfg: ml_collections.ConfigDict, what: str) -> DatasetMissingError:
+    return DatasetMissingError(
+        f"{cfg.name} is not (completely) prepared in {_data_dir(cfg)}: {what}.\n"
+        f"Prepare it with:\n  {prepare_command(cfg.name, cfg.data_dir)}"
+    )
+
+
+def _data_dir(cfg: ml_collections.ConfigDict) -> str:
+    return cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+
+
+def split_spec(cfg: ml_collections.ConfigDict, split: str) -> str:
+    """The tfds split spec behind one of our split names ('train', 'val', 'test', 'validation')."""
+    splits = {"train", "validation"} if cfg.name == "imagenet2012" else {"train", "test"}
+    if cfg.holdout_val:
+        splits.add("val")
+    if split not in splits:
+        raise ValueError(
+            f"Split {split!r} is not one of {sorted(splits)} for {cfg.name} with holdout_val={cfg.holdout_val}."
+        )
+    if cfg.holdout_val and split in ("train", "val"):
+        return HOLDOUT_TRAIN_SPEC if split == "train" else HOLDOUT_VAL_SPEC
+    return split
+
+
+def builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The tfds builder of a prepared dataset; DatasetMissingError if it is absent or half-written."""
+    config_lib.validate(cfg)
+    result = tfds.builder(cfg.name, data_dir=cfg.data_dir)
+    if not result.is_prepared():
+        raise _missing(cfg, f"no finished dataset at {result.data_path}")
+    if result.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise _missing(cfg, f"it is stored as {result.info.file_format.value}, not array_record")
+    if cfg.holdout_val and result.info.splits["train"].num_examples <= HOLDOUT_EXAMPLES:
+        raise ValueError(
+            f"data.holdout_val holds out {HOLDOUT_EXAMPLES} training examples, but this {cfg.name} "
+            f"has only {result.info.splits['train'].num_examples}."
+        )
+    return result
+
+
+def open_split(cfg: ml_collections.ConfigDict, split: str):
+    """Random-access source of examples {'image': encoded bytes, 'label': int, ...}."""
+    prepared = builder(cfg)
+    spec = split_spec(cfg, split)
+    base_split = spec.split("[")[0]
+    if base_split not in prepared.info.splits:
+        raise _missing(cfg, f"split {base_split!r} is absent")
+    missing_files = [f for f in prepared.info.splits[base_split].filepaths if not f.exists()]
+    if missing_files:
+        raise _missing(cfg, f"{len(missing_files)} shard file(s) are missing, e.g. {missing_files[0]}")
+    return prepared.as_data_source(spec, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def num_examples(cfg: ml_collections.ConfigDict, split: str) -> int:
+    """Examples in `split` ('train', 'test'; 'val' with holdout_val; 'validation' for ImageNet)."""
+    spec = split_spec(cfg, split)
+    return builder(cfg).info.splits[spec].num_examples
+
+
+def mean_image(cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """float32 per-pixel mean of the training split, in the [0, 1] scale of the pipeline."""
+    path = builder(cfg).data_path / MEAN_FILE
+    spec = split_spec(cfg, "train")
+    if not path.exists():
+        raise _missing(cfg, f"the per-pixel mean {path} was not written")
+    with path.open("rb") as f, np.load(f) as means:
+        if spec not in means:
+            raise _missing(cfg, f"{path} has no mean for {spec!r}")
+        return means[spec].astype(np.float32)

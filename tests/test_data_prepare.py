@@ -1,0 +1,214 @@
+"""Preparing datasets from the real files of ../shared/data, and the errors for missing or half-written ones."""
+
+import csv
+import io
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import simplejpeg
+from PIL import Image
+
+from resnet_jax import data
+from resnet_jax.data import cifar10, imagenet, sources
+from resnet_jax.data.images import decode_png
+from tests.conftest import CIFAR_INDEX, CIFAR_TARBALL, imagenet_class_folders, imagenet_sample_rows
+from tests.paths import SHARED_DATA
+
+
+def _config(name, data_dir, **overrides):
+    cfg = data.default_data_config(name)
+    cfg.data_dir = str(data_dir)
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def _records_by_id(cfg, split):
+    source = sources.open_split(cfg, split)
+    records = source.__getitems__(list(range(len(source))))
+    return {r["id"].decode(): r for r in records}
+
+
+def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_data_dir):
+    cfg = _config("cifar10", cifar10_data_dir)
+    assert data.num_examples(cfg, "train") == 50_000
+    assert data.num_examples(cfg, "test") == 10_000
+    with open(SHARED_DATA / "cifar10" / "batches.meta", "rb") as f:
+        assert [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]] == list(cifar10.LABELS)
+
+    rows = list(csv.DictReader(open(CIFAR_INDEX)))
+    sample = [rows[i] for i in np.random.default_rng(0).choice(len(rows), 300, replace=False)]
+    wanted = {"cifar-10-images-jpg/" + r["jpeg_path"] for r in sample}
+    with tarfile.open(CIFAR_TARBALL) as archive:
+        jpegs = {m.name.split("/", 1)[1]: archive.extractfile(m).read() for m in archive if m.name in wanted}
+    for split in ("train", "test"):
+        records = _records_by_id(cfg, split)
+        labels = np.array([r["label"] for r in records.values()])
+        assert np.bincount(labels).tolist() == [len(records) // 10] * 10
+        for row in (r for r in sample if r["split"] == split):
+            record = records[row["jpeg_path"]]
+            assert record["label"] == int(row["label"]) == cifar10.LABELS.index(row["class_name"])
+            original = np.asarray(Image.open(io.BytesIO(jpegs[row["jpeg_path"]])).convert("RGB"))
+            np.testing.assert_array_equal(decode_png(record["image"]), original)
+
+
+def test_cifar10_per_pixel_mean_is_stored_for_train_and_the_45k_split(cifar10_data_dir):
+    means = {holdout: sources.mean_image(_config("cifar10", cifar10_data_dir, holdout_val=holdout))
+             for holdout in (False, True)}
+    for mean in means.values():
+        assert mean.shape == (32, 32, 3) and mean.dtype == np.float32
+        # The well-known CIFAR-10 channel means, up to the JPEG re-encoding.
+        np.testing.assert_allclose(mean.mean((0, 1)), [0.4914, 0.4822, 0.4465], atol=0.01)
+    assert 0 < np.abs(means[True] - means[False]).max() < 0.01
+
+
+def test_cifar10_holdout_split_is_45k_plus_5k_disjoint(cifar10_data_dir):
+    cfg = _config("cifar10", cifar10_data_dir, holdout_val=True)
+    assert data.num_examples(cfg, "train") == 45_000 and data.num_examples(cfg, "val") == 5_000
+    train_ids, val_ids = _records_by_id(cfg, "train").keys(), _records_by_id(cfg, "val").keys()
+    assert len(train_ids | val_ids) == 50_000
+    with pytest.raises(ValueError, match="holdout_val"):
+        data.num_examples(_config("cifar10", cifar10_data_dir), "val")
+
+
+@pytest.fixture
+def python_tarball(tmp_path):
+    """A cifar-10-python.tar.gz with the first 20 images of each original batch (real, lossless pixels)."""
+    npz = SHARED_DATA / "cifar10" / "cifar10_original_labels_and_lossless_prefix.npz"
+    if not npz.exists():
+        pytest.skip(f"{npz} is absent")
+    originals = np.load(npz)
+    path = tmp_path / cifar10.PYTHON_TARBALL
+    with tarfile.open(path, "w:gz") as archive:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"labels": originals[f"{name}_labels"][:20].tolist(),
+                     b"data": originals[f"{name}_data_prefix"][:20]}
+            payload = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path, originals
+
+
+def test_cifar10_from_the_python_tarball_keeps_tfds_ids_and_lossless_pixels(tmp_path, python_tarball):
+    path, originals = python_tarball
+    data.prepare("cifar10", source=str(path.parent), data_dir=str(tmp_path / "tfds"))
+    cfg = _config("cifar10", tmp_path / "tfds")
+    assert data.num_examples(cfg, "train") == 100 and data.num_examples(cfg, "test") == 20
+    for split, batches in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        images = np.concatenate([originals[f"{b}_data_prefix"][:20] for b in batches])
+        images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([originals[f"{b}_labels"][:20] for b in batches])
+        for example_id, record in _records_by_id(cfg, split).items():
+            index = int(example_id.removeprefix(f"{split}_"))
+            assert record["label"] == labels[index]
+            np.testing.assert_array_equal(decode_png(record["image"]), images[index])
+
+
+def test_cifar10_batches_may_not_unpickle_code(tmp_path):
+    path = tmp_path / cifar10.PYTHON_TARBALL
+    payload = pickle.dumps({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8), b"x": print})
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        list(cifar10._python_batches(path, "train"))
+
+
+def test_imagenet_class_folders_keep_the_files_and_the_sorted_wnid_labels(imagenet_samples_data_dir):
+    cfg = _config("imagenet2012", imagenet_samples_data_dir)
+    rows = {r["filename"]: r for r in imagenet_sample_rows()}
+    assert [r["wnid"] for r in sorted(rows.values(), key=lambda r: int(r["label"]))] == sorted(
+        r["wnid"] for r in rows.values())
+    for split in ("train", "validation"):
+        source = sources.open_split(cfg, split)
+        assert len(source) == data.num_examples(cfg, split) == 1000
+        for record in source.__getitems__(list(range(0, 1000, 7))):
+            row = rows[record["file_name"].decode()]
+            assert record["label"] == int(row["label"])
+            assert record["image"] == (SHARED_DATA / "imagenet_samples" / "images" / row["filename"]).read_bytes()
+
+
+def test_non_plain_jpegs_are_reencoded_as_rgb_jpeg(tmp_path):
+    y, x = np.mgrid[0:40, 0:60]
+    rgb = np.stack([4 * x, 6 * y, 2 * (x + y)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it well
+    plain, cmyk, png, garbage = (tmp_path / f"{n}.JPEG" for n in ("plain", "cmyk", "png", "garbage"))
+    Image.fromarray(rgb).save(plain, format="JPEG")
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG")
+    Image.fromarray(rgb).save(png, format="PNG")
+    garbage.write_bytes(b"not an image")
+    assert imagenet._rgb_jpeg(plain) == plain.read_bytes()
+    for path in (cmyk, png):
+        encoded = imagenet._rgb_jpeg(path)
+        assert simplejpeg.decode_jpeg_header(encoded)[2] == "YCbCr"
+        assert np.abs(simplejpeg.decode_jpeg(encoded).astype(int) - rgb).mean() < 3
+    with pytest.raises(ValueError, match="garbage.JPEG"):
+        imagenet._rgb_jpeg(garbage)
+
+
+def test_tfds_own_builders_say_they_need_tensorflow(tmp_path):
+    try:
+        import tensorflow  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        pytest.skip("TensorFlow is installed")
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / "ILSVRC2012_img_val.tar", "w") as archive:
+        info = tarfile.TarInfo("ILSVRC2012_val_00000001.JPEG")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"JPEG"))
+    with pytest.raises(ModuleNotFoundError, match="pip install tensorflow-cpu"):
+        data.prepare("imagenet2012", source=str(manual), data_dir=str(tmp_path / "tfds"))
+
+
+def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
+    for name in ("cifar10", "imagenet2012"):
+        cfg = _config(name, tmp_path)
+        with pytest.raises(data.DatasetMissingError, match=f"python -m resnet_jax.data.prepare {name}"):
+            data.num_examples(cfg, "train")
+        with pytest.raises(data.DatasetMissingError):
+            data.train_iterator(cfg, global_batch_size=8, seed=0)
+
+
+def _small_imagenet_source(tmp_path):
+    """Eight real classes, one image each, as class folders."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return imagenet_class_folders(tmp_path / "source", imagenet_sample_rows()[::125])
+
+
+def test_the_prepare_command_line_makes_a_readable_dataset(tmp_path):
+    command = [sys.executable, "-m", "resnet_jax.data.prepare", "imagenet2012",
+               f"--source={_small_imagenet_source(tmp_path)}", f"--data_dir={tmp_path / 'tfds'}"]
+    assert subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().endswith("5.1.0")
+    cfg = _config("imagenet2012", tmp_path / "tfds", worker_count=0)
+    assert data.num_examples(cfg, "train") == data.num_examples(cfg, "validation") == 8
+    assert next(data.train_iterator(cfg, global_batch_size=4, seed=0))["image"].shape == (4, 224, 224, 3)
+
+
+@pytest.fixture
+def small_imagenet(tmp_path):
+    data.prepare("imagenet2012", source=str(_small_imagenet_source(tmp_path)), data_dir=str(tmp_path / "tfds"))
+    cfg = _config("imagenet2012", tmp_path / "tfds", worker_count=0)
+    return cfg, sources.builder(cfg).data_path
+
+
+@pytest.mark.parametrize("damage", ["mean file", "shard file", "unfinished write"])
+def test_a_half_written_dataset_names_the_command_that_prepares_it(small_imagenet, damage):
+    cfg, path = small_imagenet
+    if damage == "mean file":
+        (path / sources.MEAN_FILE).unlink()
+    elif damage == "shard file":
+        next(path.glob("imagenet2012-train.array_record-*")).unlink()
+    else:  # tfds writes into incomplete.* and renames at the very end
+        shutil.move(path, path.parent / f"incomplete.ABC123_{path.name}")
+    with pytest.raises(data.DatasetMissingError, match="python -m resnet_jax.data.prepare imagenet2012"):
+        data.train_iterator(cfg, global_batch_size=4, seed=0)

@@ -1,0 +1,153 @@
+"""Test-time protocols of PAPER.md: view geometry on real images, and every example counted exactly once."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax import data
+from resnet_jax.data import protocols, sources
+from resnet_jax.data.transforms import ScaleCrop
+from tests.conftest import IMAGENET_SAMPLES, imagenet_sample_rows
+
+
+def _blocks(pixels):
+    h, w = pixels.shape[:2]
+    return pixels[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8, 3).astype(np.float64).mean((1, 3))
+
+
+def _config(name, data_dir, **overrides):
+    cfg = data.default_data_config(name)
+    cfg.data_dir, cfg.worker_count = str(data_dir), 0
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def sample_records():
+    if not IMAGENET_SAMPLES.exists():
+        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
+    rows = imagenet_sample_rows()
+    # Every shape class: small, typical, large, very wide or tall (aspect > 2), greyscale.
+    chosen = [r for r in rows if r["mode"] == "L"][:2]
+    chosen += [rows[i] for i in np.linspace(0, 999, 16).astype(int)]
+    sizes = [(int(r["width"]), int(r["height"])) for r in rows]
+    chosen += [r for r, size in zip(rows, sizes) if max(size) > 2 * min(size)][:3]
+    return [{"image": (IMAGENET_SAMPLES / "images" / r["filename"]).read_bytes()} for r in chosen]
+
+
+def _resized(record, side):
+    image = Image.open(io.BytesIO(record["image"])).convert("RGB")
+    height, width = ScaleCrop(side, 0, 0).resized_shape(image.height, image.width)
+    return np.asarray(image.resize((width, height), Image.BILINEAR))
+
+
+def test_ten_crops_are_the_corners_and_centre_of_the_256_image_and_their_mirrors(sample_records):
+    mean = np.random.default_rng(0).uniform(0.3, 0.6, (224, 224, 3)).astype(np.float32)
+    view = protocols.TenCropView(mean)
+    for record in sample_records:
+        views = view(record)["image"]
+        assert views.shape == (10, 224, 224, 3) and views.dtype == np.float32
+        pixels = 255 * (views[:5] + mean)
+        mirrored = 255 * (views[5:] + mean[:, ::-1])
+        np.testing.assert_allclose(mirrored, pixels[:, :, ::-1], atol=1e-3)
+        resized = _resized(record, 256)
+        height, width = resized.shape[:2]
+        assert min(height, width) == 256
+        b, r = height - 224, width - 224
+        for crop, (top, left) in zip(pixels, [(0, 0), (0, r), (b, 0), (b, r), (b // 2, r // 2)]):
+            expected = resized[top:top + 224, left:left + 224]
+            assert np.abs(_blocks(crop) - _blocks(expected)).mean() < 3
+
+
+def test_one_crop_is_the_centre_224_of_the_256_image(sample_records):
+    mean = np.full((224, 224, 3), 0.5, np.float32)
+    for record in sample_records:
+        crop = 255 * (protocols.OneCropView(mean)(record)["image"][0] + mean)
+        centre = 255 * (protocols.TenCropView(mean)(record)["image"][4] + mean)
+        resized = _resized(record, 256)
+        top, left = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
+        expected = resized[top:top + 224, left:left + 224]
+        assert np.abs(_blocks(crop) - _blocks(expected)).mean() < 3
+        assert np.abs(_blocks(crop) - _blocks(centre)).mean() < 2
+
+
+def test_multiscale_views_place_each_resized_image_on_its_canvas(sample_records):
+    mean = np.full((224, 224, 3), 0.5, np.float32)
+    view = protocols.MultiScaleView(mean)
+    for record in sample_records[::3]:
+        example = view(record)
+        for side in protocols.MULTISCALE_SIDES:
+            image, valid = example[f"image_{side}"], example[f"valid_{side}"]
+            canvas = protocols.canvas_size(side)
+            assert image.shape == (canvas, canvas, 3) and valid.shape == (canvas, canvas) and canvas % 32 == 0
+            height, width = valid.sum(0).max(), valid.sum(1).max()
+            assert valid[:height, :width].all() and valid.sum() == height * width
+            assert not image[~valid].any()
+            resized = _resized(record, side)
+            assert min(height, width) == side
+            assert max(height, width) == min(max(resized.shape[:2]), int(side * protocols.MAX_ASPECT))
+            # Position (i, j) of the stride-32 score map is valid iff valid[32 i, 32 j]: exactly the
+            # ceil(h / 32) x ceil(w / 32) positions of a fully-convolutional pass over the image alone.
+            assert valid[::32, ::32].sum() == math.ceil(height / 32) * math.ceil(width / 32)
+            if (height, width) == resized.shape[:2]:
+                pixels = 255 * (image[:height, :width] + 0.5)
+                assert np.abs(_blocks(pixels) - _blocks(resized)).mean() < 3
+
+
+def _eval_indices(cfg, split, protocol, global_batch_size, process_count):
+    """{process: [batch index arrays]} and the masked-in labels, for every process of a simulated job."""
+    per_process, labels = {}, {}
+    for process in range(process_count):
+        batches = list(data.eval_iterator(cfg, split=split, protocol=protocol, global_batch_size=global_batch_size,
+                                          process_index=process, process_count=process_count))
+        per_process[process] = batches
+        for batch in batches:
+            assert len(batch["mask"]) == global_batch_size // process_count
+            assert (batch["index"][~batch["mask"]] == -1).all() and (batch["label"][~batch["mask"]] == -1).all()
+            labels.update(zip(batch["index"][batch["mask"]].tolist(), batch["label"][batch["mask"]].tolist()))
+    return per_process, labels
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, process_count):
+    cfg = _config("cifar10", cifar10_data_dir)
+    global_batch_size = 384  # does not divide 10,000
+    per_process, labels = _eval_indices(cfg, "test", "single", global_batch_size, process_count)
+    counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
+    assert sorted(counted.tolist()) == list(range(10_000))
+    assert len({len(batches) for batches in per_process.values()}) == 1  # SPMD: same number of steps everywhere
+    assert len(per_process[0]) == math.ceil(10_000 / global_batch_size)
+    source = sources.open_split(cfg, "test")
+    for index in range(0, 10_000, 97):
+        assert labels[index] == source[index]["label"]
+    batch = per_process[0][0]
+    assert batch["image"].shape == (global_batch_size // process_count, 1, 32, 32, 3)
+
+
+def test_global_eval_batches_are_in_record_order_across_processes(cifar10_data_dir):
+    cfg = _config("cifar10", cifar10_data_dir)
+    parts = [next(iter(data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=12,
+                                         process_index=p, process_count=3))) for p in range(3)]
+    assert np.concatenate([p["index"] for p in parts]).tolist() == list(range(12))
+
+
+def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir):
+    cfg = _config("imagenet2012", imagenet_samples_data_dir)
+    per_process, _ = _eval_indices(cfg, "validation", "1crop", 96, 2)  # 1000 = 10 x 96 + 40
+    counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
+    assert sorted(counted.tolist()) == list(range(1000))
+    assert per_process[1][-1]["image"].shape == (48, 1, 224, 224, 3)
+    assert not per_process[1][-1]["mask"].any()  # the last global batch: 40 real examples, all on process 0
+
+
+def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
+    cfg = _config("cifar10", cifar10_data_dir)
+    with pytest.raises(ValueError, match="10crop"):
+        data.eval_iterator(cfg, split="test", protocol="10crop", global_batch_size=8)
+    with pytest.raises(ValueError, match="multiple"):
+        data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=9, process_index=0,
+                           process_count=2)

@@ -1,0 +1,138 @@
+"""Training augmentation against PAPER.md, on the real images of ../shared/data."""
+
+import io
+
+import numpy as np
+import pytest
+import scipy.stats
+from PIL import Image
+
+from resnet_jax import data
+from resnet_jax.data import images, sources, transforms
+from tests.conftest import IMAGENET_SAMPLES, imagenet_sample_rows
+
+
+def _blocks(pixels):
+    """8x8 block means: insensitive to the resampling kernel, sensitive to the crop's scale and position."""
+    h, w = pixels.shape[:2]
+    return pixels.reshape(h // 8, 8, w // 8, 8, 3).astype(np.float64).mean((1, 3))
+
+
+def _reference_crop(image: Image.Image, crop: transforms.ScaleCrop) -> np.ndarray:
+    """A straightforward PIL version: resize the whole image, then crop."""
+    resized_h, resized_w = crop.resized_shape(image.height, image.width)
+    resized = image.resize((resized_w, resized_h), Image.BILINEAR)
+    return np.asarray(resized.crop((crop.left, crop.top, crop.left + crop.size, crop.top + crop.size)))
+
+
+def _sample_jpegs(count):
+    if not IMAGENET_SAMPLES.exists():
+        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
+    rows = imagenet_sample_rows()
+    return [(IMAGENET_SAMPLES / "images" / rows[i]["filename"]).read_bytes()
+            for i in np.linspace(0, len(rows) - 1, count).astype(int)]
+
+
+def test_scale_sampler_is_uniform_on_256_to_480():
+    rng = np.random.default_rng(0)
+    crops = [transforms.sample_scale_crop(rng, 375, 500) for _ in range(30_000)]
+    scales = np.array([c.scale for c in crops])
+    assert scales.min() == 256 and scales.max() == 480
+    counts = np.bincount(scales - 256, minlength=225)
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+    for crop in crops[:2000]:
+        resized_h, resized_w = crop.resized_shape(375, 500)
+        assert resized_h == crop.scale and 0 <= crop.top <= resized_h - 224 and 0 <= crop.left <= resized_w - 224
+
+
+def test_crops_are_taken_at_the_drawn_scale_and_position():
+    rng = np.random.default_rng(1)
+    for data_bytes in _sample_jpegs(150):
+        height, width = images.jpeg_shape(data_bytes)
+        crop = transforms.sample_scale_crop(rng, height, width)
+        ours = _blocks(images.decode_region(data_bytes, crop.source_box(height, width), (224, 224)))
+        image = Image.open(io.BytesIO(data_bytes)).convert("RGB")
+        distance = {}
+        for delta in (-24, -12, 0, 12, 24):
+            other = transforms.ScaleCrop(crop.scale + delta, crop.top, crop.left)
+            resized_h, resized_w = other.resized_shape(height, width)
+            if resized_h >= crop.top + 224 and resized_w >= crop.left + 224:
+                distance[delta] = np.abs(ours - _blocks(_reference_crop(image, other))).mean()
+        assert distance[0] < 4, distance  # grey levels, after 8x8 averaging
+        assert min(distance, key=distance.get) == 0, distance
+
+
+def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighting(imagenet_samples_data_dir):
+    cfg = data.default_data_config("imagenet2012")
+    cfg.data_dir, cfg.worker_count = str(imagenet_samples_data_dir), 0
+    source = sources.open_split(cfg, "train")
+    mean = sources.mean_image(cfg)
+    iterator = data.train_iterator(cfg, global_batch_size=32, seed=7)
+    scales, flips = [], []
+    for _ in range(4):  # 128 of the 1000 examples: all from epoch 0
+        batch = next(iterator)
+        assert batch["image"].shape == (32, 224, 224, 3) and batch["image"].dtype == np.float32
+        for image, label, index in zip(batch["image"], batch["label"], batch["index"]):
+            record = source[int(index)]
+            assert label == record["label"]
+            # Replay the example's draws: its generator is seeded by (seed, epoch, index).
+            rng = np.random.default_rng((7, 0, int(index)))
+            height, width = images.jpeg_shape(record["image"])
+            crop = transforms.sample_scale_crop(rng, height, width)
+            flip = rng.random() < 0.5
+            lighting = transforms.pca_lighting(rng, 0.1)
+            reference = _reference_crop(Image.open(io.BytesIO(record["image"])).convert("RGB"), crop)
+            expected = reference[:, ::-1] - 255 * mean[:, ::-1] if flip else reference - 255 * mean
+            observed = 255 * (image - lighting)
+            assert np.abs(_blocks(observed) - _blocks(expected)).mean() < 4
+            scales.append(crop.scale)
+            flips.append(flip)
+    assert min(scales) >= 256 and max(scales) <= 480
+    assert scipy.stats.kstest(scales, scipy.stats.uniform(256, 480 - 256).cdf).pvalue > 1e-3
+    assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_pca_lighting_has_the_alexnet_covariance():
+    rng = np.random.default_rng(0)
+    offsets = np.stack([transforms.pca_lighting(rng, 0.1) for _ in range(100_000)])
+    v, eigval = transforms.PCA_EIGVEC, transforms.PCA_EIGVAL
+    expected = v @ np.diag((0.1 * eigval) ** 2) @ v.T
+    np.testing.assert_allclose(offsets.mean(0), 0, atol=3e-4)
+    np.testing.assert_allclose(np.cov(offsets.T), expected, rtol=0.03, atol=2e-7)
+    # The noise lies mostly along the first (luminance-like) eigenvector.
+    projections = offsets @ v
+    np.testing.assert_allclose(projections.std(0), 0.1 * eigval, rtol=0.02)
+
+
+def test_inception_crops_have_the_documented_area_and_aspect():
+    rng = np.random.default_rng(0)
+    for height, width in [(375, 500), (500, 333), (100, 1000)]:
+        for _ in range(500):
+            left, top, right, bottom = transforms.sample_inception_box(rng, height, width)
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            area = (right - left) * (bottom - top) / (height * width)
+            aspect = (right - left) / (bottom - top)
+            fallback = top == (height - (bottom - top)) // 2 and left == (width - (right - left)) // 2
+            assert fallback or (0.07 < area <= 1.0 and 0.7 < aspect < 1.4)
+
+
+def test_cifar_train_view_is_a_flipped_window_of_the_padded_mean_subtracted_image(cifar10_data_dir):
+    cfg = data.default_data_config("cifar10")
+    cfg.data_dir = str(cifar10_data_dir)
+    mean = sources.mean_image(cfg)
+    view = transforms.CifarTrainView(mean)
+    source = sources.open_split(cfg, "train")
+    offsets, flips = set(), []
+    for index in range(200):
+        record = source[index]
+        image = view(record, np.random.default_rng((3, 0, index)))["image"]
+        rng = np.random.default_rng((3, 0, index))
+        top, left = rng.integers(0, 9, size=2)
+        flip = rng.random() < 0.5
+        padded = np.pad(images.decode_png(record["image"]) / np.float32(255) - mean, ((4, 4), (4, 4), (0, 0)))
+        expected = padded[top:top + 32, left:left + 32]
+        np.testing.assert_allclose(image, expected[:, ::-1] if flip else expected, atol=1e-6)
+        offsets.add((int(top), int(left)))
+        flips.append(flip)
+    assert len(offsets) > 60  # of the 81 windows
+    assert 0.3 < np.mean(flips) < 0.7
