@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 
 from resnet_jax import data
+from resnet_jax.data import preparation
 from resnet_jax.checkpoints import Checkpointer
 from resnet_jax.config import model_from_config, validate
 from resnet_jax.evaluation import evaluate
@@ -67,7 +68,7 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> None:
             raise
         print(f"Dataset {config.data.name} is missing; preparing it from {config.prepare_from}.", flush=True)
         if jax.process_index() == 0:
-            data.prepare(config.data.name, source=config.prepare_from, data_dir=config.data.data_dir)
+            preparation.prepare(config.data.name, source=config.prepare_from, data_dir=config.data.data_dir)
         _sync("dataset prepared")
 
 
