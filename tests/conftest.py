@@ -16,7 +16,7 @@ def cifar_slice_data_dir(tmp_path_factory):
     prepared through the same command as the full dataset."""
     if not CIFAR_TARBALL.exists():
         pytest.skip(f"{CIFAR_TARBALL} is absent")
-    from resnet_jax.data import prepare
+    from resnet_jax.data.preparation import prepare
 
     root = tmp_path_factory.mktemp("cifar_slice")
     per_split = {"train": 128, "test": 50}
@@ -63,7 +63,7 @@ def cifar10_data_dir(tmp_path_factory):
     """The whole real CIFAR-10 (JPEG copy, 50k/10k) prepared from its tarball with `prepare`."""
     if not CIFAR_TARBALL.exists():
         pytest.skip(f"{CIFAR_TARBALL} is absent")
-    from resnet_jax.data import prepare
+    from resnet_jax.data.preparation import prepare
 
     data_dir = tmp_path_factory.mktemp("cifar10_full") / "tfds"
     prepare("cifar10", source=str(CIFAR_TARBALL), data_dir=str(data_dir))
@@ -75,9 +75,20 @@ def imagenet_samples_data_dir(tmp_path_factory):
     """The 1000 real ImageNet images as a class-folder dataset (the same images as train and val), prepared."""
     if not IMAGENET_SAMPLES.exists():
         pytest.skip(f"{IMAGENET_SAMPLES} is absent")
-    from resnet_jax.data import prepare
+    from resnet_jax.data.preparation import prepare
 
     root = tmp_path_factory.mktemp("imagenet_samples")
     source = imagenet_class_folders(root / "source", imagenet_sample_rows())
     prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
     return root / "tfds"
+
+
+def data_config(name, data_dir, **overrides):
+    """The data config of `name` reading from `data_dir` in this process (no grain workers)."""
+    from resnet_jax import data
+
+    cfg = data.default_data_config(name)
+    cfg.data_dir, cfg.worker_count = str(data_dir), 0
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg

@@ -9,15 +9,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import data
 from resnet_jax.data import pipeline, sources
-from tests.conftest import IMAGENET_SAMPLES, imagenet_class_folders, imagenet_sample_rows
-
-
-def _config(name, data_dir, **overrides):
-    cfg = data.default_data_config(name)
-    cfg.data_dir, cfg.worker_count = str(data_dir), 0
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows
 
 
 def _take(iterator, count):
@@ -33,7 +25,7 @@ def _assert_same_batches(first, second):
 
 
 def test_train_batches_have_the_contracted_format(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     batch = next(data.train_iterator(cfg, global_batch_size=256, seed=0))
     assert batch["image"].shape == (256, 32, 32, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and set(batch["label"].tolist()) <= set(range(10))
@@ -59,7 +51,7 @@ def test_two_processes_read_every_example_exactly_once_per_epoch():
 
 
 def test_processes_together_build_the_same_global_batches_as_one(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     whole = _take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=0, process_count=1), 3)
     parts = [_take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=p, process_count=2), 3)
              for p in range(2)]
@@ -72,7 +64,7 @@ def test_processes_together_build_the_same_global_batches_as_one(cifar10_data_di
 
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_resumed_iteration_equals_uninterrupted_iteration(cifar10_data_dir, worker_count):
-    cfg = _config("cifar10", cifar10_data_dir, worker_count=worker_count)
+    cfg = data_config("cifar10", cifar10_data_dir, worker_count=worker_count)
     iterator = data.train_iterator(cfg, global_batch_size=64, seed=11)
     _take(iterator, 4)
     state = iterator.get_state()
@@ -86,7 +78,7 @@ def test_resumed_iteration_equals_uninterrupted_iteration(cifar10_data_dir, work
 
 
 def test_resumption_across_an_epoch_boundary(imagenet_samples_data_dir):
-    cfg = _config("imagenet2012", imagenet_samples_data_dir, pca_lighting=0.0)
+    cfg = data_config("imagenet2012", imagenet_samples_data_dir, pca_lighting=0.0)
     iterator = data.train_iterator(cfg, global_batch_size=100, seed=0)
     _take(iterator, 9)
     state = iterator.get_state()
@@ -97,20 +89,20 @@ def test_resumption_across_an_epoch_boundary(imagenet_samples_data_dir):
 
 
 def test_bad_batch_sizes_and_configs_say_what_is_wrong(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
         data.train_iterator(cfg, global_batch_size=128, seed=0, process_index=0, process_count=3)
     with pytest.raises(AttributeError):
         cfg.shuffle_buffer = 10  # locked: unknown keys are errors
-    unlocked = _config("cifar10", cifar10_data_dir)
+    unlocked = data_config("cifar10", cifar10_data_dir)
     unlocked.unlock()
     unlocked.shuffle_buffer = 10
     with pytest.raises(ValueError, match="shuffle_buffer"):
         data.num_examples(unlocked, "train")
     with pytest.raises(ValueError, match="pca_lighting"):
-        data.num_examples(_config("cifar10", cifar10_data_dir, pca_lighting=0.1), "train")
+        data.num_examples(data_config("cifar10", cifar10_data_dir, pca_lighting=0.1), "train")
     with pytest.raises(ValueError, match="train_crop"):
-        data.num_examples(_config("imagenet2012", cifar10_data_dir, train_crop="random"), "train")
+        data.num_examples(data_config("imagenet2012", cifar10_data_dir, train_crop="random"), "train")
 
 
 @pytest.fixture
@@ -126,7 +118,7 @@ def imagenet_with_a_corrupt_image(tmp_path):
         damaged.unlink()
         damaged.write_bytes(content[: len(content) // 2])
     data.prepare("imagenet2012", source=str(source), data_dir=str(tmp_path / "tfds"))
-    cfg = _config("imagenet2012", tmp_path / "tfds")
+    cfg = data_config("imagenet2012", tmp_path / "tfds")
 
     def corrupt_index(split):
         source = sources.open_split(cfg, split)
@@ -155,7 +147,7 @@ def test_corrupt_records_can_be_skipped_and_are_logged(imagenet_with_a_corrupt_i
 
 
 def test_device_prefetch_yields_global_arrays_and_resumable_state(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     host = data.train_iterator(cfg, global_batch_size=32, seed=2)
     reference = _take(data.train_iterator(cfg, global_batch_size=32, seed=2), 5)

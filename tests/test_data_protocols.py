@@ -10,20 +10,12 @@ from PIL import Image
 from resnet_jax import data
 from resnet_jax.data import protocols, sources
 from resnet_jax.data.transforms import ScaleCrop
-from tests.conftest import IMAGENET_SAMPLES, imagenet_sample_rows
+from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_sample_rows
 
 
 def _blocks(pixels):
     h, w = pixels.shape[:2]
     return pixels[: h // 8 * 8, : w // 8 * 8].reshape(h // 8, 8, w // 8, 8, 3).astype(np.float64).mean((1, 3))
-
-
-def _config(name, data_dir, **overrides):
-    cfg = data.default_data_config(name)
-    cfg.data_dir, cfg.worker_count = str(data_dir), 0
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +106,7 @@ def _eval_indices(cfg, split, protocol, global_batch_size, process_count):
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
 def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, process_count):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     global_batch_size = 384  # does not divide 10,000
     per_process, labels = _eval_indices(cfg, "test", "single", global_batch_size, process_count)
     counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
@@ -129,14 +121,14 @@ def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, proc
 
 
 def test_global_eval_batches_are_in_record_order_across_processes(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     parts = [next(iter(data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=12,
                                          process_index=p, process_count=3))) for p in range(3)]
     assert np.concatenate([p["index"] for p in parts]).tolist() == list(range(12))
 
 
 def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir):
-    cfg = _config("imagenet2012", imagenet_samples_data_dir)
+    cfg = data_config("imagenet2012", imagenet_samples_data_dir)
     per_process, _ = _eval_indices(cfg, "validation", "1crop", 96, 2)  # 1000 = 10 x 96 + 40
     counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
     assert sorted(counted.tolist()) == list(range(1000))
@@ -145,7 +137,7 @@ def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir)
 
 
 def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
+    cfg = data_config("cifar10", cifar10_data_dir)
     with pytest.raises(ValueError, match="10crop"):
         data.eval_iterator(cfg, split="test", protocol="10crop", global_batch_size=8)
     with pytest.raises(ValueError, match="multiple"):
