@@ -31,6 +31,7 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.bn_group_size = 32  # per-GPU BN of the authors' ImageNet runs; None: whole-batch (cross-device) BN
     c.model.bn_momentum = 0.9
+    c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
 
     c.data = data.default_data_config(dataset)
     # Local files to prepare the dataset from if it is missing (see `python -m resnet_jax.data.prepare --help`).

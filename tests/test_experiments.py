@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from configs import cifar10
 from experiments import cifar_depth_study as study
 from experiments import imagenet_tables
 
@@ -57,7 +58,8 @@ def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
 
 def test_quick_config_keeps_the_schedule_shape():
     config = study.net_config("resnet110", quick=True, data_dir="/d", prepare_from=None, batch_size=None)
-    assert config.num_steps == study.QUICK_STEPS and tuple(config.schedule.boundaries) == study.QUICK_BOUNDARIES
+    quick = cifar10.get_config("resnet110,quick")
+    assert config.num_steps == quick.num_steps < 64_000 and config.schedule.boundaries == quick.schedule.boundaries
     assert config.schedule.warmup_lr == 0.01 and config.batch_size == 128 and config.data.data_dir == "/d"
 
 

@@ -172,6 +172,25 @@ def test_plain_nets_have_no_shortcut():
     assert c3[residual].any()
 
 
+def test_remat_changes_memory_not_results():
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    labels = jnp.arange(4)
+
+    def grads(model, variables):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+        return jax.grad(loss)(variables["params"])
+
+    plain = create_model("resnet20", num_classes=10)
+    variables = plain.init(jax.random.key(0), x)
+    remat = create_model("resnet20", num_classes=10, remat=True)
+    assert jax.tree.structure(remat.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 grads(remat, variables), grads(plain, variables))
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(name="resnet19"), "Valid names: resnet18"),
     (dict(name="resnet50", shortcut="D"), "Valid values"),
