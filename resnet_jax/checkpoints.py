@@ -8,6 +8,7 @@ mid-save leaves the previous checkpoint as the latest one; restore never sees a 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, model_signature: dict[str, Any], keep: int = 3):
         self.model_signature = model_signature
+        directory = str(directory)
+        if "://" not in directory:  # orbax needs absolute local paths (it fails late, in the async save, otherwise)
+            directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             epath.Path(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,

@@ -141,10 +141,12 @@ def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
     assert saved and 3 <= saved[-1] < 1000
 
 
-def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_path):
-    train.train_and_evaluate(_config(cifar_slice_data_dir, num_steps=2), str(tmp_path))
+def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative workdir, as people type it
+    train.train_and_evaluate(_config(cifar_slice_data_dir, num_steps=2), "run")
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
     with pytest.raises(ModelMismatchError, match="another model.*name.*resnet20.*resnet32.*new --workdir"):
-        train.train_and_evaluate(_config(cifar_slice_data_dir, "resnet32", num_steps=4), str(tmp_path))
+        train.train_and_evaluate(_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):
