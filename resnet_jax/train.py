@@ -97,7 +97,10 @@ def run_evaluation(config: ml_collections.ConfigDict, model: Any, variables: Any
     protocol = protocol or config.eval.protocol
     batches = data.eval_iterator(config.data, split=split or config.eval.split, protocol=protocol,
                                  global_batch_size=config.eval.batch_size)
-    return evaluate(model, variables, batches, protocol, mesh)
+    try:
+        return evaluate(model, variables, batches, protocol, mesh)
+    finally:
+        batches.close()  # stops grain's worker processes
 
 
 def recompute_batch_stats(config: ml_collections.ConfigDict, state: TrainState, mesh: Any) -> Any:
@@ -116,6 +119,7 @@ def recompute_batch_stats(config: ml_collections.ConfigDict, state: TrainState, 
         stats = batch_stats_of(state.variables(), data.put_on_mesh(next(iterator), mesh)["image"])
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         batches += 1
+    iterator.close()
     return jax.tree.map(lambda x: x / batches, total)
 
 
@@ -200,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointer.wait()
             writer.log(f"Preempted: saved step {step} to {workdir}; rerun the same command to resume.")
             writer.close()
+            train_iter.close()
             return {}
 
     if not result:  # the run had already finished
@@ -208,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.wait()
     checkpointer.close()
     writer.close()
+    train_iter.close()
     if jax.process_index() == 0:
         plot_training_curves([workdir], [config.model.name], workdir_path / "curves.png",
                              title=f"{config.model.name} on {config.data.name}")
