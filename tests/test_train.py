@@ -110,6 +110,13 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
     assert not (killed / "checkpoints" / "8").exists(), "the run finished before it could be killed"
     _run(_command(cifar_slice_data_dir, killed, num_steps=8))
 
+    # the standalone evaluation of the final checkpoint agrees with the run's own final evaluation
+    _run([sys.executable, "-m", "resnet_jax.evaluate", f"--workdir={straight}"])
+    standalone = json.loads((straight / "eval_single_test_8.json").read_text())
+    final = json.loads((straight / "result.json").read_text())
+    assert standalone["examples"] == final["examples"] == 500
+    assert standalone["top1_error"] == final["top1_error"]
+
     a, b = _final_state(straight, 8), _final_state(killed, 8)
     leaves_a, leaves_b = [np.asarray(x) for x in _leaves(a)], [np.asarray(x) for x in _leaves(b)]
     assert len(leaves_a) == len(leaves_b) > 100
@@ -147,6 +154,29 @@ def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
     with pytest.raises(ModelMismatchError, match="another model.*name.*resnet20.*resnet32.*new --workdir"):
         train.train_and_evaluate(_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
+
+
+def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import data
+
+    config = _config(cifar_slice_data_dir, num_steps=2, bn_recompute_examples=64)
+    train.train_and_evaluate(config, str(tmp_path))
+    _, _, state = train.load_run(str(tmp_path))
+    # Independently: the stem's BN statistics are those of its 3x3 convolution over each batch of 32 (seed + 1),
+    # averaged over the two batches.
+    kernel = state.params["conv1"]["kernel"]
+    iterator = data.train_iterator(config.data, global_batch_size=32, seed=config.seed + 1)
+    means, variances = [], []
+    for _ in range(2):
+        y = jax.lax.conv_general_dilated(jnp.asarray(next(iterator)["image"]), kernel, (1, 1), [(1, 1), (1, 1)],
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        means.append(y.mean((0, 1, 2)))
+        variances.append(y.var((0, 1, 2)))
+    np.testing.assert_allclose(state.batch_stats["bn1"]["mean"], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state.batch_stats["bn1"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):
