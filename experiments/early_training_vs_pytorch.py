@@ -1,0 +1,71 @@
+"""The first training steps of a CIFAR net, ours against PyTorch from the same weights on the same batches.
+
+    python experiments/early_training_vs_pytorch.py --model=resnet56 --steps=60 --data_dir=workdirs/tfds
+
+Both start from one He-initialised PyTorch net (converted with resnet_jax.convert), read the same real CIFAR-10
+batches from our pipeline and take SGD steps with lr 0.1, momentum 0.9 and weight decay 1e-4 in PyTorch's form, with
+whole-batch BatchNorm. It tells whether a behaviour of early training (such as ResNet-56's divergence at lr 0.1 in the
+quick depth study) is ours or the recipe's. Needs torch (`pip install -e ".[test]"`).
+"""
+
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configs import cifar10  # noqa: E402
+from resnet_jax import data  # noqa: E402
+from resnet_jax.convert import load_torch_state_dict  # noqa: E402
+from resnet_jax.models import create_model  # noqa: E402
+from resnet_jax.optim import make_optimizer  # noqa: E402
+from resnet_jax.sharding import make_mesh  # noqa: E402
+from resnet_jax.train_step import TrainState, make_train_step  # noqa: E402
+from tests.torch_reference import CifarResNet  # noqa: E402
+
+flags.DEFINE_string("model", "resnet56", "A residual CIFAR net (resnet20..1202).")
+flags.DEFINE_integer("steps", 60, "Training steps.")
+flags.DEFINE_integer("seed", 0, "torch seed of the shared initialisation.")
+flags.DEFINE_float("learning_rate", 0.1, "Constant learning rate.")
+flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    torch.manual_seed(FLAGS.seed)
+    reference = CifarResNet(n=(int(FLAGS.model.removeprefix("resnet")) - 2) // 6)
+    for m in reference.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight)
+    reference.train()
+    variables = load_torch_state_dict(FLAGS.model, {k: v.numpy() for k, v in reference.state_dict().items()})
+    model = create_model(FLAGS.model, num_classes=10)
+    optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4, momentum_form="common")
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
+    step = make_train_step(model, optimizer, make_mesh())
+    sgd = torch.optim.SGD(reference.parameters(), lr=FLAGS.learning_rate, momentum=0.9, weight_decay=1e-4)
+
+    config = cifar10.get_config(FLAGS.model)
+    config.data.data_dir, config.data.worker_count = FLAGS.data_dir, 0
+    batches = data.train_iterator(config.data, global_batch_size=128, seed=0)
+    for i in range(1, FLAGS.steps + 1):
+        batch = next(batches)
+        state, metrics = step(state, {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])},
+                              jnp.float32(FLAGS.learning_rate))
+        sgd.zero_grad()
+        logits = reference(torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["label"].astype(np.int64)))
+        loss.backward()
+        sgd.step()
+        if i % 5 == 1 or i == FLAGS.steps:
+            print(f"step {i:4d}  loss: ours {float(metrics['loss']) / 128:7.3f}  PyTorch {loss.item():7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
