@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.flops import count_multiply_adds
-from resnet_jax.models import MODEL_NAMES, create_model, is_cifar
+from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 
 PAPER_MULTIPLY_ADDS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9,
                        "resnet152": 11.3e9}
@@ -24,16 +24,16 @@ PAPER_PARAMS = {"resnet18": 11.69e6, "resnet34": 21.80e6, "resnet50": 25.56e6, "
 def _row(name: str) -> str:
     cifar = is_cifar(name)
     model = create_model(name, num_classes=10 if cifar else 1000)
-    size = 32 if cifar else 224
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    shape = input_shape(name)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
     params = sum(x.size for x in jax.tree.leaves(shapes["params"]))
-    macs = count_multiply_adds(model, (size, size, 3))
+    macs = count_multiply_adds(model, shape)
     cells = [name, "CIFAR-10" if cifar else "ImageNet", f"{params:,}",
              f"{PAPER_PARAMS[name] / 1e6:g}M" if name in PAPER_PARAMS else "",
              f"{macs / 1e9:.3f}e9" if not cifar else f"{macs / 1e6:.1f}e6",
              f"{PAPER_MULTIPLY_ADDS[name] / 1e9:g}e9" if name in PAPER_MULTIPLY_ADDS else ""]
     if name in PAPER_MULTIPLY_ADDS:
-        v15 = count_multiply_adds(create_model(name, num_classes=1000, stride_on_3x3=True), (size, size, 3))
+        v15 = count_multiply_adds(create_model(name, num_classes=1000, stride_on_3x3=True), shape)
         cells.append(f"{v15 / 1e9:.3f}e9")
     else:
         cells.append("")

@@ -18,7 +18,7 @@ from absl import app, flags
 
 from benchmarks.machine import describe
 from resnet_jax.flops import count_multiply_adds
-from resnet_jax.models import MODEL_NAMES, create_model, is_cifar
+from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 from resnet_jax.optim import make_optimizer
 from resnet_jax.sharding import make_mesh
 from resnet_jax.train_step import create_train_state, make_train_step
@@ -55,7 +55,7 @@ def peak_memory_bytes() -> int:
 def main(argv):
     del argv
     name = FLAGS.model
-    size = 32 if is_cifar(name) else 224
+    shape = input_shape(name)
     num_classes = 10 if is_cifar(name) else 1000
     options = {"dtype": FLAGS.dtype, "bn_group_size": FLAGS.bn_group_size}
     if FLAGS.v15:
@@ -63,10 +63,10 @@ def main(argv):
     model = create_model(name, num_classes=num_classes, **options)
     mesh = make_mesh()
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    state = create_train_state(model, optimizer, (size, size, 3), 0, mesh)
+    state = create_train_state(model, optimizer, shape, 0, mesh)
     step = make_train_step(model, optimizer, mesh)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(FLAGS.batch_size, size, size, 3)), jnp.float32),
+    batch = {"image": jnp.asarray(rng.normal(size=(FLAGS.batch_size, *shape)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, num_classes, FLAGS.batch_size), jnp.int32)}
     lr = jnp.float32(0.1)
 
@@ -81,7 +81,7 @@ def main(argv):
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - start) / FLAGS.steps
 
-    macs = count_multiply_adds(model, (size, size, 3))
+    macs = count_multiply_adds(model, shape)
     peak = matmul_peak_flops(FLAGS.dtype)
     achieved = 6 * macs * FLAGS.batch_size / seconds  # 2 FLOPs per multiply-add, x3 for forward + backward
     result = {"name": f"train_step/{name}{'_v1.5' if FLAGS.v15 else ''}/{FLAGS.dtype}/batch{FLAGS.batch_size}",

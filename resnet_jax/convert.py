@@ -73,8 +73,7 @@ def _from_torch(array: np.ndarray) -> np.ndarray:
 
 def _template(model_name: str, num_classes: int, **options: Any) -> dict[str, Any]:
     model = models.create_model(model_name, num_classes=num_classes, **options)
-    size = 32 if models.is_cifar(model_name) else 224
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *models.input_shape(model_name)))))
 
 
 def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray],

@@ -9,7 +9,6 @@ import json
 
 import jax
 from absl import app, flags
-
 from etils import epath
 
 from resnet_jax import train

@@ -286,6 +286,11 @@ def is_cifar(name: str) -> bool:
     return _REGISTRY[name].keywords.get("stem") == "cifar"
 
 
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (H, W, C) of one training image for `name`: 32x32 for the CIFAR nets, the 224x224 crop otherwise."""
+    return (32, 32, 3) if is_cifar(name) else (224, 224, 3)
+
+
 def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
     """Builds a named network.
 

@@ -27,7 +27,7 @@ from resnet_jax.checkpoints import Checkpointer
 from resnet_jax.config import model_from_config, validate
 from resnet_jax.evaluation import evaluate
 from resnet_jax.metric_writer import MetricWriter
-from resnet_jax.models import is_cifar
+from resnet_jax.models import input_shape
 from resnet_jax.optim import make_optimizer
 from resnet_jax.plots import plot_training_curves
 from resnet_jax.schedules import PlateauSchedule, StepSchedule
@@ -42,7 +42,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    return (32, 32, 3) if is_cifar(config.model.name) else (224, 224, 3)
+    return input_shape(config.model.name)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSchedule:
