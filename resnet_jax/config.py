@@ -50,6 +50,7 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.schedule.factor = 0.1
     c.schedule.warmup_lr = ml_collections.config_dict.placeholder(float)
     c.schedule.warmup_until_error = 0.8
+    c.schedule.ramp_steps = 0  # linear warm-up (Goyal et al.), not the paper's: only the quick CIFAR schedule uses it
     c.schedule.plateau_patience = 3
     c.schedule.plateau_min_delta = 0.001
     c.schedule.plateau_max_drops = 3
@@ -93,6 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.model.bn_group_size is None or config.batch_size % config.model.bn_group_size == 0,
          f"config.batch_size={config.batch_size} must be a multiple of config.model.bn_group_size="
          f"{config.model.bn_group_size}"),
+        (config.schedule.ramp_steps >= 0, "config.schedule.ramp_steps must be >= 0 (0: no linear warm-up)"),
         (list(config.schedule.boundaries) == sorted(config.schedule.boundaries),
          "config.schedule.boundaries must be increasing"),
         (config.log_every_steps > 0 and config.checkpoint_every_steps > 0 and config.eval.every_steps > 0,

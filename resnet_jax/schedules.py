@@ -14,18 +14,22 @@ class StepSchedule:
 
     With `warmup_lr`, the rate is `warmup_lr` until a reported training error falls below `warmup_until_error`
     (Section 4.2's ResNet-110/1202 warm-up: 0.01 until training error < 80%, about 400 iterations).
+    With `ramp_steps` > 0, the rate rises linearly to its scheduled value over the first `ramp_steps` steps: Goyal et
+    al.'s (2017) gradual warm-up, not the paper's; only the CPU-sized quick schedule uses it (see configs/cifar10.py).
     """
 
     def __init__(self, base_lr: float, boundaries: Sequence[int], factor: float = 0.1,
-                 warmup_lr: float | None = None, warmup_until_error: float = 0.8):
+                 warmup_lr: float | None = None, warmup_until_error: float = 0.8, ramp_steps: int = 0):
         self.base_lr, self.boundaries, self.factor = base_lr, tuple(boundaries), factor
         self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
+        self.ramp_steps = ramp_steps
         self.warmup_ended_at: int | None = None if warmup_lr is not None else 0
 
     def __call__(self, step: int) -> float:
         if self.warmup_ended_at is None:
             return self.warmup_lr
-        return self.base_lr * self.factor ** sum(step >= b for b in self.boundaries)
+        ramp = min(1.0, (step + 1) / self.ramp_steps) if self.ramp_steps else 1.0
+        return ramp * self.base_lr * self.factor ** sum(step >= b for b in self.boundaries)
 
     def observe(self, step: int, *, train_error: float | None = None, val_error: float | None = None) -> None:
         if self.warmup_ended_at is None and train_error is not None and train_error < self.warmup_until_error:

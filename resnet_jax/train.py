@@ -49,7 +49,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSc
     s = config.schedule
     if s.kind == "plateau":
         return PlateauSchedule(s.base_lr, s.factor, s.plateau_patience, s.plateau_min_delta, s.plateau_max_drops)
-    return StepSchedule(s.base_lr, s.boundaries, s.factor, s.warmup_lr, s.warmup_until_error)
+    return StepSchedule(s.base_lr, s.boundaries, s.factor, s.warmup_lr, s.warmup_until_error, s.ramp_steps)
 
 
 def model_signature(config: ml_collections.ConfigDict, params: Any) -> dict[str, Any]:

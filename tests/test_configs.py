@@ -50,12 +50,14 @@ def test_cifar_recipe(config):
     warmup = config.model.name in ("resnet110", "resnet1202")
     assert (config.schedule.warmup_lr == 0.01 and config.schedule.warmup_until_error == 0.8) if warmup \
         else config.schedule.warmup_lr is None
+    assert config.schedule.ramp_steps == 0  # the linear warm-up is not the paper's
 
 
 def test_cifar_variants():
     assert cifar10.get_config("resnet56,holdout").data.holdout_val
     assert cifar10.get_config("resnet56,holdout").eval.split == "val"
-    assert cifar10.get_config("resnet20,quick").num_steps < 64_000
+    quick = cifar10.get_config("plain56,quick")
+    assert quick.num_steps == 400 and quick.schedule.boundaries == (200, 300) and quick.schedule.ramp_steps == 100
     with pytest.raises(ValueError, match="unknown variants"):
         cifar10.get_config("resnet20,fast")
     with pytest.raises(ValueError, match="model must be one of"):
@@ -65,7 +67,7 @@ def test_cifar_variants():
 @pytest.mark.parametrize("config", IMAGENET, ids=_id)
 def test_imagenet_recipe(config):
     assert config.batch_size == 256 and config.model.bn_group_size == 32  # 8 GPUs x 32
-    assert config.num_steps == 600_000 and config.schedule.kind == "plateau"
+    assert config.num_steps == 600_000 and config.schedule.kind == "plateau" and config.schedule.ramp_steps == 0
     assert config.data.pca_lighting == 0.1 and config.eval.split == "validation"
     if config.model.name.startswith(("resnet50", "resnet101", "resnet152")):
         assert config.model.shortcut == "B"

@@ -64,6 +64,12 @@ def test_warmup_until_training_error_below_80_percent():
     assert restored(401) == 0.1
 
 
+def test_linear_ramp_reaches_the_scheduled_rate_then_follows_the_steps():
+    schedule = StepSchedule(0.1, (200, 300), ramp_steps=100)
+    assert [schedule(s) for s in (0, 49, 99, 100, 199, 200, 300)] == pytest.approx(
+        [0.001, 0.05, 0.1, 0.1, 0.1, 0.01, 0.001])
+
+
 def test_plateau_divides_by_ten_when_validation_error_stops_improving():
     schedule = PlateauSchedule(0.1, patience=2, min_delta=0.001, max_drops=2)
     for error in (0.5, 0.4, 0.35):
