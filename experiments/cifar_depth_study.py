@@ -46,6 +46,8 @@ flags.DEFINE_bool("collect", False, "Only collect the finished runs into the tab
 flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
 flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
+flags.DEFINE_integer("worker_count", None, "grain worker processes per run (default: the config's 2; a GPU needs "
+                     "about 8 to keep up, benchmarks/RESULTS.md).")
 FLAGS = flags.FLAGS
 
 
@@ -66,10 +68,13 @@ def nets_for_job(nets: list[str], job_index: int, num_jobs: int) -> list[str]:
     return nets[job_index::num_jobs]
 
 
-def net_config(net: str, quick: bool, data_dir: str | None, prepare_from: str | None, batch_size: int | None):
+def net_config(net: str, quick: bool, data_dir: str | None, prepare_from: str | None, batch_size: int | None,
+               worker_count: int | None = None):
     config = cifar10.get_config(f"{net},quick" if quick else net)
     if batch_size:
         config.batch_size = batch_size
+    if worker_count is not None:
+        config.data.worker_count = worker_count
     config.data.data_dir = data_dir
     config.prepare_from = prepare_from
     return config
@@ -169,7 +174,8 @@ def main(argv: list[str]) -> None:
         from resnet_jax.train import train_and_evaluate
 
         def make_config(net):
-            return net_config(net, FLAGS.quick, FLAGS.data_dir, FLAGS.prepare_from, FLAGS.batch_size)
+            return net_config(net, FLAGS.quick, FLAGS.data_dir, FLAGS.prepare_from, FLAGS.batch_size,
+                              FLAGS.worker_count)
 
         if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config,
                         train_and_evaluate):
