@@ -18,6 +18,7 @@ from benchmarks.machine import describe
 from configs import cifar10
 from resnet_jax import data
 from resnet_jax.config import model_from_config
+from resnet_jax.models import input_shape
 from resnet_jax.optim import make_optimizer
 from resnet_jax.sharding import make_mesh
 from resnet_jax.train_step import create_train_state, make_train_step
@@ -49,7 +50,7 @@ def main(argv):
     model = model_from_config(config.model)
     mesh = make_mesh()
     optimizer = make_optimizer(**config.optimizer)
-    state = create_train_state(model, optimizer, (32, 32, 3), 0, mesh)
+    state = create_train_state(model, optimizer, input_shape(FLAGS.model), 0, mesh)
     step = make_train_step(model, optimizer, mesh)
 
     real = data.DevicePrefetchIterator(

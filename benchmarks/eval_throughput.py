@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from benchmarks.machine import describe
 from resnet_jax.data import protocols, put_on_mesh
 from resnet_jax.evaluation import make_eval_step
-from resnet_jax.models import MODEL_NAMES, create_model, is_cifar
+from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 from resnet_jax.sharding import make_mesh
 
 flags.DEFINE_enum("model", "resnet50", [n for n in MODEL_NAMES if not is_cifar(n)], "An ImageNet model name.")
@@ -33,8 +33,8 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtyp
 flags.DEFINE_integer("steps", 3, "Timed steps per protocol (after one compile-and-warm-up step).")
 flags.DEFINE_list("protocols", ["1crop", "10crop", "multiscale"], "Protocols to time; 1crop first for the cost ratio.")
 flags.DEFINE_integer("images", 100, "Real images timed through each view transform (0: skip the host figure).")
-flags.DEFINE_string("images_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/images"),
-                    "Folder of ImageNet JPEGs for the view transforms.")
+SHARED_IMAGES = pathlib.Path(__file__).resolve().parents[2] / "shared/data/imagenet_samples/images"
+flags.DEFINE_string("images_dir", str(SHARED_IMAGES), "Folder of ImageNet JPEGs for the view transforms.")
 FLAGS = flags.FLAGS
 
 VIEWS = {"1crop": protocols.OneCropView, "10crop": protocols.TenCropView, "multiscale": protocols.MultiScaleView}
@@ -66,7 +66,7 @@ def main(argv):
     del argv
     model = create_model(FLAGS.model, num_classes=1000, dtype=FLAGS.dtype)
     mesh = make_mesh()
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3), jnp.float32))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *input_shape(FLAGS.model)), jnp.float32))
     mean_image = np.full((224, 224, 3), 114.0, np.float32)
     files = sorted(pathlib.Path(FLAGS.images_dir).glob("*.JPEG"))[: FLAGS.images]
     if FLAGS.images and not files:

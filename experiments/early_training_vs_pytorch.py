@@ -20,12 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import cifar10  # noqa: E402
 from resnet_jax import data  # noqa: E402
-from resnet_jax.convert import load_torch_state_dict  # noqa: E402
 from resnet_jax.models import create_model  # noqa: E402
 from resnet_jax.optim import make_optimizer  # noqa: E402
 from resnet_jax.sharding import make_mesh  # noqa: E402
-from resnet_jax.train_step import TrainState, make_train_step  # noqa: E402
-from tests.torch_reference import CifarResNet  # noqa: E402
+from resnet_jax.train_step import make_train_step  # noqa: E402
+from tests.torch_reference import he_initialised_cifar_resnet  # noqa: E402
 
 flags.DEFINE_string("model", "resnet56", "A residual CIFAR net (resnet20..1202).")
 flags.DEFINE_integer("steps", 60, "Training steps.")
@@ -37,17 +36,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    torch.manual_seed(FLAGS.seed)
-    reference = CifarResNet(n=(int(FLAGS.model.removeprefix("resnet")) - 2) // 6)
-    for m in reference.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.kaiming_normal_(m.weight)
-    reference.train()
-    variables = load_torch_state_dict(FLAGS.model, {k: v.numpy() for k, v in reference.state_dict().items()})
     model = create_model(FLAGS.model, num_classes=10)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4, momentum_form="common")
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
+    reference, state = he_initialised_cifar_resnet(FLAGS.model, FLAGS.seed, optimizer)
     step = make_train_step(model, optimizer, make_mesh())
     sgd = torch.optim.SGD(reference.parameters(), lr=FLAGS.learning_rate, momentum=0.9, weight_decay=1e-4)
 
@@ -64,7 +55,8 @@ def main(argv):
         loss.backward()
         sgd.step()
         if i % 5 == 1 or i == FLAGS.steps:
-            print(f"step {i:4d}  loss: ours {float(metrics['loss']) / 128:7.3f}  PyTorch {loss.item():7.3f}", flush=True)
+            ours = float(metrics["loss"]) / 128
+            print(f"step {i:4d}  loss: ours {ours:7.3f}  PyTorch {loss.item():7.3f}", flush=True)
 
 
 if __name__ == "__main__":

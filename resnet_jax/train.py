@@ -41,10 +41,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the parameters became NaN or Inf; the last good checkpoint is kept."""
 
 
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    return input_shape(config.model.name)
-
-
 def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSchedule:
     s = config.schedule
     if s.kind == "plateau":
@@ -137,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = model_from_config(config.model)
     optimizer = make_optimizer(**config.optimizer)
     schedule = make_schedule(config)
-    state = create_train_state(model, optimizer, image_shape(config), config.seed, mesh)
+    state = create_train_state(model, optimizer, input_shape(config.model.name), config.seed, mesh)
     train_iter = data.train_iterator(config.data, global_batch_size=config.batch_size, seed=config.seed)
     checkpointer = Checkpointer(workdir_path / "checkpoints", model_signature(config, state.params),
                                 keep=config.keep_checkpoints)
@@ -231,7 +227,8 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collectio
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     mesh = make_mesh()
     model = model_from_config(config.model)
-    template = create_train_state(model, make_optimizer(**config.optimizer), image_shape(config), config.seed, mesh)
+    template = create_train_state(model, make_optimizer(**config.optimizer), input_shape(config.model.name),
+                                  config.seed, mesh)
     checkpointer = Checkpointer(epath.Path(workdir) / "checkpoints", model_signature(config, template.params))
     if checkpointer.latest_step is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")

@@ -62,7 +62,8 @@ def test_quick_config_keeps_the_schedule_shape():
     assert config.num_steps == quick.num_steps < 64_000 and config.schedule.boundaries == quick.schedule.boundaries
     assert config.schedule.warmup_lr == 0.01 and config.batch_size == 128 and config.data.data_dir == "/d"
     assert config.data.worker_count == cifar10.get_config("resnet110").data.worker_count
-    on_gpu = study.net_config("resnet20", quick=False, data_dir=None, prepare_from=None, batch_size=None, worker_count=8)
+    on_gpu = study.net_config("resnet20", quick=False, data_dir=None, prepare_from=None, batch_size=None,
+                              worker_count=8)
     assert on_gpu.data.worker_count == 8 and on_gpu.num_steps == 64_000
 
 

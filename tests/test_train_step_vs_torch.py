@@ -4,30 +4,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.convert import export_torch_state_dict, load_torch_state_dict
+from resnet_jax.convert import export_torch_state_dict
 from resnet_jax.models import create_model
 from resnet_jax.optim import make_optimizer
 from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import TrainState, make_train_step
+from resnet_jax.train_step import make_train_step
 
 torch = pytest.importorskip("torch")
 from tests import torch_reference as ref  # noqa: E402
 
 
 def test_three_steps_match_pytorch_sgd():
-    torch.manual_seed(0)
-    reference = ref.CifarResNet(n=3)
-    for m in reference.modules():  # He init, as both implementations use
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.kaiming_normal_(m.weight)
-    reference.train()
-    variables = load_torch_state_dict("resnet20", {k: v.numpy() for k, v in reference.state_dict().items()})
     model = create_model("resnet20", num_classes=10)  # whole-batch BN, as PyTorch's BatchNorm2d
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4, momentum_form="common")  # PyTorch's form
-    mesh = make_mesh()
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
-    step = make_train_step(model, optimizer, mesh)
+    reference, state = ref.he_initialised_cifar_resnet("resnet20", 0, optimizer)
+    step = make_train_step(model, optimizer, make_mesh())
     sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     rng = np.random.default_rng(0)

@@ -6,9 +6,14 @@ itself is not importable beside the CPU build of torch on our machines, hence th
 Flax models against these on the same weights.
 """
 
+import jax.numpy as jnp
+import optax
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from resnet_jax.convert import load_torch_state_dict
+from resnet_jax.train_step import TrainState
 
 
 class TvBasicBlock(nn.Module):
@@ -111,3 +116,18 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def he_initialised_cifar_resnet(model_name: str, seed: int, optimizer: optax.GradientTransformation):
+    """A He-initialised PyTorch `CifarResNet` in training mode, and our TrainState holding the same weights, so that
+    the two train steps can be compared from one starting point."""
+    torch.manual_seed(seed)
+    reference = CifarResNet(n=(int(model_name.removeprefix("resnet")) - 2) // 6)
+    for m in reference.modules():  # He init, as both implementations use
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+    reference.train()
+    variables = load_torch_state_dict(model_name, {k: v.numpy() for k, v in reference.state_dict().items()})
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
+    return reference, state
