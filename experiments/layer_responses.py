@@ -2,6 +2,7 @@
 
     python experiments/layer_responses.py --workdirs=workdirs/depth_study/plain20,workdirs/depth_study/resnet20,... \
         --output=workdirs/depth_study/figure7
+    python experiments/layer_responses.py --from_csv=a/figure7.csv,b/figure7.csv --output=figure7   # redraw, merged
 
 A response is the output of a 3x3 convolution after its BatchNorm, before the ReLU and the addition of the shortcut
 (Section 4.2). For each such layer we take the standard deviation of each channel over the test set (all images and
@@ -25,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_jax import data, train  # noqa: E402
 from resnet_jax.batch_norm import GroupedBatchNorm  # noqa: E402
 
-flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.", required=True)
+flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
+flags.DEFINE_list("from_csv", None, "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
+                  "(for runs whose checkpoints are elsewhere or gone).")
 flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
 flags.DEFINE_string("split", "test", "Split whose images give the responses.")
 FLAGS = flags.FLAGS
@@ -96,19 +99,32 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     plt.close(fig)
 
 
+def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """(layer, std) per net, in layer order, from CSVs written by this script; a net in two files is an error."""
+    responses = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: (r["net"], int(r["layer_index"])))
+        for net in dict.fromkeys(r["net"] for r in rows):
+            if net in responses:
+                raise ValueError(f"Net {net!r} appears in more than one of {paths}; rename it in one of the files.")
+            responses[net] = [(r["layer"], float(r["std"])) for r in rows if r["net"] == net]
+    return responses
+
+
 def main(argv: list[str]) -> None:
     del argv
-    responses = {}
+    if bool(FLAGS.workdirs) == bool(FLAGS.from_csv):
+        raise app.UsageError("Give exactly one of --workdirs (trained runs) and --from_csv (earlier CSVs).")
+    responses = read_responses(FLAGS.from_csv) if FLAGS.from_csv else {
+        Path(workdir).name: layer_response_stds(workdir, FLAGS.split) for workdir in FLAGS.workdirs}
     with open(f"{FLAGS.output}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["net", "layer_index", "layer", "std"])
-        for workdir in FLAGS.workdirs:
-            net = Path(workdir).name
-            stds = layer_response_stds(workdir, FLAGS.split)
-            responses[net] = [s for _, s in stds]
+        for net, stds in responses.items():
             writer.writerows((net, i + 1, name, f"{s:.6f}") for i, (name, s) in enumerate(stds))
-            print(f"{net}: {len(stds)} layers, mean std {np.mean(responses[net]):.4f}", flush=True)
-    plot_figure7(responses, f"{FLAGS.output}.png")
+            print(f"{net}: {len(stds)} layers, mean std {np.mean([s for _, s in stds]):.4f}", flush=True)
+    plot_figure7({net: [s for _, s in stds] for net, stds in responses.items()}, f"{FLAGS.output}.png")
 
 
 if __name__ == "__main__":

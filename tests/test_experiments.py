@@ -88,6 +88,23 @@ def test_print_commands_gives_one_line_per_net(tmp_path):
     assert all(line.endswith(f"--nets={net}") and "--quick" in line for line, net in zip(lines, study.QUICK_NETS))
 
 
+def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
+    (tmp_path / "a.csv").write_text("net,layer_index,layer,std\nplain20,2,layer1_0/bn1,0.5\nplain20,1,bn1,0.7\n")
+    (tmp_path / "b.csv").write_text("net,layer_index,layer,std\nresnet56,1,bn1,0.3\n")
+
+    def redraw(*csvs):
+        return subprocess.run([sys.executable, "experiments/layer_responses.py", f"--from_csv={','.join(csvs)}",
+                               f"--output={tmp_path / 'fig7'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    result = redraw(str(tmp_path / "a.csv"), str(tmp_path / "b.csv"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "fig7.csv").read_text().splitlines()[1:] == [
+        "plain20,1,bn1,0.700000", "plain20,2,layer1_0/bn1,0.500000", "resnet56,1,bn1,0.300000"]
+    assert (tmp_path / "fig7.png").stat().st_size > 0
+    twice = redraw(str(tmp_path / "a.csv"), str(tmp_path / "a.csv"))
+    assert twice.returncode != 0 and "'plain20' appears in more than one" in twice.stderr
+
+
 def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):
     def config(model, shortcut):
         return {"model": {"name": model, "shortcut": shortcut}}
