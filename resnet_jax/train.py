@@ -41,6 +41,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the parameters became NaN or Inf; the last good checkpoint is kept."""
 
 
+class InputPipelineError(RuntimeError):
+    """The input pipeline broke at the operating-system level (a grain worker's shared memory, a file); the run's
+    checkpoints are intact, so rerunning resumes it."""
+
+
 def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSchedule:
     s = config.schedule
     if s.kind == "plateau":
@@ -153,7 +158,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = data.DevicePrefetchIterator(train_iter, mesh)
     result: dict[str, float] = {}
     while step < config.num_steps:
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except OSError as error:
+            checkpointer.wait()  # a save still in flight completes, so the resume loses as little as possible
+            raise InputPipelineError(
+                f"The input pipeline failed before step {step + 1}: {error!r}. Nothing written is lost: the latest "
+                f"checkpoint (step {checkpointer.latest_step}) is complete; rerun the same command to resume from it."
+            ) from error
         learning_rate = schedule(step)
         state, metrics = train_step(state, batch, jnp.float32(learning_rate))
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)

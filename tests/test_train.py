@@ -190,6 +190,36 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir,
     assert all(np.isfinite(np.asarray(x)).all() for x in _leaves(state["params"]))
 
 
+def test_input_pipeline_failure_is_named_and_the_rerun_resumes(cifar_slice_data_dir, tmp_path, monkeypatch):
+    from resnet_jax import data
+
+    class FailsAfter:
+        """The real training iterator, until an OSError like the one grain's shared memory once raised on a GPU."""
+
+        def __init__(self, iterator, batches):
+            self._iterator, self._left = iterator, batches
+
+        def __next__(self):
+            self._left -= 1
+            if self._left < 0:
+                raise OSError(9, "Bad file descriptor")
+            return next(self._iterator)
+
+        def __getattr__(self, name):  # get_state, set_state, close
+            return getattr(self._iterator, name)
+
+    real_iterator = data.train_iterator
+    # 7 good batches: with the device prefetch 2 batches ahead, the 8th fetch comes before step 6.
+    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: FailsAfter(real_iterator(*a, **k), 7))
+    config = _config(cifar_slice_data_dir, num_steps=10)
+    failure = r"before step 6: OSError.*checkpoint \(step 4\) is complete.*rerun the same command"
+    with pytest.raises(train.InputPipelineError, match=failure):
+        train.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(data, "train_iterator", real_iterator)
+    assert train.train_and_evaluate(config, str(tmp_path))["examples"] > 0
+    assert [r["step"] for r in read_metrics(tmp_path) if r["kind"] == "train"] == list(range(1, 11))
+
+
 def test_bad_config_key_is_named(cifar_slice_data_dir, tmp_path):
     result = subprocess.run(_command(cifar_slice_data_dir, tmp_path, **{"model.shortcutt": "B"}), cwd=REPO,
                             env=_env(), capture_output=True, text=True, timeout=120)
