@@ -4,10 +4,11 @@
 
 ARG is a CIFAR model name (resnet20/32/44/56/110/1202, plain20/32/44/56/110), optionally followed by ",quick"
 (400 iterations, lr rising linearly to 0.1 over the first 100, /10 at 200 and 300: minutes on a CPU, for trying
-the code and for the quick depth study; not a paper setting, see the README) or ",holdout" (the 45k/5k train/val split on
-which the paper chose its schedule). Recipe: batch 128 in BN groups of 64 (the paper's 2 GPUs), SGD momentum 0.9,
-weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; pad-4 random crop and flip, per-pixel
-mean subtracted; single-view test. ResNet-110 and 1202 warm up at lr 0.01 until the training error is below 80%.
+the code and for the quick depth study; not a paper setting, see the README) or ",holdout" (the 45k/5k train/val
+split on which the paper chose its schedule). Recipe: batch 128 in BN groups of 64 (the paper's 2 GPUs), SGD
+momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; pad-4 random crop and
+flip, per-pixel mean subtracted; single-view test. ResNet-110 and 1202 warm up at lr 0.01 until the training error
+is below 80%.
 
 Paper (Table 6, test error %): ResNet-20 8.75, 32 7.51, 44 7.17, 56 6.97, 110 6.43 (mean 6.61 +- 0.16), 1202 7.93.
 Our data is CIFAR-10 re-encoded as JPEG q75 (see README): expect higher absolute errors.

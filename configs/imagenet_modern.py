@@ -7,7 +7,8 @@ downsampling in projection shortcuts, stride on the 3x3), resnet50_bf16 (ResNet-
 float32 parameters). Reference points (mmpretrain, its own recipe, 1-crop top-1 accuracy %): ResNetV1D-50/101/152
 77.54/78.93/79.41; ResNet-50 fp16 76.30. With the paper's recipe expect the 10-crop errors of configs/imagenet_table3.py
 to improve by roughly a point for v1d, and bf16 to match fp32 within noise.
-Hardware: as configs/imagenet_table3.py; bf16 halves activation memory (speed: benchmarks/train_step.py --dtype=bfloat16).
+Hardware: as configs/imagenet_table3.py; bf16 halves activation memory
+(speed: benchmarks/train_step.py --dtype=bfloat16).
 """
 
 from configs import imagenet

@@ -16,7 +16,8 @@ from resnet_jax.config import PROTOCOLS
 from resnet_jax.sharding import check_divisible, make_mesh
 
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
-flags.DEFINE_enum("protocol", None, PROTOCOLS, "Test protocol (default: the run's final protocol, else its config.eval.protocol).")
+flags.DEFINE_enum("protocol", None, PROTOCOLS,
+                  "Test protocol (default: the run's final protocol, else its config.eval.protocol).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval.split).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("batch_size", None, "Global evaluation batch size (default: the run's config.eval.batch_size).")
