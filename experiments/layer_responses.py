@@ -99,32 +99,48 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     plt.close(fig)
 
 
+def _check_unique(nets: list[str]) -> None:
+    repeated = sorted({net for net in nets if nets.count(net) > 1})
+    if repeated:
+        raise ValueError(f"Nets {repeated} appear more than once (workdirs with the same name, or a net in two CSVs); "
+                         "each net is one line of the figure, so rename one.")
+
+
 def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
-    """(layer, std) per net, in layer order, from CSVs written by this script; a net in two files is an error."""
-    responses = {}
+    """(layer, std) per net, in file order and layer order, from CSVs written by this script."""
+    by_net: dict[str, list[dict]] = {}
+    nets = []
     for path in paths:
         with open(path, newline="") as f:
-            rows = sorted(csv.DictReader(f), key=lambda r: (r["net"], int(r["layer_index"])))
-        for net in dict.fromkeys(r["net"] for r in rows):
-            if net in responses:
-                raise ValueError(f"Net {net!r} appears in more than one of {paths}; rename it in one of the files.")
-            responses[net] = [(r["layer"], float(r["std"])) for r in rows if r["net"] == net]
-    return responses
+            in_file: dict[str, list[dict]] = {}
+            for row in csv.DictReader(f):
+                in_file.setdefault(row["net"], []).append(row)
+        nets += in_file
+        by_net.update(in_file)
+    _check_unique(nets)
+    return {net: [(r["layer"], float(r["std"])) for r in sorted(rows, key=lambda r: int(r["layer_index"]))]
+            for net, rows in by_net.items()}
 
 
 def main(argv: list[str]) -> None:
     del argv
     if bool(FLAGS.workdirs) == bool(FLAGS.from_csv):
         raise app.UsageError("Give exactly one of --workdirs (trained runs) and --from_csv (earlier CSVs).")
-    responses = read_responses(FLAGS.from_csv) if FLAGS.from_csv else {
-        Path(workdir).name: layer_response_stds(workdir, FLAGS.split) for workdir in FLAGS.workdirs}
+    if FLAGS.from_csv:  # read in full first: --output may name one of the inputs
+        nets = list(read_responses(FLAGS.from_csv).items())
+    else:
+        _check_unique([Path(workdir).name for workdir in FLAGS.workdirs])
+        nets = ((Path(workdir).name, layer_response_stds(workdir, FLAGS.split)) for workdir in FLAGS.workdirs)
+    plotted = {}
     with open(f"{FLAGS.output}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["net", "layer_index", "layer", "std"])
-        for net, stds in responses.items():
+        for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
             writer.writerows((net, i + 1, name, f"{s:.6f}") for i, (name, s) in enumerate(stds))
-            print(f"{net}: {len(stds)} layers, mean std {np.mean([s for _, s in stds]):.4f}", flush=True)
-    plot_figure7({net: [s for _, s in stds] for net, stds in responses.items()}, f"{FLAGS.output}.png")
+            f.flush()
+            plotted[net] = [s for _, s in stds]
+            print(f"{net}: {len(stds)} layers, mean std {np.mean(plotted[net]):.4f}", flush=True)
+    plot_figure7(plotted, f"{FLAGS.output}.png")
 
 
 if __name__ == "__main__":

@@ -162,9 +162,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             batch = next(batches)
         except OSError as error:
             checkpointer.wait()  # a save still in flight completes, so the resume loses as little as possible
+            writer.close()
+            train_iter.close()
+            saved = checkpointer.latest_step
+            resume = (f"the rerun resumes from the latest checkpoint, step {saved}, and redoes the steps after it"
+                      if saved is not None else "no checkpoint was written yet, so the rerun starts from step 0")
             raise InputPipelineError(
-                f"The input pipeline failed before step {step + 1}: {error!r}. Nothing written is lost: the latest "
-                f"checkpoint (step {checkpointer.latest_step}) is complete; rerun the same command to resume from it."
+                f"The training input pipeline failed before step {step + 1}: {error!r}. If the cause was passing "
+                f"(it is not for a full /dev/shm or disk), rerun the same command, on every host: {resume}."
             ) from error
         learning_rate = schedule(step)
         state, metrics = train_step(state, batch, jnp.float32(learning_rate))

@@ -102,7 +102,7 @@ def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
         "plain20,1,bn1,0.700000", "plain20,2,layer1_0/bn1,0.500000", "resnet56,1,bn1,0.300000"]
     assert (tmp_path / "fig7.png").stat().st_size > 0
     twice = redraw(str(tmp_path / "a.csv"), str(tmp_path / "a.csv"))
-    assert twice.returncode != 0 and "'plain20' appears in more than one" in twice.stderr
+    assert twice.returncode != 0 and "Nets ['plain20'] appear more than once" in twice.stderr
 
 
 def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):

@@ -209,15 +209,20 @@ def test_input_pipeline_failure_is_named_and_the_rerun_resumes(cifar_slice_data_
             return getattr(self._iterator, name)
 
     real_iterator = data.train_iterator
+    config = _config(cifar_slice_data_dir, num_steps=10)
+    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: FailsAfter(real_iterator(*a, **k), 2))
+    with pytest.raises(train.InputPipelineError, match="before step 1: .*no checkpoint was written yet"):
+        train.train_and_evaluate(config, str(tmp_path / "early"))
     # 7 good batches: with the device prefetch 2 batches ahead, the 8th fetch comes before step 6.
     monkeypatch.setattr(data, "train_iterator", lambda *a, **k: FailsAfter(real_iterator(*a, **k), 7))
-    config = _config(cifar_slice_data_dir, num_steps=10)
-    failure = r"before step 6: OSError.*checkpoint \(step 4\) is complete.*rerun the same command"
+    failure = r"before step 6: OSError.*rerun the same command.*from the latest checkpoint, step 4, and redoes"
     with pytest.raises(train.InputPipelineError, match=failure):
         train.train_and_evaluate(config, str(tmp_path))
+    assert ocp.CheckpointManager(tmp_path / "checkpoints").all_steps() == [2, 4]  # both complete on disk
     monkeypatch.setattr(data, "train_iterator", real_iterator)
-    assert train.train_and_evaluate(config, str(tmp_path))["examples"] > 0
-    assert [r["step"] for r in read_metrics(tmp_path) if r["kind"] == "train"] == list(range(1, 11))
+    train.train_and_evaluate(config, str(tmp_path))
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
 
 
 def test_bad_config_key_is_named(cifar_slice_data_dir, tmp_path):
