@@ -157,76 +157,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sums, window_start, window_step = None, time.perf_counter(), step
     batches = data.DevicePrefetchIterator(train_iter, mesh)
     result: dict[str, float] = {}
-    while step < config.num_steps:
-        try:
-            batch = next(batches)
-        except OSError as error:
-            checkpointer.wait()  # a save still in flight completes, so the resume loses as little as possible
-            writer.close()
-            train_iter.close()
-            saved = checkpointer.latest_step
-            resume = (f"the rerun resumes from the latest checkpoint, step {saved}, and redoes the steps after it"
-                      if saved is not None else "no checkpoint was written yet, so the rerun starts from step 0")
-            raise InputPipelineError(
-                f"The training input pipeline failed before step {step + 1}: {error!r}. If the cause was passing "
-                f"(it is not for a full /dev/shm or disk), rerun the same command, on every host: {resume}."
-            ) from error
-        learning_rate = schedule(step)
-        state, metrics = train_step(state, batch, jnp.float32(learning_rate))
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-        step += 1
-        last = step == config.num_steps
+    # However the loop ends (finished, preempted, NaN, a broken pipeline), a save in flight completes (close waits
+    # for it) and grain's workers and the event files are closed.
+    try:
+        while step < config.num_steps:
+            try:
+                batch = next(batches)
+            except OSError as error:
+                saved = checkpointer.latest_step  # the save in flight, if any, completes below (finally)
+                resume = (f"the rerun resumes from the latest checkpoint, step {saved}, and redoes the steps after it"
+                          if saved is not None else "no checkpoint was written yet, so the rerun starts from step 0")
+                raise InputPipelineError(
+                    f"The training input pipeline failed before step {step + 1}: {error!r}. If the cause was passing "
+                    f"(it is not for a full /dev/shm or disk), rerun the same command, on every host: {resume}."
+                ) from error
+            learning_rate = schedule(step)
+            state, metrics = train_step(state, batch, jnp.float32(learning_rate))
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+            step += 1
+            last = step == config.num_steps
 
-        if step % config.log_every_steps == 0 or last:
-            totals = jax.tree.map(lambda x: float(np.asarray(x)), sums)
-            loss, error = totals["loss"] / totals["examples"], totals["errors"] / totals["examples"]
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"The training loss became {loss} between steps {window_step} and {step}. The last good "
-                    f"checkpoint (step {checkpointer.latest_step}) is kept; lower config.schedule.base_lr, check the "
-                    "data, or use float32 (config.model.dtype).")
-            images_per_sec = totals["examples"] / (time.perf_counter() - window_start)
-            writer.write(step, "train", {"loss": loss, "error": error, "learning_rate": learning_rate,
-                                         "images_per_sec": images_per_sec})
-            writer.progress(step, loss, error, learning_rate, images_per_sec)
-            schedule.observe(step, train_error=error)
-            sums, window_start, window_step = None, time.perf_counter(), step
+            if step % config.log_every_steps == 0 or last:
+                totals = jax.tree.map(lambda x: float(np.asarray(x)), sums)
+                loss, error = totals["loss"] / totals["examples"], totals["errors"] / totals["examples"]
+                if not np.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"The training loss became {loss} between steps {window_step} and {step}. The last good "
+                        f"checkpoint (step {checkpointer.latest_step}) is kept; lower config.schedule.base_lr, check "
+                        "the data, or use float32 (config.model.dtype).")
+                images_per_sec = totals["examples"] / (time.perf_counter() - window_start)
+                writer.write(step, "train", {"loss": loss, "error": error, "learning_rate": learning_rate,
+                                             "images_per_sec": images_per_sec})
+                writer.progress(step, loss, error, learning_rate, images_per_sec)
+                schedule.observe(step, train_error=error)
+                sums, window_start, window_step = None, time.perf_counter(), step
 
-        if last and config.bn_recompute_examples:
-            batch_stats = recompute_batch_stats(config, state, mesh)
-            state = state.replace(batch_stats=jax.device_put(batch_stats, replicated(mesh)))
-        if step % config.eval.every_steps == 0 or last:
-            result = run_evaluation(config, model, state.variables(), mesh)
-            writer.write(step, "eval", result)
-            writer.log(f"step {step}  {config.eval.split} error: top-1 {100 * result['top1_error']:.2f}%  top-5 "
-                       f"{100 * result['top5_error']:.2f}% ({result['examples']} examples)")
-            schedule.observe(step, val_error=result["top1_error"])
-        if last and config.eval.final_protocol not in (None, config.eval.protocol):
-            result = run_evaluation(config, model, state.variables(), mesh, protocol=config.eval.final_protocol)
-            writer.write(step, f"eval_{config.eval.final_protocol}", result)
-            writer.log(f"final {config.eval.final_protocol} {config.eval.split} error: top-1 "
-                       f"{100 * result['top1_error']:.2f}%  top-5 {100 * result['top5_error']:.2f}%")
+            if last and config.bn_recompute_examples:
+                batch_stats = recompute_batch_stats(config, state, mesh)
+                state = state.replace(batch_stats=jax.device_put(batch_stats, replicated(mesh)))
+            if step % config.eval.every_steps == 0 or last:
+                result = run_evaluation(config, model, state.variables(), mesh)
+                writer.write(step, "eval", result)
+                writer.log(f"step {step}  {config.eval.split} error: top-1 {100 * result['top1_error']:.2f}%  top-5 "
+                           f"{100 * result['top5_error']:.2f}% ({result['examples']} examples)")
+                schedule.observe(step, val_error=result["top1_error"])
+            if last and config.eval.final_protocol not in (None, config.eval.protocol):
+                result = run_evaluation(config, model, state.variables(), mesh, protocol=config.eval.final_protocol)
+                writer.write(step, f"eval_{config.eval.final_protocol}", result)
+                writer.log(f"final {config.eval.final_protocol} {config.eval.split} error: top-1 "
+                           f"{100 * result['top1_error']:.2f}%  top-5 {100 * result['top5_error']:.2f}%")
 
-        preempted = preemption.event.is_set() or checkpointer.reached_preemption(step)
-        if step % config.checkpoint_every_steps == 0 or last or preempted:
-            if not _all_finite(state.params):
-                raise NonFiniteLossError(f"The parameters became NaN or Inf by step {step}; the last good checkpoint "
-                                         f"(step {checkpointer.latest_step}) is kept.")
-            checkpointer.save(step, state, batches.get_state(), schedule.state_dict())
-        if preempted:
-            checkpointer.wait()
-            writer.log(f"Preempted: saved step {step} to {workdir}; rerun the same command to resume.")
-            writer.close()
-            train_iter.close()
-            return {}
+            preempted = preemption.event.is_set() or checkpointer.reached_preemption(step)
+            if step % config.checkpoint_every_steps == 0 or last or preempted:
+                if not _all_finite(state.params):
+                    raise NonFiniteLossError(f"The parameters became NaN or Inf by step {step}; the last good "
+                                             f"checkpoint (step {checkpointer.latest_step}) is kept.")
+                checkpointer.save(step, state, batches.get_state(), schedule.state_dict())
+            if preempted:
+                checkpointer.wait()
+                writer.log(f"Preempted: saved step {step} to {workdir}; rerun the same command to resume.")
+                return {}
 
-    if not result:  # the run had already finished
-        result = run_evaluation(config, model, state.variables(), mesh,
-                                protocol=config.eval.final_protocol or config.eval.protocol)
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-    train_iter.close()
+        if not result:  # the run had already finished
+            result = run_evaluation(config, model, state.variables(), mesh,
+                                    protocol=config.eval.final_protocol or config.eval.protocol)
+    finally:
+        checkpointer.close()
+        writer.close()
+        train_iter.close()
     if jax.process_index() == 0:
         plot_training_curves([workdir], [config.model.name], workdir_path / "curves.png",
                              title=f"{config.model.name} on {config.data.name}")
