@@ -23,9 +23,9 @@ from jax.sharding import Mesh
 
 from benchmarks.machine import describe
 from resnet_jax.data import protocols, put_on_mesh
-from resnet_jax.evaluation import make_eval_step
+from resnet_jax.evaluation import error_counts
 from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
-from resnet_jax.sharding import make_mesh
+from resnet_jax.sharding import batch_sharded, make_mesh, replicated
 
 flags.DEFINE_enum("model", "resnet50", [n for n in MODEL_NAMES if not is_cifar(n)], "An ImageNet model name.")
 flags.DEFINE_integer("batch_size", 8, "Images per evaluation step (10-crop: 10 views each).")
@@ -45,7 +45,8 @@ def device_images_per_sec(model: nn.Module, variables: Any, protocol: str, view:
     batch = {k: np.broadcast_to(v, (FLAGS.batch_size, *v.shape)).copy() for k, v in example.items()}
     batch.update(label=np.zeros(FLAGS.batch_size, np.int32), mask=np.ones(FLAGS.batch_size, bool))
     batch = put_on_mesh(batch, mesh)
-    step = make_eval_step(model, protocol, mesh)
+    step = jax.jit(lambda v, b: error_counts(model, protocol, v, b), in_shardings=(replicated(mesh),
+                   batch_sharded(mesh)), out_shardings=replicated(mesh))
     jax.block_until_ready(step(variables, batch))
     start = time.perf_counter()
     for _ in range(FLAGS.steps):

@@ -45,6 +45,7 @@ def get_config(arg: str = "resnet20"):
     c.eval.batch_size = 500
     c.eval.every_steps = 2_000
     c.checkpoint_every_steps = 2_000
+    c.steps_per_dispatch = 100  # the data is on the devices (data.on_device): 100 steps per call into them
 
     if "holdout" in variants:
         c.data.holdout_val = True
@@ -58,4 +59,5 @@ def get_config(arg: str = "resnet20"):
         c.log_every_steps = 25
         c.eval.every_steps = 200
         c.checkpoint_every_steps = 200
+        c.steps_per_dispatch = 25
     return c

@@ -11,7 +11,7 @@ Hardware: as configs/imagenet_table3.py; bf16 halves activation memory
 (speed: benchmarks/train_step.py --dtype=bfloat16).
 """
 
-from configs import imagenet
+from configs.imagenet_recipe import recipe
 
 VARIANTS = ("resnet50_v1d", "resnet101_v1d", "resnet152_v1d", "resnet50_bf16")
 
@@ -20,7 +20,7 @@ def get_config(arg: str = "resnet50_v1d"):
     if arg not in VARIANTS:
         raise ValueError(f"Unknown variant {arg!r}; choose from {VARIANTS}.")
     if arg == "resnet50_bf16":
-        c = imagenet.get_config("resnet50")
+        c = recipe("resnet50")
         c.model.dtype = "bfloat16"
         return c
-    return imagenet.get_config(arg)
+    return recipe(arg)

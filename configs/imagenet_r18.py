@@ -1,4 +1,4 @@
-"""ResNet-18 on ImageNet with the paper's recipe (configs/imagenet.py), option B shortcuts.
+"""ResNet-18 on ImageNet with the paper's recipe (configs/imagenet_recipe.py), option B shortcuts.
 
     python -m resnet_jax.main --config=configs/imagenet_r18.py --workdir=gs://BUCKET/imagenet_r18
     python -m resnet_jax.evaluate --workdir=gs://BUCKET/imagenet_r18 --protocol=10crop --split=validation
@@ -7,8 +7,8 @@ Paper, top-1 / top-5 error % on the validation set: Table 2: ResNet-18 27.88 (op
 Hardware: a TPU v3-8 or 8 GPUs; 60e4 iterations of 256 images.
 """
 
-from configs import imagenet
+from configs import imagenet_recipe
 
 
 def get_config():
-    return imagenet.get_config("resnet18")
+    return imagenet_recipe.recipe("resnet18")

@@ -2,21 +2,21 @@
 
     python -m resnet_jax.main --config=configs/imagenet_table2.py:resnet34 --workdir=gs://BUCKET/table2_resnet34
 
-ARG: plain18, resnet18, plain34, resnet34. Recipe: configs/imagenet.py (60e4 iterations of 256 images).
+ARG: plain18, resnet18, plain34, resnet34. Recipe: configs/imagenet_recipe.py (60e4 iterations of 256 images).
 Paper, top-1 error % (10-crop, validation): plain-18 27.94, ResNet-18 27.88, plain-34 28.54, ResNet-34 25.03.
-Hardware: as configs/imagenet.py; the 34-layer nets cost about twice the 18-layer ones.
-Collect the runs with experiments/imagenet_tables.py.
+Hardware: as configs/imagenet_r50.py; the 34-layer nets cost about twice the 18-layer ones.
+Collect the runs with `python -m experiments.imagenet_tables`.
 """
 
-from configs import imagenet
+from configs.imagenet_recipe import Row, table_config
 
-ROWS = {  # ARG: (model, shortcut, paper top-1 error %)
-    "plain18": ("plain18", "A", 27.94),
-    "resnet18": ("resnet18", "A", 27.88),
-    "plain34": ("plain34", "A", 28.54),
-    "resnet34": ("resnet34", "A", 25.03),
+ROWS = {
+    "plain18": Row("plain18", "A"),
+    "resnet18": Row("resnet18", "A"),
+    "plain34": Row("plain34", "A"),
+    "resnet34": Row("resnet34", "A"),
 }
 
 
 def get_config(arg: str = "resnet34"):
-    return imagenet.table_config(ROWS, arg, final_protocol="10crop")
+    return table_config(ROWS, arg, final_protocol="10crop")

@@ -12,18 +12,18 @@ ResNet-101 19.87/4.60; ResNet-152 19.38/4.49.
 Hardware: as Table 3; multi-scale evaluation runs 5 scales of up to 1280x1280 canvases per image.
 """
 
-from configs import imagenet
+from configs.imagenet_recipe import Row, table_config
 
-ROWS = {  # ARG: (model, shortcut, paper (top-1, top-5) error %)
-    "resnet34_B": ("resnet34", "B", (21.84, 5.71)),
-    "resnet34_C": ("resnet34", "C", (21.53, 5.60)),
-    "resnet50": ("resnet50", "B", (20.74, 5.25)),
-    "resnet101": ("resnet101", "B", (19.87, 4.60)),
-    "resnet152": ("resnet152", "B", (19.38, 4.49)),
+ROWS = {
+    "resnet34_B": Row("resnet34", "B"),
+    "resnet34_C": Row("resnet34", "C"),
+    "resnet50": Row("resnet50", "B"),
+    "resnet101": Row("resnet101", "B"),
+    "resnet152": Row("resnet152", "B"),
 }
 
 
 def get_config(arg: str = "resnet50"):
-    c = imagenet.table_config(ROWS, arg, final_protocol="multiscale")
+    c = table_config(ROWS, arg, final_protocol="multiscale")
     c.eval.batch_size = 32  # five canvases of up to 1280x1280 per image
     return c

@@ -1,15 +1,18 @@
-"""The CIFAR-10 depth study of Section 4.2: Table 6 and Figure 6.
+"""The CIFAR-10 depth study of Section 4.2: Table 6 and Figure 6, with several runs (seeds) per net.
 
-    python experiments/cifar_depth_study.py --workdir=workdirs/depth_study                  # all nets, in turn
-    python experiments/cifar_depth_study.py --workdir=... --job_index=3 --num_jobs=10          # one slice (array job)
-    python experiments/cifar_depth_study.py --workdir=... --print_commands                    # one line per net
-    python experiments/cifar_depth_study.py --workdir=... --collect                           # table + figure only
-    python experiments/cifar_depth_study.py --workdir=... --quick                             # about an hour on CPU
+    python -m experiments.cifar_depth_study --workdir=workdirs/depth_study --runs=3           # all nets, in turn
+    python -m experiments.cifar_depth_study --workdir=... --nets=resnet110 --runs=5             # the paper's 5 runs
+    python -m experiments.cifar_depth_study --workdir=... --job_index=3 --num_jobs=10           # one slice (array job)
+    python -m experiments.cifar_depth_study --workdir=... --print_commands                     # one line per net
+    python -m experiments.cifar_depth_study --workdir=... --collect                            # table + figure only
+    python -m experiments.cifar_depth_study --workdir=... --quick                              # minutes on a CPU
 
-Each net trains in `<workdir>/<net>` with configs/cifar10.py on the paper's schedule (64k iterations). A finished
-net (one with result.json) is not run again and an interrupted one resumes from its checkpoint, so the same command
-can be rerun until everything is done. The table reports each net's final test error (the last evaluation, never
-the best one) beside Table 6, and Figure 6 is drawn from the runs' logs.
+Each net trains in `<workdir>/<net>` with configs/cifar10.py on the paper's schedule (64k iterations); with
+--runs=N its N runs (seeds 0..N-1) train together in one program (`config.runs`), each in `<net>/seed<s>/`. A
+finished net (one with result.json) is not run again and an interrupted one resumes from its checkpoint, so the same
+command can be rerun until everything is done. The table reports each net's final test error (the last evaluation,
+never the best one): the mean +- standard deviation and the best over runs, beside Table 6 (docs/paper.md); Figure 6
+draws the mean curves of the runs, plain nets and ResNets in two panels as in the paper.
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ import csv
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from absl import app, flags
+import numpy as np
+from absl import flags, logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `configs`
+from configs import cifar10
+from experiments import paper
+from resnet_jax import cli
+from resnet_jax.rundir import RunDir
 
-from configs import cifar10  # noqa: E402
-
-PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43,
-                "resnet1202": 7.93}
 DEFAULT_NETS = ("plain20", "plain32", "plain44", "plain56", "plain110",
                 "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
@@ -37,8 +40,9 @@ flags.DEFINE_string("workdir", None, "Directory holding one run directory per ne
 flags.DEFINE_list("nets", None, f"Nets to run (default: {', '.join(DEFAULT_NETS)}; with --quick: "
                   f"{', '.join(QUICK_NETS)}).")
 flags.DEFINE_bool("with_1202", False, "Also run ResNet-1202 (19.4M parameters, slow).")
-flags.DEFINE_bool("quick", False, "configs/cifar10.py's quick schedule (400 iterations, about an hour on a 2-core CPU "
-                  "for the four default nets) instead of 64k.")
+flags.DEFINE_integer("runs", 1, "Runs (seeds 0..runs-1) per net, trained together in one program.")
+flags.DEFINE_bool("quick", False, "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per "
+                  "net) instead of 64k.")
 flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
 flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
 flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
@@ -46,8 +50,7 @@ flags.DEFINE_bool("collect", False, "Only collect the finished runs into the tab
 flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
 flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
-flags.DEFINE_integer("worker_count", None, "grain worker processes per run (default: the config's 2; a GPU needs "
-                     "about 8 to keep up, benchmarks/RESULTS.md).")
+flags.DEFINE_integer("steps_per_dispatch", None, "Override the config's steps per call into the devices.")
 FLAGS = flags.FLAGS
 
 
@@ -68,102 +71,120 @@ def nets_for_job(nets: list[str], job_index: int, num_jobs: int) -> list[str]:
     return nets[job_index::num_jobs]
 
 
-def net_config(net: str, quick: bool, data_dir: str | None, prepare_from: str | None, batch_size: int | None,
-               worker_count: int | None = None):
+def net_config(net: str, quick: bool = False, data_dir: str | None = None, prepare_from: str | None = None,
+               batch_size: int | None = None, runs: int = 1, steps_per_dispatch: int | None = None):
     config = cifar10.get_config(f"{net},quick" if quick else net)
     if batch_size:
         config.batch_size = batch_size
-    if worker_count is not None:
-        config.data.worker_count = worker_count
+    if steps_per_dispatch:
+        config.steps_per_dispatch = steps_per_dispatch
+    config.runs = runs
     config.data.data_dir = data_dir
     config.prepare_from = prepare_from
     return config
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "result.json").exists()
-
-
 def net_command(net: str, argv: list[str]) -> str:
     """The command that runs just `net` of this study (same flags)."""
     kept = [a for a in argv[1:] if not a.startswith(("--nets", "--job_index", "--num_jobs", "--print_commands"))]
-    return shlex.join([sys.executable, argv[0], *kept, f"--nets={net}"])
+    return shlex.join([sys.executable, "-m", "experiments.cifar_depth_study", *kept, f"--nets={net}"])
 
 
 def run_nets(workdir: Path, nets: list[str], make_config: Callable, train_fn: Callable) -> bool:
     """Trains each unfinished net in `<workdir>/<net>` (resuming it if it was interrupted); False if preempted."""
     for net in nets:
-        run_dir = workdir / net
-        if is_finished(run_dir):
-            print(f"{net}: finished earlier ({run_dir / 'result.json'}), skipping.", flush=True)
+        run_dir = RunDir(workdir / net)
+        if run_dir.is_finished():
+            logging.info("%s: finished earlier (%s), skipping.", net, run_dir.path)
             continue
-        print(f"{net}: training in {run_dir}", flush=True)
-        if not train_fn(make_config(net), str(run_dir)):
-            print(f"{net}: preempted and saved; rerun the same command to resume.", flush=True)
+        logging.info("%s: training in %s", net, run_dir.path)
+        if not train_fn(make_config(net), str(run_dir.path)):
+            logging.info("%s: preempted and saved; rerun the same command to resume.", net)
             return False
     return True
 
 
-def collect(workdir: Path, nets: list[str]) -> list[dict]:
-    """Final errors of the finished runs, as rows; writes table6.md, table6.csv and figure6.png into `workdir`."""
-    from resnet_jax.metric_writer import read_metrics
+def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
+    last = max((r for r in records if r["kind"] == kind), key=lambda r: r["step"])
+    return last["step"], 100 * last[key]
 
-    rows = []
-    for net in nets:
-        run_dir = workdir / net
-        if not is_finished(run_dir):
-            continue
-        records = read_metrics(run_dir)
-        last_eval = max((r for r in records if r["kind"] == "eval"), key=lambda r: r["step"])
-        last_train = max((r for r in records if r["kind"] == "train"), key=lambda r: r["step"])
-        rows.append({"net": net, "steps": last_eval["step"], "test_error": round(100 * last_eval["top1_error"], 2),
-                     "train_error": round(100 * last_train["error"], 2),
-                     "paper_test_error": PAPER_TABLE6.get(net, "")})
+
+def net_row(net: str, run_dir: RunDir) -> dict:
+    """One row of Table 6 from a finished net: final test and training errors over its runs, and the paper's."""
+    members = run_dir.members()
+    finals = [(_final(m.read_metrics(), "eval", "top1_error"), _final(m.read_metrics(), "train", "error"))
+              for m in members]
+    test = np.array([t for (_, t), _ in finals])
+    train = np.array([t for _, (_, t) in finals])
+    paper_row = paper.table("Table 6").get(net, {})
+    return {"net": net, "runs": len(members), "steps": finals[0][0][0],
+            "parameters": (run_dir.read_result() or {}).get("parameters", ""),
+            "test_error_mean": round(float(test.mean()), 2),
+            "test_error_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else "",
+            "test_error_best": round(float(test.min()), 2), "train_error_mean": round(float(train.mean()), 2),
+            "paper_test_error": paper_row.get("test error") or ""}
+
+
+def collect(workdir: Path, nets: list[str]) -> list[dict]:
+    """Rows of the finished nets; writes table6.md, table6.csv and figure6.png into `workdir`."""
+    rows = [net_row(net, RunDir(workdir / net)) for net in nets if RunDir(workdir / net).is_finished()]
     _write_tables(workdir, rows)
     if rows:
         draw_figure6(workdir, [r["net"] for r in rows])
     return rows
 
 
+FIELDS = ["net", "runs", "steps", "parameters", "train_error_mean", "test_error_mean", "test_error_std",
+          "test_error_best", "paper_test_error"]
+
+
 def _write_tables(workdir: Path, rows: list[dict]) -> None:
-    fields = ["net", "steps", "train_error", "test_error", "paper_test_error"]
     with open(workdir / "table6.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| net | iterations | final training error % | final test error % | paper (Table 6) test error % |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['net']} | {r['steps']} | {r['train_error']:.2f} | {r['test_error']:.2f} | "
-              f"{r['paper_test_error']} |" for r in rows]
+    lines = ["| net | parameters | runs | iterations | final training error % (mean) | final test error % "
+             "(mean +- std) | best | paper (Table 6) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        spread = f" +- {r['test_error_std']:.2f}" if r["test_error_std"] != "" else ""
+        parameters = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
+        lines.append(f"| {r['net']} | {parameters} | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
+                     f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |")
     (workdir / "table6.md").write_text("\n".join(lines) + "\n")
 
 
+def _depth(net: str) -> int:
+    return int("".join(c for c in net if c.isdigit()))
+
+
 def draw_figure6(workdir: Path, nets: list[str]) -> None:
-    """Three panels as in Figure 6: plain nets, ResNets, and ResNet-110 against ResNet-1202."""
-    import matplotlib
+    """Figure 6's panels: plain nets and ResNets (and ResNet-110 against 1202 when it ran), mean curves over runs."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from resnet_jax.plots import draw_curves
+    from resnet_jax.plots import draw_curves, save_figure
 
     panels = [("plain nets", [n for n in nets if n.startswith("plain")]),
               ("ResNets", [n for n in nets if n.startswith("resnet") and n != "resnet1202"]),
-              ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202")])]
+              ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202") and "resnet1202" in nets])]
     panels = [(title, group) for title, group in panels if group]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, group) in zip(axes[0], panels):
-        for net in sorted(group, key=lambda n: int("".join(c for c in n if c.isdigit()))):
-            draw_curves(ax, workdir / net, net)
-        ax.set(title=title, xlabel="iterations", ylabel="error (%)", ylim=(0, 100))
+    fig = Figure(figsize=(5.5 * len(panels), 4.2))
+    for i, (title, group) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        finals = []
+        for net in sorted(group, key=_depth):
+            members = RunDir(workdir / net).members()
+            draw_curves(ax, members, f"{net} ({len(members)} runs)" if len(members) > 1 else net)
+            finals.append(net_row(net, RunDir(workdir / net))["test_error_mean"])
+        # The paper's axes (0-20%) when the nets converged; the whole range for short schedules.
+        ax.set(title=title, xlabel="iterations", ylabel="error (%)", ylim=(0, 20 if max(finals) < 15 else 100))
         ax.grid(alpha=0.3)
         ax.legend(title="dashed: training, bold: test", fontsize=8)
     fig.tight_layout()
-    fig.savefig(workdir / "figure6.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, workdir / "figure6.png", dpi=110)
 
 
 def main(argv: list[str]) -> None:
+    del argv
     workdir = Path(FLAGS.workdir)
     nets = study_nets(FLAGS.nets, FLAGS.quick, FLAGS.with_1202)
     if FLAGS.print_commands:
@@ -173,9 +194,11 @@ def main(argv: list[str]) -> None:
     if not FLAGS.collect:
         from resnet_jax.train import train_and_evaluate
 
+        cli.initialize()
+
         def make_config(net):
-            return net_config(net, FLAGS.quick, FLAGS.data_dir, FLAGS.prepare_from, FLAGS.batch_size,
-                              FLAGS.worker_count)
+            return net_config(net, FLAGS.quick, FLAGS.data_dir, FLAGS.prepare_from, FLAGS.batch_size, FLAGS.runs,
+                              FLAGS.steps_per_dispatch)
 
         if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config,
                         train_and_evaluate):
@@ -188,4 +211,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.define_distributed_flags()
+    cli.run(main)

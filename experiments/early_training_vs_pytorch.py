@@ -1,6 +1,6 @@
 """The first training steps of a CIFAR net, ours against PyTorch from the same weights on the same batches.
 
-    python experiments/early_training_vs_pytorch.py --model=resnet56 --steps=60 --data_dir=workdirs/tfds
+    python -m experiments.early_training_vs_pytorch --model=resnet56 --steps=60 --data_dir=workdirs/tfds
 
 Both start from one He-initialised PyTorch net (converted with resnet_jax.convert), read the same real CIFAR-10
 batches from our pipeline and take SGD steps with lr 0.1, momentum 0.9 and weight decay 1e-4 in PyTorch's form, with
@@ -8,23 +8,18 @@ whole-batch BatchNorm. It tells whether a behaviour of early training (such as R
 quick depth study) is ours or the recipe's. Needs torch (`pip install -e ".[test]"`).
 """
 
-import sys
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import torch
-from absl import app, flags
+from absl import flags, logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configs import cifar10  # noqa: E402
-from resnet_jax import data  # noqa: E402
-from resnet_jax.models import create_model  # noqa: E402
-from resnet_jax.optim import make_optimizer  # noqa: E402
-from resnet_jax.sharding import make_mesh  # noqa: E402
-from resnet_jax.train_step import make_train_step  # noqa: E402
-from tests.torch_reference import he_initialised_cifar_resnet  # noqa: E402
+from configs import cifar10
+from experiments.torch_reference import he_initialised_cifar_resnet
+from resnet_jax import cli, data
+from resnet_jax.models import create_model
+from resnet_jax.optim import make_optimizer
+from resnet_jax.sharding import make_mesh
+from resnet_jax.train_step import make_train_step
 
 flags.DEFINE_string("model", "resnet56", "A residual CIFAR net (resnet20..1202).")
 flags.DEFINE_integer("steps", 60, "Training steps.")
@@ -43,7 +38,7 @@ def main(argv):
     sgd = torch.optim.SGD(reference.parameters(), lr=FLAGS.learning_rate, momentum=0.9, weight_decay=1e-4)
 
     config = cifar10.get_config(FLAGS.model)
-    config.data.data_dir, config.data.worker_count = FLAGS.data_dir, 0
+    config.data.data_dir, config.data.worker_count, config.data.on_device = FLAGS.data_dir, 0, False
     batches = data.train_iterator(config.data, global_batch_size=128, seed=0)
     for i in range(1, FLAGS.steps + 1):
         batch = next(batches)
@@ -56,8 +51,8 @@ def main(argv):
         sgd.step()
         if i % 5 == 1 or i == FLAGS.steps:
             ours = float(metrics["loss"]) / 128
-            print(f"step {i:4d}  loss: ours {ours:7.3f}  PyTorch {loss.item():7.3f}", flush=True)
+            logging.info("step %4d  loss: ours %7.3f  PyTorch %7.3f", i, ours, loss.item())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

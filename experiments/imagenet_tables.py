@@ -1,25 +1,25 @@
-"""Collects ImageNet runs into the paper's Tables 2, 3 and 4, beside the paper's numbers.
+"""Collects ImageNet runs into the paper's Tables 2, 3 and 4, beside the paper's numbers (docs/paper.md).
 
-    python experiments/imagenet_tables.py --workdirs=gs://BUCKET/table2_resnet34,gs://BUCKET/table3_resnet50,...
+    python -m experiments.imagenet_tables --workdirs=gs://BUCKET/table2_resnet34,gs://BUCKET/table3_resnet50,...
 
-Each workdir is a run of resnet_jax.main (its config.json says which net and shortcut option it is). A row's result
-is the run's final evaluation with the table's protocol: result.json when the run ended with it, else the newest
-eval_<protocol>_validation_<step>.json written by `python -m resnet_jax.evaluate`. Missing rows are shown as such.
-Prints Markdown; --output also writes it to a file.
+Each workdir is a run of resnet_jax.main (its config says which net and shortcut option it is). A row's result is
+the run's final evaluation with the table's protocol: result.json when the run ended with it, else the newest later
+evaluation with that protocol on the validation split (`python -m resnet_jax.evaluate`). Missing rows are shown as
+such. Prints Markdown; --output also writes it to a file.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+from typing import Any
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `configs`
-
-from configs import imagenet_table2, imagenet_table3, imagenet_table4  # noqa: E402
+from configs import imagenet_table2, imagenet_table3, imagenet_table4
+from configs.imagenet_recipe import Row
+from experiments import paper
+from resnet_jax import cli
+from resnet_jax.rundir import RunDir
 
 TABLES = [("Table 2", imagenet_table2.ROWS, "10crop"), ("Table 3", imagenet_table3.ROWS, "10crop"),
           ("Table 4", imagenet_table4.ROWS, "multiscale")]
@@ -29,38 +29,39 @@ flags.DEFINE_string("output", None, "Also write the Markdown tables here.")
 FLAGS = flags.FLAGS
 
 
-def run_results(workdir: str) -> tuple[tuple[str, str], dict[str, dict]]:
-    """((model, shortcut), {protocol: result}) of one run, from its config and evaluation files."""
-    path = epath.Path(workdir)
-    config = json.loads((path / "config.json").read_text())
-    results: dict[str, dict] = {}
-    for file in sorted(path.glob("eval_*_validation_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
-        record = json.loads(file.read_text())
-        results[record["protocol"]] = record
-    if (path / "result.json").exists():
-        record = json.loads((path / "result.json").read_text())
-        results.setdefault(record["protocol"], record)
-    return (config["model"]["name"], config["model"]["shortcut"]), results
+def run_results(workdir: str) -> tuple[Row, dict[str, dict[str, Any]]]:
+    """(its table row, {protocol: result}) of one run, from its config, result and later evaluations."""
+    run_dir = RunDir(workdir)
+    config = run_dir.read_config()
+    results: dict[str, dict[str, Any]] = {}
+    for record in run_dir.evaluations():  # oldest checkpoint first: the newest wins
+        if record["split"] == "validation":
+            results[record["protocol"]] = record
+    final = run_dir.read_result()
+    if final is not None:
+        results.setdefault(final["protocol"], final)
+    return Row(config.model.name, config.model.shortcut), results
 
 
-def _paper(expected) -> str:
-    return f"{expected[0]:.2f} / {expected[1]:.2f}" if isinstance(expected, tuple) else f"{expected:.2f}"
+def _paper(table: str, arg: str) -> str:
+    row = paper.table(table)[arg]
+    return f"{row['top-1']:.2f}" if row.get("top-5") is None else f"{row['top-1']:.2f} / {row['top-5']:.2f}"
 
 
 def tables_markdown(workdirs: list[str]) -> str:
-    runs: dict[tuple[str, str], dict[str, dict]] = {}
+    runs: dict[Row, dict[str, dict[str, Any]]] = {}
     for workdir in workdirs:
-        key, results = run_results(workdir)
-        runs.setdefault(key, {}).update(results)
+        row, results = run_results(workdir)
+        runs.setdefault(row, {}).update(results)
     out = []
     for title, rows, protocol in TABLES:
         out += [f"### {title} ({protocol}, ImageNet validation, error %)", "",
-                "| net | shortcut | top-1 / top-5 (ours) | top-1 / top-5 (paper) |", "|---|---|---:|---:|"]
-        for model, shortcut, expected in rows.values():
-            result = runs.get((model, shortcut), {}).get(protocol)
+                "| net | shortcut | top-1 / top-5 (ours) | paper |", "|---|---|---:|---:|"]
+        for arg, row in rows.items():
+            result = runs.get(row, {}).get(protocol)
             ours = (f"{100 * result['top1_error']:.2f} / {100 * result['top5_error']:.2f}" if result
                     else "not run")
-            out.append(f"| {model} | {shortcut} | {ours} | {_paper(expected)} |")
+            out.append(f"| {row.model} | {row.shortcut} | {ours} | {_paper(title, arg)} |")
         out.append("")
     return "\n".join(out)
 
@@ -74,4 +75,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

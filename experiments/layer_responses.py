@@ -1,30 +1,30 @@
 """Figure 7: standard deviations of the layer responses of trained CIFAR-10 nets.
 
-    python experiments/layer_responses.py --workdirs=workdirs/depth_study/plain20,workdirs/depth_study/resnet20,... \
+    python -m experiments.layer_responses --workdirs=workdirs/depth_study/plain20,workdirs/depth_study/resnet20,... \
         --output=workdirs/depth_study/figure7
-    python experiments/layer_responses.py --from_csv=a/figure7.csv,b/figure7.csv --output=figure7   # redraw, merged
+    python -m experiments.layer_responses --from_csv=a/figure7.csv,b/figure7.csv --output=figure7   # redraw, merged
 
 A response is the output of a 3x3 convolution after its BatchNorm, before the ReLU and the addition of the shortcut
 (Section 4.2). For each such layer we take the standard deviation of each channel over the test set (all images and
 positions) and average it over the channels. Writes <output>.csv (net, layer index, layer, std) and <output>.png
-(top: in layer order; bottom: sorted in descending order), as in the paper.
+(top: in layer order; bottom: sorted in descending order), as in the paper. For a workdir of several runs
+(`config.runs`), the run of its first seed is measured.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from resnet_jax import data, train  # noqa: E402
-from resnet_jax.batch_norm import GroupedBatchNorm  # noqa: E402
+from resnet_jax import cli, data
+from resnet_jax.batch_norm import GroupedBatchNorm
+from resnet_jax.errors import UserError
+from resnet_jax.rundir import load_run
 
 flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
 flags.DEFINE_list("from_csv", None, "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
@@ -41,8 +41,10 @@ def _is_3x3_response(path: tuple[str, ...]) -> bool:
 
 def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, float]]:
     """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split`."""
-    config, model, state = train.load_run(workdir)
+    config, model, state = load_run(workdir)
     variables = state.variables()
+    if config.runs > 1:
+        variables = jax.tree.map(lambda x: x[0], variables)
 
     @jax.jit
     def moments(images, mask):
@@ -60,9 +62,13 @@ def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, fl
         return out
 
     totals = None
-    for batch in data.eval_iterator(config.data, split=split, protocol="single", global_batch_size=500):
-        m = moments(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"]))
-        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    batches = data.eval_iterator(config.data, split=split, protocol="single", global_batch_size=500)
+    try:
+        for batch in batches:
+            m = moments(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"]))
+            totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    finally:
+        batches.close()
     stds = []
     for name, (s, ss, n) in totals.items():
         mean = s / n
@@ -79,12 +85,12 @@ def _layer_order(name: str) -> tuple:
 
 
 def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from resnet_jax.plots import save_figure
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5))
+    fig = Figure(figsize=(7, 6.5))
+    top, bottom = fig.subplots(2, 1)
     for net, stds in responses.items():
         style = "--" if net.startswith("plain") else "-"
         top.plot(range(1, len(stds) + 1), stds, style, label=net)
@@ -95,14 +101,13 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _check_unique(nets: list[str]) -> None:
     repeated = sorted({net for net in nets if nets.count(net) > 1})
     if repeated:
-        raise ValueError(f"Nets {repeated} appear more than once (workdirs with the same name, or a net in two CSVs); "
+        raise UserError(f"Nets {repeated} appear more than once (workdirs with the same name, or a net in two CSVs); "
                          "each net is one line of the figure, so rename one.")
 
 
@@ -139,9 +144,9 @@ def main(argv: list[str]) -> None:
             writer.writerows((net, i + 1, name, f"{s:.6f}") for i, (name, s) in enumerate(stds))
             f.flush()
             plotted[net] = [s for _, s in stds]
-            print(f"{net}: {len(stds)} layers, mean std {np.mean(plotted[net]):.4f}", flush=True)
+            logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
     plot_figure7(plotted, f"{FLAGS.output}.png")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

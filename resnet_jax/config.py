@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from resnet_jax import data, models
+from resnet_jax import datasets, models
+from resnet_jax.data.config import default_data_config
 from resnet_jax.data.config import validate as validate_data_config
+from resnet_jax.errors import ConfigError
 
 SCHEDULES = ("steps", "plateau")
-PROTOCOLS = ("single", "1crop", "10crop", "multiscale")
 
 
 def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
@@ -21,10 +22,16 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 256
     c.num_steps = 64_000
+    # Independent runs trained together in one program, seeds seed .. seed + runs - 1 (needs data.on_device).
+    c.runs = 1
+    # Training steps per call into the devices; it must divide the log, evaluation and checkpoint intervals, which
+    # are therefore also the granularity of every decision taken on the host (warm-up by training error, plateaus,
+    # preemption).
+    c.steps_per_dispatch = 1
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model
-    c.model.num_classes = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}[dataset]
+    c.model.num_classes = datasets.get(dataset).num_classes
     c.model.shortcut = "A" if models.is_cifar(model) else "B"
     c.model.stride_on_3x3 = False
     c.model.zero_init_last_bn = False
@@ -33,7 +40,7 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
 
-    c.data = data.default_data_config(dataset)
+    c.data = default_data_config(dataset)
     # Local files to prepare the dataset from if it is missing (see `python -m resnet_jax.data.prepare --help`).
     c.prepare_from = ml_collections.config_dict.placeholder(str)
 
@@ -56,8 +63,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.schedule.plateau_max_drops = 3
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"
-    c.eval.protocol = "single"  # periodic evaluation
+    c.eval.split = datasets.get(dataset).test_split
+    c.eval.protocol = datasets.get(dataset).protocols[0]  # periodic evaluation
     c.eval.final_protocol = ml_collections.config_dict.placeholder(str)  # the table's protocol, run once at the end
     c.eval.batch_size = 256
     c.eval.every_steps = 2_000
@@ -73,37 +80,67 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first unknown or missing key, or bad value."""
-    reference = base_config(config.data.name, config.model.name)
-    _same_keys(config, reference, "config")
+    """Raises ConfigError naming the first unknown or missing key, or bad value."""
     validate_data_config(config.data)
     if config.model.name not in models.MODEL_NAMES:
-        raise ValueError(f"config.model.name={config.model.name!r}; valid names: {', '.join(models.MODEL_NAMES)}.")
+        raise ConfigError(f"config.model.name={config.model.name!r}; valid names: {', '.join(models.MODEL_NAMES)}.")
+    reference = base_config(config.data.name, config.model.name)
+    _same_keys(config, reference, "config")
+    dataset = datasets.get(config.data.name)
+    m, o, s, e = config.model, config.optimizer, config.schedule, config.eval
+    k = config.steps_per_dispatch
     checks = [
-        (config.schedule.kind in SCHEDULES, f"config.schedule.kind must be one of {SCHEDULES}"),
-        (config.eval.protocol in PROTOCOLS, f"config.eval.protocol must be one of {PROTOCOLS}"),
-        (config.eval.final_protocol in (None, *PROTOCOLS), f"config.eval.final_protocol must be one of {PROTOCOLS}"),
-        (models.is_cifar(config.model.name) == (config.data.name != "imagenet2012"),
-         f"config.model.name={config.model.name!r} does not fit data.name={config.data.name!r} (CIFAR nets take "
-         "32x32 CIFAR images, ImageNet nets 224x224 ImageNet images)"),
-        (all((p == "single") == (config.data.name != "imagenet2012")
-             for p in (config.eval.protocol, config.eval.final_protocol or config.eval.protocol)),
-         "config.eval.protocol: 'single' is the CIFAR protocol; ImageNet uses '1crop', '10crop' or 'multiscale'"),
-        (config.batch_size > 0 and config.num_steps > 0 and config.eval.batch_size > 0,
+        (models.input_shape(m.name) == dataset.image_shape,
+         f"config.model.name={m.name!r} takes {models.input_shape(m.name)} images, but data.name={dataset.name!r} "
+         f"has {dataset.image_shape}"),
+        (m.num_classes == dataset.num_classes,
+         f"config.model.num_classes={m.num_classes}, but {dataset.name} has {dataset.num_classes} classes"),
+        (e.protocol in dataset.protocols, f"config.eval.protocol={e.protocol!r}: {dataset.name} is tested with one of "
+         f"{dataset.protocols}"),
+        (e.final_protocol in (None, *dataset.protocols), f"config.eval.final_protocol={e.final_protocol!r}: "
+         f"{dataset.name} is tested with one of {dataset.protocols}"),
+        (e.split in dataset.split_names(config.data.holdout_val),
+         f"config.eval.split={e.split!r} is not one of {dataset.split_names(config.data.holdout_val)}"),
+        (config.seed >= 0, "config.seed must be >= 0"),
+        (config.batch_size > 0 and config.num_steps > 0 and e.batch_size > 0,
          "config.batch_size, config.num_steps and config.eval.batch_size must be positive"),
-        (config.model.bn_group_size is None or config.batch_size % config.model.bn_group_size == 0,
-         f"config.batch_size={config.batch_size} must be a multiple of config.model.bn_group_size="
-         f"{config.model.bn_group_size}"),
-        (config.schedule.ramp_steps >= 0, "config.schedule.ramp_steps must be >= 0 (0: no linear warm-up)"),
-        (list(config.schedule.boundaries) == sorted(config.schedule.boundaries),
-         "config.schedule.boundaries must be increasing"),
-        (config.log_every_steps > 0 and config.checkpoint_every_steps > 0 and config.eval.every_steps > 0,
+        (config.runs >= 1, "config.runs must be >= 1"),
+        (config.runs == 1 or config.data.on_device, "config.runs > 1 trains the runs in one program, each with its own "
+         "data order, which needs the data on the devices: set config.data.on_device=True"),
+        (k >= 1, "config.steps_per_dispatch must be >= 1"),
+        (all(n % k == 0 for n in (config.num_steps, config.log_every_steps, e.every_steps,
+                                  config.checkpoint_every_steps)),
+         f"config.steps_per_dispatch={k} must divide config.num_steps, log_every_steps, eval.every_steps and "
+         "checkpoint_every_steps"),
+        (m.bn_group_size is None or (m.bn_group_size > 0 and config.batch_size % m.bn_group_size == 0),
+         f"config.batch_size={config.batch_size} must be a multiple of config.model.bn_group_size={m.bn_group_size}"),
+        (0 <= m.bn_momentum < 1, "config.model.bn_momentum must be in [0, 1)"),
+        (0 <= o.momentum < 1, "config.optimizer.momentum must be in [0, 1)"),
+        (o.weight_decay >= 0, "config.optimizer.weight_decay must be >= 0"),
+        (s.kind in SCHEDULES, f"config.schedule.kind must be one of {SCHEDULES}"),
+        (s.base_lr > 0, f"config.schedule.base_lr={s.base_lr} must be positive"),
+        (0 < s.factor <= 1, f"config.schedule.factor={s.factor} must be in (0, 1]"),
+        (list(s.boundaries) == sorted(s.boundaries) and all(b > 0 for b in s.boundaries),
+         "config.schedule.boundaries must be positive and increasing"),
+        (s.warmup_lr is None or s.warmup_lr > 0, "config.schedule.warmup_lr must be positive (or None: no warm-up)"),
+        (0 < s.warmup_until_error <= 1, "config.schedule.warmup_until_error must be in (0, 1]"),
+        (s.ramp_steps >= 0, "config.schedule.ramp_steps must be >= 0 (0: no linear warm-up)"),
+        (s.plateau_patience >= 1 and s.plateau_min_delta >= 0 and s.plateau_max_drops >= 0,
+         "config.schedule.plateau_patience must be >= 1, plateau_min_delta and plateau_max_drops >= 0"),
+        (config.log_every_steps > 0 and config.checkpoint_every_steps > 0 and e.every_steps > 0,
          "config.log_every_steps, checkpoint_every_steps and eval.every_steps must be positive"),
+        (config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1"),
+        (config.bn_recompute_examples >= 0, "config.bn_recompute_examples must be >= 0 (0: keep the moving averages)"),
+        (config.num_steps * config.batch_size < 2**31 or not config.data.on_device,
+         "config.num_steps * batch_size must stay below 2**31 with data.on_device (the stream position is int32)"),
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message + ".")
-    models.create_model(config.model.name, **_model_options(config.model))  # validates the model options
+            raise ConfigError(message + ".")
+    try:
+        models.create_model(m.name, **_model_options(m))
+    except ValueError as error:
+        raise ConfigError(f"config.model: {error}") from error
 
 
 def model_from_config(model_config: ml_collections.ConfigDict) -> models.ResNet:
@@ -118,7 +155,7 @@ def _same_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
     unknown = sorted(set(config.keys()) - set(reference.keys()))
     missing = sorted(set(reference.keys()) - set(config.keys()))
     if unknown or missing:
-        raise ValueError(f"{where} has unknown keys {[f'{where}.{k}' for k in unknown]} and misses "
+        raise ConfigError(f"{where} has unknown keys {[f'{where}.{k}' for k in unknown]} and misses "
                          f"{[f'{where}.{k}' for k in missing]}; see resnet_jax/config.py for every key.")
     for key, value in reference.items():
         if isinstance(value, ml_collections.ConfigDict) and key != "data":

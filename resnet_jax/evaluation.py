@@ -1,23 +1,77 @@
-"""Top-1 and top-5 error under the paper's test protocols (batch formats: `resnet_jax.data.protocols`).
+"""Top-1 and top-5 error under the paper's test protocols: the `Evaluator`, built once and called many times.
 
-Views of one example are scored by averaging softmax outputs: over the 10 crops, or over the valid positions of the
-fully-convolutional score map and then over the five scales. Padding examples (mask False) count nowhere, so every
-example of the split is counted exactly once whatever the batch size or number of hosts.
+Views of one example are scored by averaging softmax outputs: over the 10 crops, or over the scales (and mirrors) of
+the fully-convolutional protocol (`models.ResNet` computes the score map). Padding examples (mask False) count
+nowhere, so every example of the split is counted exactly once whatever the batch size or number of hosts. Batch
+formats: `resnet_jax.data.protocols`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax import data, datasets, multihost
+from resnet_jax.data import on_device
 from resnet_jax.data.protocols import MULTISCALE_SIDES, STRIDE
-from resnet_jax.data import put_on_mesh
-from resnet_jax.sharding import batch_sharded, replicated
+from resnet_jax.errors import InputPipelineError
+from resnet_jax.sharding import batch_sharded, check_divisible, replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """The errors of one evaluation, with what was evaluated."""
+
+    protocol: str
+    split: str
+    top1_error: float
+    top5_error: float
+    examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self, name: str = "") -> str:
+        """The one line every tool prints for a result."""
+        prefix = f"{name} " if name else ""
+        return (f"{prefix}{self.split} ({self.protocol}): top-1 error {100 * self.top1_error:.2f}% (accuracy "
+                f"{100 * (1 - self.top1_error):.2f}%), top-5 error {100 * self.top5_error:.2f}%, {self.examples} "
+                "examples")
+
+
+def summarize(results: Sequence[EvalResult]) -> dict[str, Any]:
+    """The final result of a run of one or several members: the errors, and over members their mean, standard
+    deviation (n - 1) and best, the paper's "best (mean +- std)"."""
+    first = results[0]
+    top1 = np.array([r.top1_error for r in results])
+    top5 = np.array([r.top5_error for r in results])
+    summary = {"protocol": first.protocol, "split": first.split, "examples": first.examples,
+               "top1_error": float(top1.mean()), "top5_error": float(top5.mean())}
+    if len(results) > 1:
+        summary.update(top1_error_std=float(top1.std(ddof=1)), top1_error_best=float(top1.min()),
+                       top5_error_std=float(top5.std(ddof=1)), runs=[r.to_dict() for r in results])
+    return summary
+
+
+def describe_summary(summary: dict[str, Any], name: str = "") -> str:
+    """One line for `summarize`'s result: the single result, or the members' mean +- std and best."""
+    if "runs" not in summary:
+        return EvalResult(**{k: summary[k] for k in ("protocol", "split", "top1_error", "top5_error",
+                                                     "examples")}).describe(name)
+    prefix = f"{name} " if name else ""
+    return (f"{prefix}{summary['split']} ({summary['protocol']}), {len(summary['runs'])} runs: top-1 error "
+            f"{100 * summary['top1_error']:.2f} +- {100 * summary['top1_error_std']:.2f}% (best "
+            f"{100 * summary['top1_error_best']:.2f}%), top-5 error {100 * summary['top5_error']:.2f}%, "
+            f"{summary['examples']} examples")
 
 
 def _error_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -46,26 +100,82 @@ def _multiscale_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Arr
     return jnp.mean(jnp.stack(per_scale), axis=0)
 
 
-def make_eval_step(model: nn.Module, protocol: str, mesh: Mesh) -> Callable[[Any, dict], dict[str, jax.Array]]:
-    """`step(variables, batch) -> {examples, top1_errors, top5_errors}` summed over the (global) batch."""
+def error_counts(model: nn.Module, protocol: str, variables: Any, batch: dict) -> dict[str, jax.Array]:
+    """{examples, top1_errors, top5_errors} of one batch of `protocol`, summed over its masked-in examples."""
     score = _multiscale_scores if protocol == "multiscale" else _view_scores
-
-    def step(variables: Any, batch: dict) -> dict[str, jax.Array]:
-        return _error_counts(score(model, variables, batch), batch["label"], batch["mask"])
-
-    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh))
+    return _error_counts(score(model, variables, batch), batch["label"], batch["mask"])
 
 
-def evaluate(model: nn.Module, variables: Any, batches: Iterable[dict], protocol: str,
-             mesh: Mesh) -> dict[str, float]:
-    """Runs `protocol` over host-local `batches`; returns errors as fractions and the number of examples."""
-    step = make_eval_step(model, protocol, mesh)
-    totals = None
-    for batch in batches:
-        counts = step(variables, put_on_mesh(batch, mesh))
-        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
-    if totals is None:
-        raise ValueError("The evaluation split yielded no batches.")
-    totals = jax.tree.map(lambda x: int(np.asarray(x)), totals)
-    return {"top1_error": totals["top1_errors"] / totals["examples"],
-            "top5_error": totals["top5_errors"] / totals["examples"], "examples": totals["examples"]}
+class Evaluator:
+    """One protocol on one split, built once: its jitted step and where its batches come from.
+
+    Calling it with a model's variables returns an `EvalResult`, or a list of them for a multi-run (variables with a
+    leading axis of `runs`). Each call reads the split anew; nothing is compiled after the first call. A CIFAR split
+    with `data.on_device` is held in device memory and evaluated in one dispatch.
+    """
+
+    def __init__(self, model: nn.Module, data_config: ml_collections.ConfigDict, *, protocol: str, split: str,
+                 batch_size: int, mesh: Mesh, runs: int = 1):
+        datasets.get(data_config.name).check_protocol(protocol)
+        check_divisible(batch_size, mesh, "the evaluation batch size (config.eval.batch_size)")
+        self.protocol, self.split = protocol, split
+        self._data_config, self._batch_size, self._mesh, self._runs = data_config, batch_size, mesh, runs
+
+        def evaluation_step(variables, batch):
+            return error_counts(model, protocol, variables, batch)
+
+        step = evaluation_step if runs == 1 else jax.vmap(evaluation_step, in_axes=(0, None))
+        self._on_device = data_config.on_device
+        if self._on_device:
+            self._data = on_device.EvalData.load(data_config, split, batch_size, mesh)
+
+            def evaluate_split(variables, arrays):
+                def body(totals, i):
+                    batch = on_device.shard_batch(on_device.single_view_batch(arrays, i), mesh)
+                    return jax.tree.map(jnp.add, totals, step(variables, batch)), None
+
+                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                    step, variables, on_device.single_view_batch(arrays, 0)))
+                return jax.lax.scan(body, zeros, jnp.arange(arrays["labels"].shape[0]))[0]
+
+            self._evaluate_split = jax.jit(evaluate_split, out_shardings=replicated(mesh))
+        else:
+            self._step = jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                                 out_shardings=replicated(mesh))
+
+    def __call__(self, variables: Any) -> EvalResult | list[EvalResult]:
+        totals = self._evaluate_split(variables, self._data.arrays) if self._on_device else self._stream(variables)
+        totals = jax.tree.map(lambda x: np.asarray(x, np.int64), totals)
+        results = [EvalResult(self.protocol, self.split, float(t1 / n), float(t5 / n), int(n)) for n, t1, t5 in
+                   zip(np.atleast_1d(totals["examples"]), np.atleast_1d(totals["top1_errors"]),
+                       np.atleast_1d(totals["top5_errors"]), strict=True)]
+        if results[0].examples == 0:
+            raise ValueError(f"The {self.split} split yielded no examples to evaluate.")
+        return results[0] if self._runs == 1 else results
+
+    def _stream(self, variables: Any) -> dict[str, jax.Array]:
+        """Sums the counts over one pass of the grain pipeline. A process whose pipeline fails for good goes on with
+        masked-out batches to the end of the pass, so that no process waits alone; then all stop together."""
+        steps = math.ceil(data.num_examples(self._data_config, self.split) / self._batch_size)
+        batches = data.eval_iterator(self._data_config, split=self.split, protocol=self.protocol,
+                                     global_batch_size=self._batch_size)
+        totals, failure, last = None, None, None
+        try:
+            for _ in range(steps):
+                if failure is None:
+                    try:
+                        last = next(batches)
+                    except InputPipelineError as error:
+                        if jax.process_count() == 1 or last is None:
+                            raise
+                        failure = error
+                batch = last if failure is None else {**last, "mask": np.zeros_like(last["mask"])}
+                counts = self._step(variables, data.put_on_mesh(batch, self._mesh))
+                totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+        finally:
+            batches.close()  # stops grain's worker processes
+        failing = multihost.first_failing_process(failure is not None)
+        if failing is not None:
+            raise InputPipelineError(f"Process {failing}'s {self.split} input pipeline failed during evaluation"
+                                     + (f": {failure}" if failure else "; see its log."))
+        return totals

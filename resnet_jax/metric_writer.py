@@ -1,69 +1,73 @@
-"""What a person sees of a run: a progress line, a JSON-lines log and TensorBoard event files in the workdir.
+"""What a person sees of a run: the progress line (absl logging), metrics.jsonl and TensorBoard event files.
 
-Only process 0 writes. The JSON-lines log (`metrics.jsonl`) is the source of the training-curve plots and of the
-experiment tables; TensorBoard is for watching a run live.
+Only process 0 writes files. The JSON-lines log is the source of the training-curve plots and of the experiment
+tables; TensorBoard is for watching a run live. A multi-run writes one log and one TensorBoard directory per member.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import jax
-from etils import epath
+from absl import logging
 
-METRICS_FILE = "metrics.jsonl"
+from resnet_jax import multihost
+from resnet_jax.rundir import RunDir
+
+
+def format_duration(seconds: float) -> str:
+    """'3d 04:05:06' / '04:05:06': an ETA that neither wraps at 24 hours nor hides days."""
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | epath.PathLike, total_steps: int):
-        self.enabled = jax.process_index() == 0
+    """Writes the metric records of a run's members (one for a single run) and the progress line.
+
+    Args:
+      members: each member's directory (`RunDir.members()`; the run's own for a single run).
+      total_steps: the run's length, for the ETA.
+      start_step: where this process started (0, or the step it resumed at), for the first ETA.
+    """
+
+    def __init__(self, members: Sequence[RunDir], total_steps: int, start_step: int = 0):
+        self.enabled = multihost.is_main()
+        self.members = list(members)
         self.total_steps = total_steps
-        self.path = epath.Path(workdir) / METRICS_FILE
-        self._tensorboard = None
+        self._records = [m.read_metrics() if self.enabled else [] for m in self.members]
+        self._tensorboards = []
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
-        self._last = (time.perf_counter(), None)
+            self._tensorboards = [SummaryWriter(str(m.tensorboard)) for m in self.members]
+        self._start = (time.perf_counter(), start_step)
 
-    def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
-        """Appends a record `{"step", "kind", **values}`; kind is 'train' or 'eval'."""
+    def write(self, step: int, kind: str, values: Sequence[dict[str, Any]]) -> None:
+        """Appends one record `{"step", "kind", **values[k]}` per member; kind is 'train' or 'eval'."""
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
-        self._tensorboard.flush()
-
-    def log(self, message: str) -> None:
-        if self.enabled:
-            print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+        for member, records, tensorboard, member_values in zip(self.members, self._records, self._tensorboards,
+                                                               values, strict=True):
+            records.append({"step": step, "kind": kind, **member_values})
+            member.write_metrics(records)
+            for key, value in member_values.items():
+                if isinstance(value, (int, float)):
+                    tensorboard.add_scalar(f"{kind}/{key}", value, step)
+            tensorboard.flush()
 
     def progress(self, step: int, loss: float, error: float, learning_rate: float, images_per_sec: float) -> None:
-        eta = (self.total_steps - step) * (self._seconds_per_step(step) or 0)
-        self.log(f"step {step}/{self.total_steps}  loss {loss:.4f}  error {100 * error:.2f}%  lr {learning_rate:.4g}  "
-                 f"{images_per_sec:.1f} img/s  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-
-    def _seconds_per_step(self, step: int) -> float | None:
-        now, last_step = time.perf_counter(), self._last[1]
-        rate = None if last_step is None or step == last_step else (now - self._last[0]) / (step - last_step)
-        self._last = (now, step)
-        return rate
+        """The progress line: step, loss, error, learning rate, images/s and the time left at the run's pace."""
+        start_time, start_step = self._start
+        elapsed = time.perf_counter() - start_time
+        eta = (self.total_steps - step) * elapsed / max(step - start_step, 1)
+        logging.info("step %d/%d  loss %.4f  error %.2f%%  lr %.4g  %.1f img/s  ETA %s", step, self.total_steps, loss,
+                     100 * error, learning_rate, images_per_sec, format_duration(eta))
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-
-
-def read_metrics(workdir: str | epath.PathLike) -> list[dict[str, Any]]:
-    """The records of a run's JSON-lines log (a resumed run may repeat steps; the last record of a step wins)."""
-    records: dict[tuple[str, int], dict] = {}
-    with (epath.Path(workdir) / METRICS_FILE).open() as f:
-        for line in f:
-            record = json.loads(line)
-            records[(record["kind"], record["step"])] = record
-    return sorted(records.values(), key=lambda r: (r["kind"], r["step"]))
+        for tensorboard in self._tensorboards:
+            tensorboard.close()

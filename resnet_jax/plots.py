@@ -1,41 +1,59 @@
-"""Training curves drawn the paper's way (Figs. 4 and 6): training error thin and dashed, test error bold."""
+"""Training curves drawn the paper's way (Figs. 4 and 6): training error thin and dashed, test error bold.
+
+Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`), which needs no display and chooses no
+global backend, so importing or calling this module changes nothing for the caller's own plots.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+import io
+import os
+from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
 from etils import epath
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from resnet_jax.metric_writer import read_metrics  # noqa: E402
-
-
-def draw_curves(ax: plt.Axes, workdir: str | Path, label: str, color: str | None = None) -> None:
-    """Adds one run's training (dashed) and evaluation (bold) error curves to `ax`."""
-    records = read_metrics(workdir)
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
-    line = ax.plot([r["step"] for r in train], [100 * r["error"] for r in train], "--", lw=0.8, color=color)[0]
-    ax.plot([r["step"] for r in evals], [100 * r["top1_error"] for r in evals], "-", lw=2.2,
-            color=line.get_color(), label=label)
+from resnet_jax.rundir import RunDir
 
 
-def plot_training_curves(workdirs: Sequence[str | Path], labels: Sequence[str], path: str | Path,
+def curves(members: Sequence[RunDir]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The training and evaluation error (%) against steps, averaged over `members` (one run or several seeds) at
+    the steps all of them logged: ({"step", "error"}, {"step", "error"})."""
+    def mean_curve(kind: str, key: str) -> dict[str, np.ndarray]:
+        per_member = [{r["step"]: r[key] for r in m.read_metrics() if r["kind"] == kind} for m in members]
+        steps = sorted(set.intersection(*(set(c) for c in per_member))) if per_member else []
+        return {"step": np.array(steps), "error": np.array([100 * np.mean([c[s] for c in per_member]) for s in steps])}
+
+    return mean_curve("train", "error"), mean_curve("eval", "top1_error")
+
+
+def draw_curves(ax: Axes, members: Sequence[RunDir], label: str, color: str | None = None) -> None:
+    """Adds the training (dashed) and evaluation (bold) error curves of one net to `ax`, the mean over its members."""
+    train, evaluation = curves(members)
+    line = ax.plot(train["step"], train["error"], "--", lw=0.8, color=color)[0]
+    ax.plot(evaluation["step"], evaluation["error"], "-", lw=2.2, color=line.get_color(), label=label)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Writes `fig` as a PNG to a local or gs:// path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def plot_training_curves(members: Sequence[RunDir], labels: Sequence[str], path: str | os.PathLike,
                          title: str = "") -> None:
-    """One panel with the curves of several runs, saved as a PNG."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for workdir, label in zip(workdirs, labels):
-        draw_curves(ax, workdir, label)
+    """One panel with the curves of each of `members` (labelled `labels`), saved as a PNG."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    for member, label in zip(members, labels, strict=True):
+        draw_curves(ax, [member], label)
     ax.set_xlabel("iterations")
     ax.set_ylabel("error (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(title="dashed: training, bold: test")
     fig.tight_layout()
-    with epath.Path(path).open("wb") as f:  # also gs://
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -1,7 +1,7 @@
 """How arrays are laid across devices: a 1-D "data" mesh over every device of every process.
 
 Model state is replicated; batches are split along their first axis (`resnet_jax.data.put_on_mesh` assembles them
-from each process's part).
+from each process's part). The axis name lives here alone.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax.errors import ConfigError
 
 DATA_AXIS = "data"
 
@@ -30,5 +33,5 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_divisible(global_batch_size: int, mesh: Mesh, what: str) -> None:
     if global_batch_size % mesh.size:
-        raise ValueError(f"{what}={global_batch_size} does not divide across the {mesh.size} devices; use a "
+        raise ConfigError(f"{what}={global_batch_size} does not divide across the {mesh.size} devices; use a "
                          f"multiple of {mesh.size}.")

@@ -1,18 +1,25 @@
-"""The data-parallel train step: one `jax.jit` over a 1-D device mesh.
+"""The data-parallel train step: one `jax.jit` over a 1-D device mesh, one or many steps and runs per dispatch.
 
-Parameters, BN statistics and optimiser state are replicated; the global batch is sharded along its first axis
-over the mesh's "data" axis, and XLA inserts the gradient all-reduce. BatchNorm statistics follow the model's
+Parameters, BN statistics and optimiser state are replicated; the global batch is sharded along its first axis over
+the mesh's data axis, and XLA inserts the gradient all-reduce. BatchNorm statistics follow the model's
 `bn_group_size`, so they do not depend on how many devices share the batch.
+
+`make_train_step` is one SGD step on a batch fed from the host. `make_dispatch` is what the training loop calls: k
+steps in one `lax.scan`, their batches made by a feed inside the computation (`resnet_jax.data.feeds`), and, for a
+multi-run, the step `vmap`ped over N independent runs that share one program (each its own parameters, BN statistics,
+data order and augmentation). Metrics are summed on the device over the k steps, so the host waits for nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -21,6 +28,8 @@ from resnet_jax.sharding import batch_sharded, replicated
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything that changes during training. In a multi-run every leaf has a leading axis of runs."""
+
     step: jax.Array
     params: Any
     batch_stats: Any
@@ -31,48 +40,101 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, image_shape: tuple[int, ...],
-                       seed: int, mesh: Mesh) -> TrainState:
-    """Initialises parameters (He init) and optimiser state directly as replicated arrays on the mesh."""
+                       seed: int, mesh: Mesh, runs: int = 1) -> TrainState:
+    """Initialises parameters (He init) and optimiser state directly as replicated arrays on the mesh.
 
-    def init() -> TrainState:
-        variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+    With `runs` > 1, run k is initialised from seed `seed + k` exactly as a single run of that seed would be, and the
+    runs are stacked along a leading axis.
+    """
+
+    def init(run_seed) -> TrainState:
+        variables = model.init(jax.random.key(run_seed), jnp.zeros((1, *image_shape), jnp.float32))
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
                           opt_state=optimizer.init(params))
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+    if runs == 1:
+        return jax.jit(lambda: init(seed), out_shardings=replicated(mesh))()
+    return jax.jit(jax.vmap(init), out_shardings=replicated(mesh))(jnp.arange(seed, seed + runs))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def sgd_step(model: nn.Module, optimizer: optax.GradientTransformation, state: TrainState, batch: dict,
+             learning_rate: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step of the paper's SGD on one batch; metrics are sums over the batch (loss, top-1 errors, examples)."""
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                      train=True, mutable=["batch_stats"])
+        loss = cross_entropy(logits, batch["label"])
+        return jnp.mean(loss), (loss, logits, updates["batch_stats"])
+
+    grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    opt_state = state.opt_state
+    opt_state.hyperparams["learning_rate"] = learning_rate
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": jnp.sum(loss),
+        "errors": jnp.sum(jnp.argmax(logits, -1) != batch["label"]),
+        "examples": jnp.asarray(loss.shape[0], jnp.int32),
+    }
+    return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     mesh: Mesh) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """Returns `step(state, batch, learning_rate) -> (state, metrics)`; `state` is donated.
+    """`step(state, batch, learning_rate) -> (state, metrics)` for one run and one batch fed from the host; `state`
+    is donated."""
+    return jax.jit(lambda state, batch, lr: sgd_step(model, optimizer, state, batch, lr),
+                   in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
-    `metrics` holds sums over the batch (loss, top-1 errors, examples), to be accumulated on the device and fetched
-    every few steps, so the loop never waits for the device.
+
+def make_dispatch(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, feed: Any, steps: int,
+                  runs: int = 1) -> Callable[..., tuple[TrainState, dict]]:
+    """`dispatch(state, data, inputs, seeds, learning_rates) -> (state, metric sums)`: `steps` SGD steps in one call.
+
+    `learning_rates` is float32 [steps] ([runs, steps] in a multi-run), set by the host-side schedules; `seeds` is the
+    run's seed (int32 [runs] in a multi-run). `feed` makes each step's batch inside the computation from `data` and
+    `inputs` (`resnet_jax.data.feeds.Feed`). The metric sums cover the `steps` steps (per run). `state` is donated.
+
+    On accelerators the steps run in one `lax.scan`. On the CPU they run as `steps` calls of one jitted step: XLA:CPU
+    runs convolution gradients inside a loop body about 30x slower than outside one (benchmarks/RESULTS.md), and a
+    CPU step is long enough that dispatching costs nothing anyway. Both compute the same steps on the same batches.
     """
 
-    def step(state: TrainState, batch: dict, learning_rate: jax.Array) -> tuple[TrainState, dict]:
-        def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                          train=True, mutable=["batch_stats"])
-            loss = cross_entropy(logits, batch["label"])
-            return jnp.mean(loss), (loss, logits, updates["batch_stats"])
+    def one_step(state: TrainState, data: Any, inputs: Any, seed: jax.Array, learning_rate: jax.Array, i: jax.Array):
+        return sgd_step(model, optimizer, state, feed.batch(data, inputs, seed, i), learning_rate)
 
-        grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-        opt_state = state.opt_state
-        opt_state.hyperparams["learning_rate"] = learning_rate
-        updates, opt_state = optimizer.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": jnp.sum(loss),
-            "errors": jnp.sum(jnp.argmax(logits, -1) != batch["label"]),
-            "examples": jnp.asarray(loss.shape[0], jnp.int32),
-        }
-        return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
+    def scanned(state: TrainState, data: Any, inputs: Any, seed: jax.Array, learning_rates: jax.Array):
+        def body(carry, i):
+            state, sums = carry
+            state, metrics = one_step(state, data, inputs, seed, learning_rates[i], i)
+            return (state, jax.tree.map(jnp.add, sums, metrics)), None
 
-    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+        zeros = {"loss": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
+                 "examples": jnp.zeros((), jnp.int32)}
+        (state, sums), _ = jax.lax.scan(body, (state, zeros), jnp.arange(steps))
+        return state, sums
+
+    def per_run(f, *extra_axes):
+        return f if runs == 1 else jax.vmap(f, in_axes=(0, None, feed.inputs_run_axes, 0, 0, *extra_axes))
+
+    shardings = {"out_shardings": (replicated(mesh), replicated(mesh)), "donate_argnums": (0,)}
+    if steps > 1 and jax.default_backend() != "cpu":
+        return jax.jit(per_run(scanned), **shardings)
+
+    step = jax.jit(per_run(one_step, None), **shardings)
+
+    def host_loop(state: TrainState, data: Any, inputs: Any, seeds: Any, learning_rates: np.ndarray):
+        sums = None
+        for i in range(steps):
+            state, metrics = step(state, data, inputs, seeds, learning_rates[..., i], np.int32(i))
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        return state, sums
+
+    return host_loop

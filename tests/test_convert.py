@@ -9,7 +9,7 @@ from resnet_jax.convert import export_torch_state_dict, load_torch_state_dict, r
 from resnet_jax.models import create_model
 
 torch = pytest.importorskip("torch")
-from tests import torch_reference as ref  # noqa: E402
+from experiments import torch_reference as ref  # noqa: E402
 
 
 def _randomise(module, seed):

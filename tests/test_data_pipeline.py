@@ -5,7 +5,7 @@ import logging
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh
+from resnet_jax.sharding import make_mesh
 
 from resnet_jax import data
 from resnet_jax.data import pipeline, sources
@@ -148,7 +148,7 @@ def test_corrupt_records_can_be_skipped_and_are_logged(imagenet_with_a_corrupt_i
 
 def test_device_prefetch_yields_global_arrays_and_resumable_state(cifar10_data_dir):
     cfg = data_config("cifar10", cifar10_data_dir)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mesh = make_mesh()
     host = data.train_iterator(cfg, global_batch_size=32, seed=2)
     reference = _take(data.train_iterator(cfg, global_batch_size=32, seed=2), 5)
     prefetched = data.DevicePrefetchIterator(host, mesh, size=2)

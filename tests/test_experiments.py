@@ -10,8 +10,12 @@ import pytest
 from configs import cifar10
 from experiments import cifar_depth_study as study
 from experiments import imagenet_tables
+from resnet_jax.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+_CONFIG = {"model": {"name": "resnet20", "shortcut": "A"}, "data": {"name": "cifar10"}}
 
 
 def _fake_run(run_dir: Path, evals: list[tuple[int, float]], train_error: float = 0.05, config: dict | None = None,
@@ -24,7 +28,7 @@ def _fake_run(run_dir: Path, evals: list[tuple[int, float]], train_error: float 
                                 "learning_rate": 0.1, "images_per_sec": 1.0}) + "\n")
             f.write(json.dumps({"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5,
                                 "examples": 10000}) + "\n")
-    (run_dir / "config.json").write_text(json.dumps(config or {}))
+    (run_dir / "config.json").write_text(json.dumps(config or _CONFIG))
     (run_dir / "result.json").write_text(json.dumps(result or {"top1_error": evals[-1][1]}))
 
 
@@ -56,32 +60,37 @@ def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
     assert not study.run_nets(tmp_path, ["resnet56", "resnet110"], lambda net: net, lambda c, w: {})
 
 
-def test_quick_config_keeps_the_schedule_shape():
+def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():
     config = study.net_config("resnet110", quick=True, data_dir="/d", prepare_from=None, batch_size=None)
     quick = cifar10.get_config("resnet110,quick")
     assert config.num_steps == quick.num_steps < 64_000 and config.schedule.boundaries == quick.schedule.boundaries
     assert config.schedule.warmup_lr == 0.01 and config.batch_size == 128 and config.data.data_dir == "/d"
-    assert config.data.worker_count == cifar10.get_config("resnet110").data.worker_count
-    on_gpu = study.net_config("resnet20", quick=False, data_dir=None, prepare_from=None, batch_size=None,
-                              worker_count=8)
-    assert on_gpu.data.worker_count == 8 and on_gpu.num_steps == 64_000
+    five = study.net_config("resnet110", runs=5, steps_per_dispatch=50)
+    assert five.runs == 5 and five.num_steps == 64_000 and five.steps_per_dispatch == 50
 
 
-def test_collect_reports_the_final_not_the_best_epoch(tmp_path):
-    _fake_run(tmp_path / "resnet20", [(100, 0.30), (200, 0.08), (300, 0.09)])
+def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_runs(tmp_path):
+    _fake_run(tmp_path / "resnet20", [(100, 0.30), (200, 0.08), (300, 0.09)], result={"parameters": 269_722})
     _fake_run(tmp_path / "plain20", [(100, 0.40), (300, 0.12)], train_error=0.1)
-    _fake_run(tmp_path / "resnet110", [(300, 0.07)])
+    (tmp_path / "resnet110").mkdir()  # three runs in one program, one folder each
+    (tmp_path / "resnet110" / "config.json").write_text(json.dumps({**_CONFIG, "runs": 3, "seed": 0}))
+    (tmp_path / "resnet110" / "result.json").write_text("{}")
+    for seed, error in enumerate((0.07, 0.065, 0.08)):
+        _fake_run(tmp_path / "resnet110" / f"seed{seed}", [(300, error)])
     rows = study.collect(tmp_path, ["plain20", "resnet20", "resnet56", "resnet110"])
     assert [r["net"] for r in rows] == ["plain20", "resnet20", "resnet110"]  # resnet56 has not run
-    assert rows[1]["test_error"] == 9.0 and rows[1]["paper_test_error"] == 8.75
+    assert rows[1]["test_error_mean"] == 9.0 and rows[1]["paper_test_error"] == 8.75 and rows[1]["runs"] == 1
+    assert rows[2]["runs"] == 3 and rows[2]["test_error_mean"] == 7.17 and rows[2]["test_error_std"] == 0.76
+    assert rows[2]["test_error_best"] == 6.5 and rows[2]["paper_test_error"] == 6.43
     table = (tmp_path / "table6.md").read_text()
-    assert "| resnet20 | 300 | 5.03 | 9.00 | 8.75 |" in table  # last training window, in %
-    assert (tmp_path / "table6.csv").read_text().splitlines()[0] == "net,steps,train_error,test_error,paper_test_error"
+    assert "| resnet20 | 0.27M | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table  # last training window, in %
+    assert "| resnet110 |  | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
+    assert (tmp_path / "table6.csv").read_text().splitlines()[0] == ",".join(study.FIELDS)
     assert (tmp_path / "figure6.png").stat().st_size > 10_000
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):
-    result = subprocess.run([sys.executable, "experiments/cifar_depth_study.py", f"--workdir={tmp_path}", "--quick",
+    result = subprocess.run([sys.executable, "-m", "experiments.cifar_depth_study", f"--workdir={tmp_path}", "--quick",
                              "--print_commands"], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and len(lines) == len(study.QUICK_NETS)
@@ -93,7 +102,7 @@ def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
     (tmp_path / "b.csv").write_text("net,layer_index,layer,std\nresnet56,1,bn1,0.3\n")
 
     def redraw(*csvs):
-        return subprocess.run([sys.executable, "experiments/layer_responses.py", f"--from_csv={','.join(csvs)}",
+        return subprocess.run([sys.executable, "-m", "experiments.layer_responses", f"--from_csv={','.join(csvs)}",
                                f"--output={tmp_path / 'fig7'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
 
     result = redraw(str(tmp_path / "a.csv"), str(tmp_path / "b.csv"))
@@ -107,14 +116,14 @@ def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
 
 def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):
     def config(model, shortcut):
-        return {"model": {"name": model, "shortcut": shortcut}}
+        return {"model": {"name": model, "shortcut": shortcut}, "data": {"name": "imagenet2012"}}
 
     _fake_run(tmp_path / "r34a", [(1, 0.2)], config=config("resnet34", "A"),
               result={"top1_error": 0.2503, "top5_error": 0.0776, "protocol": "10crop"})
     _fake_run(tmp_path / "r50", [(1, 0.2)], config=config("resnet50", "B"),
               result={"top1_error": 0.2285, "top5_error": 0.0671, "protocol": "10crop"})
-    (tmp_path / "r50" / "eval_multiscale_validation_600000.json").write_text(json.dumps(
-        {"protocol": "multiscale", "top1_error": 0.2074, "top5_error": 0.0525}))
+    RunDir(tmp_path / "r50").write_evaluation(600_000, {"protocol": "multiscale", "split": "validation",
+                                                         "top1_error": 0.2074, "top5_error": 0.0525})
     markdown = imagenet_tables.tables_markdown([str(tmp_path / "r34a"), str(tmp_path / "r50")])
     table2, table3, table4 = markdown.split("### ")[1:]
     assert "| resnet34 | A | 25.03 / 7.76 | 25.03 |" in table2  # Table 2 gives only top-1 in the paper

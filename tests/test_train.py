@@ -1,106 +1,89 @@
-"""Training end to end on a real slice of CIFAR-10: learning, data parallelism, multi-host, preemption, resume."""
+"""Training end to end on a real slice of CIFAR-10: learning, data parallelism, multi-host, multi-runs, preemption,
+resume, and the errors a person sees."""
 
 import json
-import os
+import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from configs import cifar10
 from resnet_jax import train
-from resnet_jax.checkpoints import ModelMismatchError
-from resnet_jax.metric_writer import read_metrics
-
-REPO = Path(__file__).resolve().parents[1]
-
-# A small, fast recipe: global batch 32 in BN groups of 4, so it splits over 1, 2 or 8 devices alike.
-SMALL = {"batch_size": 32, "model.bn_group_size": 4, "log_every_steps": 1, "eval.every_steps": 1000,
-         "eval.batch_size": 128, "checkpoint_every_steps": 2, "data.worker_count": 0,
-         "schedule.base_lr": 0.01}
+from resnet_jax.data import on_device
+from resnet_jax.errors import ModelMismatchError, NonFiniteLossError
+from resnet_jax.rundir import RunDir, load_run
+from tests.training import REPO, checkpoint_leaves, command, env, free_port, run, small_config, train_losses
 
 
-def _config(data_dir, arg="resnet20", **overrides):
-    config = cifar10.get_config(arg)
-    config.data.data_dir = str(data_dir)
-    for key, value in {**SMALL, **overrides}.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def _command(data_dir, workdir, arg="resnet20", **overrides):
-    flags = [f"--config.{k}={v}" for k, v in {**SMALL, "data.data_dir": data_dir, **overrides}.items()]
-    return [sys.executable, "-m", "resnet_jax.main", f"--config=configs/cifar10.py:{arg}", f"--workdir={workdir}",
-            *flags]
-
-
-def _env(devices=1):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-def _run(command, devices=1, timeout=600):
-    result = subprocess.run(command, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def _train_losses(workdir):
-    return np.array([r["loss"] for r in read_metrics(workdir) if r["kind"] == "train"])
-
-
-def _final_state(workdir, step):
-    return ocp.PyTreeCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
-
-
-def test_short_training_learns(cifar_slice_data_dir, tmp_path):
-    config = _config(cifar_slice_data_dir, batch_size=64, num_steps=100, log_every_steps=20,
-                     checkpoint_every_steps=100, **{"eval.every_steps": 100, "eval.batch_size": 250,
-                                                   "model.bn_group_size": 32})
-    result = train.train_and_evaluate(config, str(tmp_path))
-    losses = _train_losses(tmp_path)
+def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data_dir, tmp_path, caplog):
+    config = small_config(cifar_slice_data_dir, batch_size=64, num_steps=60, log_every_steps=20,
+                          checkpoint_every_steps=60, steps_per_dispatch=10,
+                          **{"eval.every_steps": 20, "eval.batch_size": 250, "model.bn_group_size": 32})
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = train.train_and_evaluate(config, str(tmp_path))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    # three periodic evaluations (steps 20, 40, 60; the last is the final one) and one compilation of their step
+    evaluations = [r for r in RunDir(tmp_path).read_metrics() if r["kind"] == "eval"]
+    assert [r["step"] for r in evaluations] == [20, 40, 60]
+    assert caplog.text.count("Compiling jit(evaluate_split)") == 1
+    losses = train_losses(tmp_path)
     assert losses[-1] < 0.8 * losses[0]
     assert result["examples"] == 500  # every test image of the slice, counted once
     assert result["top1_error"] < 0.8  # chance is 0.9; 500 images make 0.8 a > 7 sigma margin
+    assert result["parameters"] == 269_722 and result["bn_statistics"] == "moving averages"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert list((tmp_path / "tensorboard").iterdir())
 
 
 def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, tmp_path):
     one, eight = tmp_path / "one", tmp_path / "eight"
-    _run(_command(cifar_slice_data_dir, one, num_steps=4), devices=1)
-    _run(_command(cifar_slice_data_dir, eight, num_steps=4), devices=8)
-    np.testing.assert_allclose(_train_losses(eight), _train_losses(one), rtol=2e-4)
+    run(command(cifar_slice_data_dir, one, num_steps=4), devices=1)
+    run(command(cifar_slice_data_dir, eight, num_steps=4), devices=8)
+    np.testing.assert_allclose(train_losses(eight), train_losses(one), rtol=2e-4)
 
     two = tmp_path / "two"
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     processes = [subprocess.Popen(
-        _command(cifar_slice_data_dir, two, num_steps=4) + [
+        command(cifar_slice_data_dir, two, num_steps=4) + [
             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-        cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        cwd=REPO, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
-    np.testing.assert_allclose(_train_losses(two), _train_losses(one), rtol=2e-4)
+    np.testing.assert_allclose(train_losses(two), train_losses(one), rtol=2e-4)
+
+
+def test_member_k_of_a_multi_run_follows_the_single_run_of_seed_k(cifar_slice_data_dir, tmp_path):
+    steps = {"num_steps": 4, "log_every_steps": 1, "checkpoint_every_steps": 4}
+    multi = train.train_and_evaluate(small_config(cifar_slice_data_dir, runs=2, **steps), str(tmp_path / "multi"))
+    single = train.train_and_evaluate(small_config(cifar_slice_data_dir, seed=1, **steps), str(tmp_path / "single"))
+    members = RunDir(tmp_path / "multi").members()
+    assert [m.name for m in members] == ["seed0", "seed1"]
+    # The same computation, batched: the first step agrees to float32 rounding, later ones to its amplification.
+    member, alone = train_losses(members[1].path), train_losses(tmp_path / "single")
+    np.testing.assert_allclose(member[0], alone[0], rtol=1e-6)
+    np.testing.assert_allclose(member, alone, rtol=1e-3)
+    assert not np.allclose(train_losses(members[0].path), train_losses(members[1].path), rtol=1e-2)
+    assert multi["runs"][1]["top1_error"] == pytest.approx(single["top1_error"], abs=0.01)  # 500 images: 5 flips
+    assert multi["top1_error"] == pytest.approx(np.mean([r["top1_error"] for r in multi["runs"]]))
+    assert multi["top1_error_std"] == pytest.approx(np.std([r["top1_error"] for r in multi["runs"]], ddof=1))
+    assert json.loads((members[1].path / "result.json").read_text())["seed"] == 1
+    _, _, state = load_run(tmp_path / "multi")  # one checkpoint holds both members
+    assert state.params["conv1"]["kernel"].shape[0] == 2
 
 
 def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _run(_command(cifar_slice_data_dir, straight, num_steps=8))
+    run(command(cifar_slice_data_dir, straight, num_steps=8))
 
-    process = subprocess.Popen(_command(cifar_slice_data_dir, killed, num_steps=8), cwd=REPO, env=_env(),
+    process = subprocess.Popen(command(cifar_slice_data_dir, killed, num_steps=8), cwd=REPO, env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "4").is_dir() and time.time() < deadline and process.poll() is None:
@@ -108,32 +91,24 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
     process.kill()
     process.wait()
     assert not (killed / "checkpoints" / "8").exists(), "the run finished before it could be killed"
-    _run(_command(cifar_slice_data_dir, killed, num_steps=8))
+    run(command(cifar_slice_data_dir, killed, num_steps=8))
 
     # the standalone evaluation of the final checkpoint agrees with the run's own final evaluation
-    _run([sys.executable, "-m", "resnet_jax.evaluate", f"--workdir={straight}"])
-    standalone = json.loads((straight / "eval_single_test_8.json").read_text())
-    final = json.loads((straight / "result.json").read_text())
+    run([sys.executable, "-m", "resnet_jax.evaluate", f"--workdir={straight}"])
+    (standalone,) = RunDir(straight).evaluations()
+    final = RunDir(straight).read_result()
+    assert standalone["step"] == 8 and standalone["protocol"] == "single"
     assert standalone["examples"] == final["examples"] == 500
     assert standalone["top1_error"] == final["top1_error"]
 
-    a, b = _final_state(straight, 8), _final_state(killed, 8)
-    leaves_a, leaves_b = [np.asarray(x) for x in _leaves(a)], [np.asarray(x) for x in _leaves(b)]
-    assert len(leaves_a) == len(leaves_b) > 100
-    assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        return [leaf for k in sorted(tree) for leaf in _leaves(tree[k])]
-    if isinstance(tree, (list, tuple)):
-        return [leaf for v in tree for leaf in _leaves(v)]
-    return [tree]
+    a, b = checkpoint_leaves(straight, 8), checkpoint_leaves(killed, 8)
+    assert len(a) == len(b) > 100
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
-    process = subprocess.Popen(_command(cifar_slice_data_dir, tmp_path, num_steps=10_000, checkpoint_every_steps=1000),
-                               cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command(cifar_slice_data_dir, tmp_path, num_steps=10_000, checkpoint_every_steps=1000),
+                               cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         metrics = tmp_path / "metrics.jsonl"
@@ -150,87 +125,41 @@ def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
 
 def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative workdir, as people type it
-    train.train_and_evaluate(_config(cifar_slice_data_dir, num_steps=2), "run")
+    train.train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=2), "run")
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
     with pytest.raises(ModelMismatchError, match="another model.*name.*resnet20.*resnet32.*new --workdir"):
-        train.train_and_evaluate(_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
+        train.train_and_evaluate(small_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
 
 
 def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):
-    import jax
-    import jax.numpy as jnp
-
-    from resnet_jax import data
-
-    config = _config(cifar_slice_data_dir, num_steps=2, bn_recompute_examples=64)
-    train.train_and_evaluate(config, str(tmp_path))
-    _, _, state = train.load_run(str(tmp_path))
-    # Independently: the stem's BN statistics are those of its 3x3 convolution over each batch of 32 (seed + 1),
-    # averaged over the two batches.
+    config = small_config(cifar_slice_data_dir, num_steps=2, bn_recompute_examples=64)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["bn_statistics"] == "recomputed over 64 training images"
+    _, _, state = load_run(tmp_path)  # the checkpoint keeps the training state's moving averages
+    # Independently: the stem's BN statistics are those of its 3x3 convolution over each batch of 32 of the stream
+    # of seed + 1, averaged over the two batches.
     kernel = state.params["conv1"]["kernel"]
-    iterator = data.train_iterator(config.data, global_batch_size=32, seed=config.seed + 1)
+    arrays = on_device.TrainData.load(config.data, train.make_mesh()).arrays
+    orders = on_device.two_epoch_orders(jnp.int32(1), 0, 1280)
     means, variances = [], []
-    for _ in range(2):
-        y = jax.lax.conv_general_dilated(jnp.asarray(next(iterator)["image"]), kernel, (1, 1), [(1, 1), (1, 1)],
+    for i in range(2):
+        images = on_device.train_batch(arrays, orders, jnp.int32(1), 0, i, 32)["image"]
+        y = jax.lax.conv_general_dilated(images, kernel, (1, 1), [(1, 1), (1, 1)],
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         means.append(y.mean((0, 1, 2)))
         variances.append(y.var((0, 1, 2)))
-    np.testing.assert_allclose(state.batch_stats["bn1"]["mean"], np.mean(means, 0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(state.batch_stats["bn1"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
+    recomputed = train.recompute_batch_stats(config, state, train.make_mesh())
+    np.testing.assert_allclose(recomputed["bn1"]["mean"], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(recomputed["bn1"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):
-    config = _config(cifar_slice_data_dir, num_steps=4)
-    train.train_and_evaluate(config, str(tmp_path))
-    config = _config(cifar_slice_data_dir, num_steps=40, **{"schedule.base_lr": 1e30})
-    with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
+    train.train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4), str(tmp_path))
+    config = small_config(cifar_slice_data_dir, num_steps=40, **{"schedule.base_lr": 1e30})
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         train.train_and_evaluate(config, str(tmp_path))
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    state = _final_state(tmp_path, saved[-1])
-    assert all(np.isfinite(np.asarray(x)).all() for x in _leaves(state["params"]))
-
-
-def test_input_pipeline_failure_is_named_and_the_rerun_resumes(cifar_slice_data_dir, tmp_path, monkeypatch):
-    from resnet_jax import data
-
-    class FailsAfter:
-        """The real training iterator, until an OSError like the one grain's shared memory once raised on a GPU."""
-
-        def __init__(self, iterator, batches):
-            self._iterator, self._left = iterator, batches
-
-        def __next__(self):
-            self._left -= 1
-            if self._left < 0:
-                raise OSError(9, "Bad file descriptor")
-            return next(self._iterator)
-
-        def __getattr__(self, name):  # get_state, set_state, close
-            return getattr(self._iterator, name)
-
-    real_iterator = data.train_iterator
-    config = _config(cifar_slice_data_dir, num_steps=10)
-    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: FailsAfter(real_iterator(*a, **k), 2))
-    with pytest.raises(train.InputPipelineError, match="before step 1: .*no checkpoint was written yet"):
-        train.train_and_evaluate(config, str(tmp_path / "early"))
-    # 7 good batches: with the device prefetch 2 batches ahead, the 8th fetch comes before step 6.
-    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: FailsAfter(real_iterator(*a, **k), 7))
-    failure = r"before step 6: OSError.*rerun the same command.*from the latest checkpoint, step 4, and redoes"
-    with pytest.raises(train.InputPipelineError, match=failure):
-        train.train_and_evaluate(config, str(tmp_path))
-    assert ocp.CheckpointManager(tmp_path / "checkpoints").all_steps() == [2, 4]  # both complete on disk
-    monkeypatch.setattr(data, "train_iterator", real_iterator)
-    train.train_and_evaluate(config, str(tmp_path))
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
-
-
-def test_bad_config_key_is_named(cifar_slice_data_dir, tmp_path):
-    result = subprocess.run(_command(cifar_slice_data_dir, tmp_path, **{"model.shortcutt": "B"}), cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "shortcutt" in result.stderr
-    with pytest.raises(ValueError, match="config.batch_size=30 does not divide|multiple of"):
-        train.train_and_evaluate(_config(cifar_slice_data_dir, batch_size=30), str(tmp_path))
+    assert all(np.isfinite(x).all() for x in checkpoint_leaves(tmp_path, saved[-1], "params"))
 
 
 def test_quick_start_prepares_data_and_trains(tmp_path):
@@ -239,8 +168,8 @@ def test_quick_start_prepares_data_and_trains(tmp_path):
     if not tarball.exists():
         pytest.skip(f"{tarball} is absent")
     data_dir = tmp_path / "tfds"
-    result = _run([sys.executable, "-m", "resnet_jax.main", "--config=configs/cifar10.py:resnet20,quick",
-                   f"--config.prepare_from={tarball}", f"--config.data.data_dir={data_dir}",
-                   f"--workdir={tmp_path / 'run'}", "--config.num_steps=20", "--config.eval.every_steps=20"])
-    assert "resnet20 test (single): top-1 error" in result.stdout
+    result = run([sys.executable, "-m", "resnet_jax.main", "--config=configs/cifar10.py:resnet20,quick",
+                  f"--config.prepare_from={tarball}", f"--config.data.data_dir={data_dir}",
+                  f"--workdir={tmp_path / 'run'}", "--config.num_steps=25", "--config.eval.every_steps=25"])
+    assert "resnet20 test (single): top-1 error" in result.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["examples"] == 10_000

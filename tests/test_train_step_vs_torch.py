@@ -11,7 +11,7 @@ from resnet_jax.sharding import make_mesh
 from resnet_jax.train_step import make_train_step
 
 torch = pytest.importorskip("torch")
-from tests import torch_reference as ref  # noqa: E402
+from experiments import torch_reference as ref  # noqa: E402
 
 
 def test_three_steps_match_pytorch_sgd():

@@ -6,13 +6,16 @@ Prepare a dataset once (`python -m resnet_jax.data.prepare NAME`, or `prepare(NA
   train = train_iterator(cfg, global_batch_size=256, seed=0)        # endless, resumable
   evals = eval_iterator(cfg, split="validation", protocol="10crop", global_batch_size=256)
   batches = DevicePrefetchIterator(train, mesh)                     # global jax.Arrays
+
+CIFAR can instead stay in device memory, its stream computed inside the step (`on_device.py`, `feeds.py`).
 """
 
 from resnet_jax.data.config import default_data_config
-from resnet_jax.data.device import DevicePrefetchIterator, put_on_mesh
+from resnet_jax.data.feeds import DevicePrefetchIterator, put_on_mesh
 from resnet_jax.data.pipeline import CorruptRecordError, eval_iterator, train_iterator
 from resnet_jax.data.preparation import prepare
-from resnet_jax.data.sources import DatasetMissingError, num_examples
+from resnet_jax.data.sources import num_examples
+from resnet_jax.errors import DatasetMissingError
 
 __all__ = [
     "CorruptRecordError",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ml_collections
 
-DATASETS = ("cifar10", "cifar100", "imagenet2012")
+from resnet_jax import datasets
+from resnet_jax.errors import ConfigError
+
 TRAIN_CROPS = ("paper", "inception")
 CORRUPT_POLICIES = ("skip", "fail")
 
@@ -13,8 +15,10 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
     """Paper settings for dataset `name`; the returned ConfigDict is locked (unknown keys are errors).
 
     Fields:
-      name: 'cifar10' | 'cifar100' | 'imagenet2012' (tfds names).
+      name: a dataset of `resnet_jax.datasets` (tfds names: 'cifar10', 'cifar100', 'imagenet2012').
       data_dir: tfds data directory; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
+      on_device: keep the split in device memory and compute the training stream inside the jitted step
+        (`on_device.py`; the small fixed-size datasets, default for them) instead of feeding it with grain.
       holdout_val: CIFAR only: train on the first 45k training examples and make split 'val'
         the last 5k, the split on which the paper chose its schedule.
       train_crop: ImageNet only: 'paper' (shorter side in [256, 480], random 224 crop) or
@@ -24,14 +28,16 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       worker_count: grain worker processes decoding in parallel (0: in this process).
       read_threads: threads per worker reading and decoding records (hides storage latency).
       prefetch: batches each worker keeps ready.
+      retries: times a failing input pipeline is rebuilt at its last position before the run stops
+        (`resilient.py`); each failure of one batch counts, successes in between reset nothing.
+      retry_backoff_seconds: wait before the first rebuild, doubled for each further one.
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}.")
-    imagenet = name == "imagenet2012"
+    imagenet = datasets.get(name).imagenet_like
     cfg = ml_collections.ConfigDict(
         {
             "name": name,
             "data_dir": ml_collections.config_dict.placeholder(str),
+            "on_device": not imagenet,
             "holdout_val": False,
             "train_crop": "paper",
             "pca_lighting": 0.1 if imagenet else 0.0,
@@ -39,6 +45,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
             "worker_count": 8 if imagenet else 2,
             "read_threads": 2,
             "prefetch": 2,
+            "retries": 3,
+            "retry_backoff_seconds": 1.0,
         }
     )
     cfg.lock()
@@ -46,27 +54,31 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming any unknown key or unsupported value."""
-    expected = set(default_data_config("cifar10").keys())
+    """Raises ConfigError naming any unknown key or unsupported value."""
+    if cfg.get("name") not in datasets.DATASETS:
+        raise ConfigError(f"data.name={cfg.get('name')!r}; expected one of {tuple(datasets.DATASETS)}.")
+    expected = set(default_data_config(cfg.name).keys())
     unknown, missing = set(cfg.keys()) - expected, expected - set(cfg.keys())
     if unknown or missing:
-        raise ValueError(
+        raise ConfigError(
             f"Data config keys are wrong: unknown {sorted(unknown)}, missing {sorted(missing)}. "
             "Start from resnet_jax.data.default_data_config(name)."
         )
-    if cfg.name not in DATASETS:
-        raise ValueError(f"data.name={cfg.name!r}; expected one of {DATASETS}.")
+    dataset = datasets.get(cfg.name)
     if cfg.train_crop not in TRAIN_CROPS:
-        raise ValueError(f"data.train_crop={cfg.train_crop!r}; expected one of {TRAIN_CROPS}.")
+        raise ConfigError(f"data.train_crop={cfg.train_crop!r}; expected one of {TRAIN_CROPS}.")
     if cfg.corrupt_policy not in CORRUPT_POLICIES:
-        raise ValueError(f"data.corrupt_policy={cfg.corrupt_policy!r}; expected one of {CORRUPT_POLICIES}.")
-    imagenet = cfg.name == "imagenet2012"
-    if imagenet and cfg.holdout_val:
-        raise ValueError("data.holdout_val is the CIFAR 45k/5k split; ImageNet has 'validation'.")
-    if not imagenet and (cfg.train_crop != "paper" or cfg.pca_lighting):
-        raise ValueError(
+        raise ConfigError(f"data.corrupt_policy={cfg.corrupt_policy!r}; expected one of {CORRUPT_POLICIES}.")
+    if cfg.holdout_val and not dataset.holdout:
+        raise ConfigError(f"data.holdout_val: {cfg.name} offers no held-out split; evaluate on {dataset.test_split!r}.")
+    if not dataset.imagenet_like and (cfg.train_crop != "paper" or cfg.pca_lighting):
+        raise ConfigError(
             "data.train_crop and data.pca_lighting are ImageNet augmentations; for CIFAR keep "
             "train_crop='paper' and pca_lighting=0."
         )
+    if cfg.on_device and dataset.imagenet_like:
+        raise ConfigError(f"data.on_device: {cfg.name} is too large to keep in device memory; set it to False.")
     if cfg.pca_lighting < 0 or cfg.worker_count < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:
-        raise ValueError("data.pca_lighting, worker_count and read_threads must be >= 0 and prefetch >= 1.")
+        raise ConfigError("data.pca_lighting, worker_count and read_threads must be >= 0 and prefetch >= 1.")
+    if cfg.retries < 0 or cfg.retry_backoff_seconds < 0:
+        raise ConfigError("data.retries and data.retry_backoff_seconds must be >= 0.")

@@ -16,15 +16,18 @@ import cv2
 import numpy as np
 import simplejpeg
 
-# Grain's worker processes are the parallelism; OpenCV's own thread pool would oversubscribe the
-# cores they are given (and make per-core throughput figures meaningless).
-cv2.setNumThreads(1)
-
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels; right/bottom exclusive
 
 
 class CorruptImageError(ValueError):
     """The encoded bytes are not a complete, decodable image."""
+
+
+def use_one_thread() -> None:
+    """Makes OpenCV run in the calling thread. Where worker processes or threads are the parallelism (grain's
+    workers, the command lines), OpenCV's own thread pool would oversubscribe the cores and make per-core throughput
+    figures meaningless; the entry points and grain's worker initialisation call this, importing does not."""
+    cv2.setNumThreads(1)
 
 
 def jpeg_shape(data: bytes) -> tuple[int, int]:

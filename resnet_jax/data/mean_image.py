@@ -17,11 +17,12 @@ holdout training split) to float32 [H, W, 3] means in [0, 1] units.
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import grain
 import numpy as np
+from absl import logging
 
+from resnet_jax import datasets
 from resnet_jax.data import images, pipeline, protocols, sources
 
 
@@ -44,11 +45,14 @@ class _PixelBatch(grain.transforms.Map):
         return {"index": np.array(kept, np.int64), "pixels": np.stack(views)} if views else None
 
 
-def compute(source, imagenet: bool, holdout: bool = False, worker_count: int = 0) -> dict[str, np.ndarray]:
-    """Means of the whole training `source` and, with `holdout`, of all but its last 5000 (the 45k/5k split)."""
+def compute(source, name: str, worker_count: int = 0) -> dict[str, np.ndarray]:
+    """Means of the whole training `source` of dataset `name` and, where the dataset has a held-out split (CIFAR's
+    45k/5k), of the training examples it keeps."""
     n = len(source)
-    holdout = holdout and n > sources.HOLDOUT_EXAMPLES
-    held_out = sources.HOLDOUT_EXAMPLES if holdout else 0
+    dataset = datasets.get(name)
+    imagenet = dataset.imagenet_like
+    holdout = 0 < dataset.holdout < n
+    held_out = dataset.holdout if holdout else 0
     ds = grain.MapDataset.range(n).batch(256).map(_PixelBatch(source, imagenet)).to_iter_dataset()
     ds = pipeline.in_worker_processes(ds, worker_count)
     total = kept_total = None
@@ -66,7 +70,7 @@ def compute(source, imagenet: bool, holdout: bool = False, worker_count: int = 0
         raise ValueError("No readable training image to compute the per-pixel mean from.")
     means = {"train": (total / count / 255).astype(np.float32)}
     if holdout:
-        means[sources.HOLDOUT_TRAIN_SPEC] = (kept_total / kept_count / 255).astype(np.float32)
+        means[sources.holdout_specs(name)[0]] = (kept_total / kept_count / 255).astype(np.float32)
     return means
 
 

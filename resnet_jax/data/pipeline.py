@@ -21,22 +21,16 @@ masks it out (evaluation).
 
 from __future__ import annotations
 
-import logging
-
 import grain
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from google.protobuf import message as protobuf_message
 
+from resnet_jax import datasets
 from resnet_jax.data import images, protocols, sources, transforms
+from resnet_jax.data.resilient import ResilientIterator
 
-_EVAL_VIEWS = {
-    "single": protocols.CifarSingleView,
-    "1crop": protocols.OneCropView,
-    "10crop": protocols.TenCropView,
-    "multiscale": protocols.MultiScaleView,
-}
 # Errors that mean "this record is damaged", as opposed to bugs.
 _CORRUPT_RECORD_ERRORS = (images.CorruptImageError, protobuf_message.DecodeError)
 
@@ -166,19 +160,27 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    del worker_index, worker_count
+    # The worker processes are the parallelism; OpenCV's own thread pool would oversubscribe the cores they are given.
+    images.use_one_thread()
+
+
 def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int = 1) -> grain.IterDataset:
     """`ds` computed by `worker_count` grain worker processes (none: in this process)."""
     if not worker_count:
         return ds
     if not flags.FLAGS.is_parsed():
-        # grain 0.2.18 reads an absl flag when starting workers, which fails in programs that do not
-        # parse absl flags (google/grain#1355); the flags keep their defaults.
+        # grain 0.2.18 reads an absl flag when it starts workers, which fails in programs that do not parse absl
+        # flags, such as tests and notebooks (google/grain#1355, fixed after 0.2.18). The flags keep their defaults.
         flags.FLAGS.mark_as_parsed()
-    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=prefetch))
+    options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=prefetch)
+    return ds.mp_prefetch(options, worker_init_fn=_init_worker)
 
 
-def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.DatasetIterator:
-    return iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch))
+def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str) -> ResilientIterator:
+    return ResilientIterator(lambda: iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch)), what,
+                             retries=cfg.retries, backoff_seconds=cfg.retry_backoff_seconds)
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -221,7 +223,7 @@ def train_iterator(
     local_batch = _local_batch(global_batch_size, process_count)
     source = sources.open_split(cfg, "train")
     mean = sources.mean_image(cfg)
-    if cfg.name == "imagenet2012":
+    if datasets.get(cfg.name).imagenet_like:
         view = transforms.ImageNetTrainView(mean, crop=cfg.train_crop, alphastd=cfg.pca_lighting)
     else:
         view = transforms.CifarTrainView(mean)
@@ -230,7 +232,7 @@ def train_iterator(
     ds = ds.to_iter_dataset(_read_options(cfg))
     if cfg.corrupt_policy == "skip":  # refill batches that lost skipped records
         ds = grain.experimental.RebatchIterDataset(ds, batch_size=local_batch, drop_remainder=True)
-    return _loader(ds, cfg)
+    return _loader(ds, cfg, f"{cfg.name} train")
 
 
 def eval_iterator(
@@ -248,12 +250,9 @@ def eval_iterator(
     """
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
-    imagenet = cfg.name == "imagenet2012"
-    allowed = ("1crop", "10crop", "multiscale") if imagenet else ("single",)
-    if protocol not in allowed:
-        raise ValueError(f"Protocol {protocol!r} is not one of {allowed} for {cfg.name}.")
+    datasets.get(cfg.name).check_protocol(protocol)
     source = sources.open_split(cfg, split)
-    view = _EVAL_VIEWS[protocol](sources.mean_image(cfg))
+    view = protocols.VIEWS[protocol](sources.mean_image(cfg))
     n = len(source)
     steps = -(-n // global_batch_size)
     ds = grain.MapDataset.range(steps * local_batch)
@@ -269,4 +268,4 @@ def eval_iterator(
         )
     )
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _loader(ds, cfg)
+    return _loader(ds, cfg, f"{cfg.name} {split}")

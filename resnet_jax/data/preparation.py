@@ -6,14 +6,14 @@ start calls it when a dataset is missing).
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+from absl import logging
 
+from resnet_jax import datasets
 from resnet_jax.data import cifar10, imagenet, mean_image, sources
-from resnet_jax.data import config as config_lib
 
 _TFDS_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
@@ -40,8 +40,7 @@ def _builder(name: str, source: Path | None, data_dir: str | None) -> tuple[tfds
 
 def prepare(name: str, source: str | os.PathLike | None = None, data_dir: str | None = None) -> Path:
     """Builds dataset `name` (if not built yet) and its per-pixel mean; returns the dataset directory."""
-    if name not in config_lib.DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {config_lib.DATASETS}.")
+    datasets.get(name)  # an unknown name is an error naming the known ones
     source = Path(source).expanduser() if source is not None else None
     if source is not None and not source.exists():
         raise FileNotFoundError(f"--source {source} does not exist.")
@@ -63,13 +62,12 @@ def prepare(name: str, source: str | os.PathLike | None = None, data_dir: str | 
         ) from e
 
     if not (builder.data_path / sources.MEAN_FILE).exists():
-        is_imagenet = name == "imagenet2012"
         # Read through the registered builder, as training does (ours are not picklable for workers).
         reader = tfds.builder(name, data_dir=data_dir)
         train = reader.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
         logging.info("Computing the per-pixel mean of %d training images.", len(train))
         # Worker processes take seconds to start: worth it for ImageNet-sized decoding only.
-        workers = os.cpu_count() if is_imagenet and len(train) > 10_000 else 0
-        means = mean_image.compute(train, imagenet=is_imagenet, holdout=not is_imagenet, worker_count=workers)
+        workers = os.cpu_count() if datasets.get(name).imagenet_like and len(train) > 10_000 else 0
+        means = mean_image.compute(train, name, worker_count=workers)
         mean_image.store(builder.data_path, means)
     return Path(os.fspath(builder.data_path))

@@ -19,9 +19,10 @@ this module would shadow.)
 from __future__ import annotations
 
 import argparse
-import logging
 
-from resnet_jax.data import config as config_lib
+from absl import logging
+
+from resnet_jax import datasets
 from resnet_jax.data.preparation import prepare
 
 
@@ -31,11 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", choices=config_lib.DATASETS)
+    parser.add_argument("dataset", choices=tuple(datasets.DATASETS))
     parser.add_argument("--source", help="local files to build from (see above)")
     parser.add_argument("--data_dir", help="tfds data directory")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.set_verbosity(logging.INFO)
     print(prepare(args.dataset, source=args.source, data_dir=args.data_dir))
 
 

@@ -145,3 +145,7 @@ class MultiScaleView:
             example[f"image_{side}"] = np.zeros((canvas_size(side), canvas_size(side), 3), np.float32)
             example[f"valid_{side}"] = np.zeros((canvas_size(side), canvas_size(side)), bool)
         return example
+
+
+VIEWS = {"single": CifarSingleView, "1crop": OneCropView, "10crop": TenCropView, "multiscale": MultiScaleView}
+"""Every test protocol by name (which apply to a dataset: `resnet_jax.datasets`)."""

@@ -12,32 +12,28 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resnet_jax import datasets
 from resnet_jax.data import config as config_lib
+from resnet_jax.errors import DatasetMissingError
 
-HOLDOUT_EXAMPLES = 5000  # CIFAR: the paper's 45k/5k train/val split
-HOLDOUT_TRAIN_SPEC = f"train[:-{HOLDOUT_EXAMPLES}]"
-HOLDOUT_VAL_SPEC = f"train[-{HOLDOUT_EXAMPLES}:]"
 MEAN_FILE = "per_pixel_mean.npz"  # in the dataset's version directory; keys are split specs
 
 
-class DatasetMissingError(FileNotFoundError):
-    """A dataset (or part of one) is not prepared; the message gives the command that prepares it."""
+def holdout_specs(name: str) -> tuple[str, str]:
+    """The tfds split specs of the held-out training split ('train' with holdout_val) and of split 'val'."""
+    held_out = datasets.get(name).holdout
+    return f"train[:-{held_out}]", f"train[-{held_out}:]"
 
 
 def prepare_command(name: str, data_dir: str | None) -> str:
-    source = {
-        "cifar10": " [--source=DIR_OR_TARBALL]  # no source: tfds download",
-        "cifar100": "  # tfds download",
-        "imagenet2012": " --source=DIR  # train/<wnid>/*.JPEG + val/<wnid>/*.JPEG, or the tfds manual dir",
-    }[name]
     data_dir_flag = f" --data_dir={data_dir}" if data_dir else ""
-    return f"python -m resnet_jax.data.prepare {name}{data_dir_flag}{source}"
+    return f"python -m resnet_jax.data.prepare {name}{data_dir_flag} {datasets.get(name).sources}"
 
 
 def _missing(cfg: ml_collections.ConfigDict, what: str) -> DatasetMissingError:
     return DatasetMissingError(
-        f"{cfg.name} is not (completely) prepared in {_data_dir(cfg)}: {what}.\n"
-        f"Prepare it with:\n  {prepare_command(cfg.name, cfg.data_dir)}"
+        f"{cfg.name} is not (completely) prepared in {_data_dir(cfg)} ({what}); prepare it with: "
+        f"{prepare_command(cfg.name, cfg.data_dir)}"
     )
 
 
@@ -47,15 +43,11 @@ def _data_dir(cfg: ml_collections.ConfigDict) -> str:
 
 def split_spec(cfg: ml_collections.ConfigDict, split: str) -> str:
     """The tfds split spec behind one of our split names ('train', 'val', 'test', 'validation')."""
-    splits = {"train", "validation"} if cfg.name == "imagenet2012" else {"train", "test"}
-    if cfg.holdout_val:
-        splits.add("val")
+    splits = datasets.get(cfg.name).split_names(cfg.holdout_val)
     if split not in splits:
-        raise ValueError(
-            f"Split {split!r} is not one of {sorted(splits)} for {cfg.name} with holdout_val={cfg.holdout_val}."
-        )
+        raise ValueError(f"Split {split!r} is not one of {splits} for {cfg.name} with holdout_val={cfg.holdout_val}.")
     if cfg.holdout_val and split in ("train", "val"):
-        return HOLDOUT_TRAIN_SPEC if split == "train" else HOLDOUT_VAL_SPEC
+        return holdout_specs(cfg.name)[split == "val"]
     return split
 
 
@@ -67,9 +59,10 @@ def builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         raise _missing(cfg, f"no finished dataset at {result.data_path}")
     if result.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise _missing(cfg, f"it is stored as {result.info.file_format.value}, not array_record")
-    if cfg.holdout_val and result.info.splits["train"].num_examples <= HOLDOUT_EXAMPLES:
+    held_out = datasets.get(cfg.name).holdout
+    if cfg.holdout_val and result.info.splits["train"].num_examples <= held_out:
         raise ValueError(
-            f"data.holdout_val holds out {HOLDOUT_EXAMPLES} training examples, but this {cfg.name} "
+            f"data.holdout_val holds out {held_out} training examples, but this {cfg.name} "
             f"has only {result.info.splits['train'].num_examples}."
         )
     return result
@@ -89,7 +82,7 @@ def open_split(cfg: ml_collections.ConfigDict, split: str):
 
 
 def num_examples(cfg: ml_collections.ConfigDict, split: str) -> int:
-    """Examples in `split` ('train', 'test'; 'val' with holdout_val; 'validation' for ImageNet)."""
+    """Examples in `split` (one of the dataset's splits, or 'val' with holdout_val)."""
     spec = split_spec(cfg, split)
     return builder(cfg).info.splits[spec].num_examples
 

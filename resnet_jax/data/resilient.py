@@ -1,0 +1,89 @@
+"""An input iterator that heals itself: rebuilt at its last position when it fails at the operating-system level.
+
+The input streams are pure functions of their position (`pipeline.py`), so an iterator rebuilt and set to the state
+after the last batch it delivered yields exactly the batches the broken one would have: a recovered run is
+bit-identical to an uninterrupted one. What counts as a transient fault is an `OSError` (a file, a socket, grain's
+shared memory: `Bad file descriptor` was seen once on a GPU host) or a grain worker process that died. A corrupt record
+is not retried: it would fail again (see `data.corrupt_policy`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from absl import logging
+
+from resnet_jax.errors import InputPipelineError
+
+# How grain 0.2's multiprocess prefetch reports a worker that died (killed, out of memory, crashed).
+_WORKER_DIED = "Worker process was terminated unexpectedly"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` is an operating-system-level fault of the input pipeline, worth rebuilding it for."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and _WORKER_DIED in str(error))
+
+
+class ResilientIterator(Iterator):
+    """Wraps `make_iterator()`; on a transient fault, rebuilds it at the state after the last delivered batch.
+
+    Args:
+      make_iterator: builds a fresh iterator (with get_state / set_state / close) at the start of the stream.
+      what: the stream's name, for messages ("imagenet2012 train").
+      retries: rebuilds allowed for one batch; past them `InputPipelineError` is raised.
+      backoff_seconds: wait before the first rebuild, doubled for each further one.
+    """
+
+    def __init__(self, make_iterator: Callable[[], Any], what: str, retries: int = 3, backoff_seconds: float = 1.0):
+        self._make = make_iterator
+        self._what = what
+        self._retries = retries
+        self._backoff = backoff_seconds
+        self._iterator = make_iterator()
+        self._state = self._iterator.get_state()
+        self.recoveries: list[str] = []  # the cause of each recovery, in order
+
+    def __next__(self):
+        for attempt in range(self._retries + 1):
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise
+            except Exception as error:  # noqa: BLE001 - only transient faults are caught, the rest re-raised
+                if not is_transient(error):
+                    raise
+                if attempt == self._retries:
+                    raise InputPipelineError(
+                        f"The {self._what} input pipeline failed {attempt + 1} times in a row: {error!r}. Rerun the "
+                        "same command once the cause is fixed (a full /dev/shm or disk, a lost mount): it resumes "
+                        "from the latest checkpoint.") from error
+                self._rebuild(error, attempt)
+                continue
+            self._state = self._iterator.get_state()
+            return batch
+        raise AssertionError("unreachable")
+
+    def _rebuild(self, error: BaseException, attempt: int) -> None:
+        delay = self._backoff * 2**attempt
+        logging.warning("The %s input pipeline failed (%r); rebuilding it at its last position in %.1f s "
+                        "(retry %d of %d).", self._what, error, delay, attempt + 1, self._retries)
+        self.recoveries.append(repr(error))
+        try:
+            self._iterator.close()
+        except Exception as close_error:  # noqa: BLE001 - a broken iterator may fail to close; it is dropped anyway
+            logging.info("Closing the broken %s iterator failed too: %r", self._what, close_error)
+        time.sleep(delay)
+        self._iterator = self._make()
+        self._iterator.set_state(self._state)
+
+    def get_state(self) -> Any:
+        return self._state
+
+    def set_state(self, state: Any) -> None:
+        self._iterator.set_state(state)
+        self._state = state
+
+    def close(self) -> None:
+        self._iterator.close()

@@ -1,0 +1,70 @@
+"""What the code knows about each dataset, in one place: classes, image shape, splits and test protocols.
+
+The config validator, the input pipelines, the evaluator and the preparation tools ask this module; no other module
+tests a dataset's name. It imports nothing heavy, so the models and configs can use it without tfds or grain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from resnet_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """One dataset as the code sees it.
+
+    Attributes:
+      name: the tfds name.
+      num_classes: classifier width.
+      image_shape: (H, W, C) of one training example as the network sees it.
+      splits: the tfds splits, the first being the training split.
+      test_split: the split results are reported on.
+      protocols: the test protocols that apply (see `resnet_jax.data.protocols`); the first is the default.
+      holdout: examples held out of the training split as split 'val' with `data.holdout_val` (0: not offered).
+      imagenet_like: variable-sized JPEGs with the ImageNet augmentation (scale, crop, PCA lighting); otherwise small
+        fixed-size images with the CIFAR augmentation (pad, crop, flip).
+      sources: what `python -m resnet_jax.data.prepare NAME --source=...` accepts, for messages.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    splits: tuple[str, ...]
+    test_split: str
+    protocols: tuple[str, ...]
+    holdout: int = 0
+    imagenet_like: bool = False
+    sources: str = ""
+
+    def split_names(self, holdout_val: bool) -> tuple[str, ...]:
+        """The split names a run may use: the tfds splits, plus 'val' with the holdout split."""
+        return (*self.splits, "val") if holdout_val and self.holdout else self.splits
+
+    def check_protocol(self, protocol: str) -> None:
+        if protocol not in self.protocols:
+            raise ConfigError(f"Test protocol {protocol!r} does not apply to {self.name}; use one of {self.protocols}.")
+
+
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("cifar10", 10, (32, 32, 3), ("train", "test"), "test", ("single",), holdout=5000,
+                       sources="[--source=cifar-10-python.tar.gz or class folders]  # no source: tfds download"),
+    "cifar100": Dataset("cifar100", 100, (32, 32, 3), ("train", "test"), "test", ("single",), holdout=5000,
+                        sources="[--source=cifar-100-python.tar.gz or class folders]  # no source: tfds download"),
+    "imagenet2012": Dataset("imagenet2012", 1000, (224, 224, 3), ("train", "validation"), "validation",
+                            ("1crop", "10crop", "multiscale"), imagenet_like=True,
+                            sources="--source=DIR  # train/<wnid>/*.JPEG + val/<wnid>/*.JPEG, or tfds' manual dir"),
+}
+
+
+def all_protocols() -> tuple[str, ...]:
+    """Every test protocol of any dataset, in a stable order."""
+    return tuple(dict.fromkeys(p for dataset in DATASETS.values() for p in dataset.protocols))
+
+
+def get(name: str) -> Dataset:
+    """The dataset called `name`; ConfigError listing the known ones otherwise."""
+    if name not in DATASETS:
+        raise ConfigError(f"Unknown dataset {name!r}; expected one of {tuple(DATASETS)}.")
+    return DATASETS[name]

@@ -1,0 +1,202 @@
+"""A run's directory: the files a run writes, their names, and reading them back. Nothing else spells them.
+
+    <workdir>/config.json            the run's config
+    <workdir>/result.json            the final evaluation (with every member's, their mean and std, in a multi-run)
+    <workdir>/metrics.jsonl          one JSON record per log ("train") and evaluation ("eval")
+    <workdir>/tensorboard/           the same as TensorBoard event files
+    <workdir>/curves.png             training error dashed, test error bold, against iterations
+    <workdir>/evaluations/<protocol>_<split>_<step>.json   evaluations run later by `python -m resnet_jax.evaluate`
+    <workdir>/checkpoints/<step>/    orbax checkpoints
+    <workdir>/damaged_checkpoints/<time>/<step>/   checkpoints that failed to restore, moved aside untouched
+
+A multi-run (`config.runs` > 1) keeps one config, result and checkpoint directory, and gives each member (the run of
+seed s) its own `seed<s>/` with its metrics.jsonl, tensorboard/, curves.png and result.json. JSON files are written
+whole and renamed into place, so a killed process never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from resnet_jax.errors import WorkdirError
+
+CONFIG = "config.json"
+RESULT = "result.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+CURVES = "curves.png"
+EVALUATIONS = "evaluations"
+CHECKPOINTS = "checkpoints"
+DAMAGED_CHECKPOINTS = "damaged_checkpoints"
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
+    partial = path.parent / f".{path.name}.partial"
+    partial.write_text(text)
+    partial.replace(path)
+
+
+class RunDir:
+    """The directory of one run (or of one member of a multi-run)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = epath.Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({os.fspath(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def create(self) -> RunDir:
+        """Creates the directory if needed and checks it can be written; WorkdirError otherwise."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write_probe.{os.getpid()}"  # one per process: several may share the workdir
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise WorkdirError(f"The workdir {self.path} cannot be created or written ({error}); choose another "
+                               "--workdir or fix its permissions.") from error
+        return self
+
+    # --- members of a multi-run
+    def member(self, seed: int) -> RunDir:
+        """The directory of the member of seed `seed` of a multi-run."""
+        return RunDir(self.path / f"seed{seed}")
+
+    def members(self) -> list[RunDir]:
+        """[self] for a single run, else each member's directory, in seed order (from config.json)."""
+        config = self.read_config()
+        return [self] if config.runs == 1 else [self.member(config.seed + k) for k in range(config.runs)]
+
+    # --- files
+    @property
+    def checkpoints(self) -> epath.Path:
+        return self.path / CHECKPOINTS
+
+    def damaged_checkpoints(self) -> epath.Path:
+        """A fresh folder (named by the UTC time) to move checkpoints aside into."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.path / DAMAGED_CHECKPOINTS / stamp
+
+    @property
+    def metrics_path(self) -> epath.Path:
+        return self.path / METRICS
+
+    @property
+    def tensorboard(self) -> epath.Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def curves(self) -> epath.Path:
+        return self.path / CURVES
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        _write_atomically(self.path / CONFIG, config.to_json_best_effort(indent=2))
+
+    def read_config(self) -> ml_collections.ConfigDict:
+        """The run's config; keys added to the code since the run was started take their defaults."""
+        from resnet_jax.config import base_config
+
+        path = self.path / CONFIG
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: {self.path} is not the workdir of a resnet_jax run.")
+        saved = json.loads(path.read_text())
+        return ml_collections.ConfigDict(_with_defaults(saved, base_config(saved["data"]["name"],
+                                                                           saved["model"]["name"]).to_dict()))
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        _write_atomically(self.path / RESULT, json.dumps(result, indent=2))
+
+    def read_result(self) -> dict[str, Any] | None:
+        path = self.path / RESULT
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def is_finished(self) -> bool:
+        """Whether the run wrote its final result."""
+        return (self.path / RESULT).exists()
+
+    def write_evaluation(self, step: int, result: dict[str, Any]) -> epath.Path:
+        """Stores a later evaluation of the checkpoint of `step` (a dict with protocol and split); returns its path."""
+        folder = self.path / EVALUATIONS
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{result['protocol']}_{result['split']}_{step}.json"
+        _write_atomically(path, json.dumps({"step": step, **result}, indent=2))
+        return path
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The later evaluations, oldest checkpoint first (each a dict with step, protocol, split and errors)."""
+        folder = self.path / EVALUATIONS
+        records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.exists() else []
+        return sorted(records, key=lambda r: r["step"])
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The metric records, sorted by kind and step (a resumed run may repeat steps: the last record wins)."""
+        records: dict[tuple[str, int], dict] = {}
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    records[(record["kind"], record["step"])] = record
+        return sorted(records.values(), key=lambda r: (r["kind"], r["step"]))
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrites the metric log whole (object stores such as GCS cannot append)."""
+        _write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(saved)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
+
+
+def as_run_dir(workdir: str | os.PathLike | RunDir) -> RunDir:
+    return workdir if isinstance(workdir, RunDir) else RunDir(workdir)
+
+
+def local_path(path: epath.Path) -> Path | None:
+    """`path` as a local filesystem path, or None for an object store (gs://)."""
+    text = os.fspath(path)
+    return None if "://" in text else Path(text)
+
+
+def load_run(workdir: str | os.PathLike | RunDir, step: int | None = None, mesh: Any = None):
+    """(config, model, state) of a run's checkpoint at `step` (default: the latest that restores), on all devices.
+
+    A multi-run's state has a leading axis of members (`config.runs`).
+    """
+    from resnet_jax.checkpoints import Checkpointer, model_signature
+    from resnet_jax.config import model_from_config
+    from resnet_jax.models import input_shape
+    from resnet_jax.optim import make_optimizer
+    from resnet_jax.sharding import make_mesh
+    from resnet_jax.train_step import create_train_state
+
+    run_dir = as_run_dir(workdir)
+    config = run_dir.read_config()
+    mesh = mesh or make_mesh()
+    model = model_from_config(config.model)
+    template = create_train_state(model, make_optimizer(**config.optimizer), input_shape(config.model.name),
+                                  config.seed, mesh, runs=config.runs)
+    checkpointer = Checkpointer(run_dir, model_signature(config, template.params), read_only=True)
+    try:
+        restored = checkpointer.restore(template, step)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"No checkpoint in {run_dir.checkpoints}.")
+    return config, model, restored.state
