@@ -11,7 +11,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from benchmarks.machine import describe
@@ -55,7 +54,8 @@ def main(argv):
     step = make_train_step(model, optimizer, mesh)
 
     real = data.DevicePrefetchIterator(
-        data.train_iterator(config.data, global_batch_size=FLAGS.batch_size, seed=0), mesh)
+        data.train_iterator(config.data, global_batch_size=FLAGS.batch_size, seed=0), mesh
+    )
     first = next(real)
     state, real_rate = _time(step, state, real, FLAGS.steps)
 
@@ -66,10 +66,20 @@ def main(argv):
     state, synthetic_rate = _time(step, state, synthetic(), FLAGS.steps)
     machine = describe()
     for name, rate in (("real_pipeline", real_rate), ("synthetic", synthetic_rate)):
-        print(json.dumps({"name": f"end_to_end/{FLAGS.model}/batch{FLAGS.batch_size}/{name}",
-                          "images_per_sec": rate, **machine}))
-    print(json.dumps({"name": f"end_to_end/{FLAGS.model}/batch{FLAGS.batch_size}/stall",
-                      "gap_percent": 100 * (1 - real_rate / synthetic_rate), **machine}))
+        print(
+            json.dumps(
+                {"name": f"end_to_end/{FLAGS.model}/batch{FLAGS.batch_size}/{name}", "images_per_sec": rate, **machine}
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "name": f"end_to_end/{FLAGS.model}/batch{FLAGS.batch_size}/stall",
+                "gap_percent": 100 * (1 - real_rate / synthetic_rate),
+                **machine,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

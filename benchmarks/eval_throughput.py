@@ -45,8 +45,11 @@ def device_images_per_sec(model: nn.Module, variables: Any, protocol: str, view:
     batch = {k: np.broadcast_to(v, (FLAGS.batch_size, *v.shape)).copy() for k, v in example.items()}
     batch.update(label=np.zeros(FLAGS.batch_size, np.int32), mask=np.ones(FLAGS.batch_size, bool))
     batch = put_on_mesh(batch, mesh)
-    step = jax.jit(lambda v, b: error_counts(model, protocol, v, b), in_shardings=(replicated(mesh),
-                   batch_sharded(mesh)), out_shardings=replicated(mesh))
+    step = jax.jit(
+        lambda v, b: error_counts(model, protocol, v, b),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )
     jax.block_until_ready(step(variables, batch))
     start = time.perf_counter()
     for _ in range(FLAGS.steps):
@@ -71,8 +74,10 @@ def main(argv):
     mean_image = np.full((224, 224, 3), 114.0, np.float32)
     files = sorted(pathlib.Path(FLAGS.images_dir).glob("*.JPEG"))[: FLAGS.images]
     if FLAGS.images and not files:
-        raise app.UsageError(f"No *.JPEG in --images_dir={FLAGS.images_dir}; point it at the shared ImageNet samples "
-                             "or pass --images=0 to time the evaluation step alone.")
+        raise app.UsageError(
+            f"No *.JPEG in --images_dir={FLAGS.images_dir}; point it at the shared ImageNet samples "
+            "or pass --images=0 to time the evaluation step alone."
+        )
     unknown = set(FLAGS.protocols) - set(VIEWS)
     if unknown:
         raise app.UsageError(f"Unknown --protocols {sorted(unknown)}; choose from {list(VIEWS)}.")
@@ -81,8 +86,10 @@ def main(argv):
     for protocol in FLAGS.protocols:
         view = VIEWS[protocol](mean_image)
         rates[protocol] = device_images_per_sec(model, variables, protocol, view, mesh)
-        result = {"name": f"eval/{FLAGS.model}/{FLAGS.dtype}/{protocol}/batch{FLAGS.batch_size}",
-                  "device_images_per_sec": rates[protocol]}
+        result = {
+            "name": f"eval/{FLAGS.model}/{FLAGS.dtype}/{protocol}/batch{FLAGS.batch_size}",
+            "device_images_per_sec": rates[protocol],
+        }
         if "1crop" in rates:
             result["cost_vs_1crop"] = rates["1crop"] / rates[protocol]
         if files:

@@ -109,12 +109,22 @@ def imagenet_figures(shared: Path, work: Path, rounds: int) -> list[dict]:
     )
     speedup = best["imagenet_train_transform"] / best["imagenet_train_transform_pil"]
     return [
-        {"name": "imagenet_train_transform", "images_per_sec_per_core": best["imagenet_train_transform"],
-         "speedup_vs_pil": speedup, "images": len(jpegs)},
-        {"name": "imagenet_train_transform_pil", "images_per_sec_per_core": best["imagenet_train_transform_pil"],
-         "images": len(jpegs)},
-        {"name": "imagenet_train_pipeline", "batch_size": 32,
-         "images_per_sec_per_core": max(pipeline_images_per_second(cfg, 32, 30) for _ in range(rounds))},
+        {
+            "name": "imagenet_train_transform",
+            "images_per_sec_per_core": best["imagenet_train_transform"],
+            "speedup_vs_pil": speedup,
+            "images": len(jpegs),
+        },
+        {
+            "name": "imagenet_train_transform_pil",
+            "images_per_sec_per_core": best["imagenet_train_transform_pil"],
+            "images": len(jpegs),
+        },
+        {
+            "name": "imagenet_train_pipeline",
+            "batch_size": 32,
+            "images_per_sec_per_core": max(pipeline_images_per_second(cfg, 32, 30) for _ in range(rounds)),
+        },
     ]
 
 
@@ -137,8 +147,11 @@ def cifar_figures(shared: Path, work: Path, rounds: int, count: int = 10_000) ->
     rate = max(images_per_second(lambda record: view(record, rng), records, rounds))
     return [
         {"name": "cifar10_train_transform", "images_per_sec_per_core": rate, "images": len(records)},
-        {"name": "cifar10_train_pipeline", "batch_size": 128,
-         "images_per_sec_per_core": max(pipeline_images_per_second(cfg, 128, 40) for _ in range(rounds))},
+        {
+            "name": "cifar10_train_pipeline",
+            "batch_size": 128,
+            "images_per_sec_per_core": max(pipeline_images_per_second(cfg, 128, 40) for _ in range(rounds)),
+        },
     ]
 
 

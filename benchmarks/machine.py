@@ -15,6 +15,12 @@ def describe() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"date": datetime.date.today().isoformat(), "platform": device.platform,
-            "device": getattr(device, "device_kind", str(device)), "devices": jax.device_count(), "cpu": cpu,
-            "cpu_cores": os.cpu_count(), "jax": jax.__version__}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "platform": device.platform,
+        "device": getattr(device, "device_kind", str(device)),
+        "devices": jax.device_count(),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "jax": jax.__version__,
+    }

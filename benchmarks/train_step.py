@@ -66,8 +66,10 @@ def main(argv):
     state = create_train_state(model, optimizer, shape, 0, mesh)
     step = make_train_step(model, optimizer, mesh)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(FLAGS.batch_size, *shape)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, num_classes, FLAGS.batch_size), jnp.int32)}
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(FLAGS.batch_size, *shape)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, num_classes, FLAGS.batch_size), jnp.int32),
+    }
     lr = jnp.float32(0.1)
 
     start = time.perf_counter()
@@ -84,10 +86,17 @@ def main(argv):
     macs = count_multiply_adds(model, shape)
     peak = matmul_peak_flops(FLAGS.dtype)
     achieved = 6 * macs * FLAGS.batch_size / seconds  # 2 FLOPs per multiply-add, x3 for forward + backward
-    result = {"name": f"train_step/{name}{'_v1.5' if FLAGS.v15 else ''}/{FLAGS.dtype}/batch{FLAGS.batch_size}",
-              "images_per_sec": FLAGS.batch_size / seconds, "step_sec": seconds, "compile_sec": compile_sec,
-              "model_gflops_per_sec": achieved / 1e9, "matmul_peak_gflops_per_sec": peak / 1e9,
-              "mfu": achieved / peak, "peak_memory_bytes": peak_memory_bytes(), **describe()}
+    result = {
+        "name": f"train_step/{name}{'_v1.5' if FLAGS.v15 else ''}/{FLAGS.dtype}/batch{FLAGS.batch_size}",
+        "images_per_sec": FLAGS.batch_size / seconds,
+        "step_sec": seconds,
+        "compile_sec": compile_sec,
+        "model_gflops_per_sec": achieved / 1e9,
+        "matmul_peak_gflops_per_sec": peak / 1e9,
+        "mfu": achieved / peak,
+        "peak_memory_bytes": peak_memory_bytes(),
+        **describe(),
+    }
     print(json.dumps(result), flush=True)
 
 

@@ -19,8 +19,19 @@ Hardware: one H100 ran ResNet-56 in 19 minutes, ResNet-20 and plain-20 side by s
 
 from resnet_jax.config import base_config
 
-CIFAR_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
-                "plain20", "plain32", "plain44", "plain56", "plain110")
+CIFAR_MODELS = (
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet1202",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+)
 
 
 def get_config(arg: str = "resnet20"):

@@ -32,17 +32,31 @@ from experiments import paper
 from resnet_jax import cli
 from resnet_jax.rundir import RunDir
 
-DEFAULT_NETS = ("plain20", "plain32", "plain44", "plain56", "plain110",
-                "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+DEFAULT_NETS = (
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+)
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
 flags.DEFINE_string("workdir", None, "Directory holding one run directory per net.", required=True)
-flags.DEFINE_list("nets", None, f"Nets to run (default: {', '.join(DEFAULT_NETS)}; with --quick: "
-                  f"{', '.join(QUICK_NETS)}).")
+flags.DEFINE_list(
+    "nets", None, f"Nets to run (default: {', '.join(DEFAULT_NETS)}; with --quick: {', '.join(QUICK_NETS)})."
+)
 flags.DEFINE_bool("with_1202", False, "Also run ResNet-1202 (19.4M parameters, slow).")
 flags.DEFINE_integer("runs", 1, "Runs (seeds 0..runs-1) per net, trained together in one program.")
-flags.DEFINE_bool("quick", False, "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per "
-                  "net) instead of 64k.")
+flags.DEFINE_bool(
+    "quick",
+    False,
+    "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per net) instead of 64k.",
+)
 flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
 flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
 flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
@@ -71,8 +85,15 @@ def nets_for_job(nets: list[str], job_index: int, num_jobs: int) -> list[str]:
     return nets[job_index::num_jobs]
 
 
-def net_config(net: str, quick: bool = False, data_dir: str | None = None, prepare_from: str | None = None,
-               batch_size: int | None = None, runs: int = 1, steps_per_dispatch: int | None = None):
+def net_config(
+    net: str,
+    quick: bool = False,
+    data_dir: str | None = None,
+    prepare_from: str | None = None,
+    batch_size: int | None = None,
+    runs: int = 1,
+    steps_per_dispatch: int | None = None,
+):
     config = cifar10.get_config(f"{net},quick" if quick else net)
     if batch_size:
         config.batch_size = batch_size
@@ -112,17 +133,23 @@ def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
 def net_row(net: str, run_dir: RunDir) -> dict:
     """One row of Table 6 from a finished net: final test and training errors over its runs, and the paper's."""
     members = run_dir.members()
-    finals = [(_final(m.read_metrics(), "eval", "top1_error"), _final(m.read_metrics(), "train", "error"))
-              for m in members]
+    finals = [
+        (_final(m.read_metrics(), "eval", "top1_error"), _final(m.read_metrics(), "train", "error")) for m in members
+    ]
     test = np.array([t for (_, t), _ in finals])
     train = np.array([t for _, (_, t) in finals])
     paper_row = paper.table("Table 6").get(net, {})
-    return {"net": net, "runs": len(members), "steps": finals[0][0][0],
-            "parameters": (run_dir.read_result() or {}).get("parameters", ""),
-            "test_error_mean": round(float(test.mean()), 2),
-            "test_error_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else "",
-            "test_error_best": round(float(test.min()), 2), "train_error_mean": round(float(train.mean()), 2),
-            "paper_test_error": paper_row.get("test error") or ""}
+    return {
+        "net": net,
+        "runs": len(members),
+        "steps": finals[0][0][0],
+        "parameters": (run_dir.read_result() or {}).get("parameters", ""),
+        "test_error_mean": round(float(test.mean()), 2),
+        "test_error_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else "",
+        "test_error_best": round(float(test.min()), 2),
+        "train_error_mean": round(float(train.mean()), 2),
+        "paper_test_error": paper_row.get("test error") or "",
+    }
 
 
 def collect(workdir: Path, nets: list[str]) -> list[dict]:
@@ -134,8 +161,17 @@ def collect(workdir: Path, nets: list[str]) -> list[dict]:
     return rows
 
 
-FIELDS = ["net", "runs", "steps", "parameters", "train_error_mean", "test_error_mean", "test_error_std",
-          "test_error_best", "paper_test_error"]
+FIELDS = [
+    "net",
+    "runs",
+    "steps",
+    "parameters",
+    "train_error_mean",
+    "test_error_mean",
+    "test_error_std",
+    "test_error_best",
+    "paper_test_error",
+]
 
 
 def _write_tables(workdir: Path, rows: list[dict]) -> None:
@@ -143,13 +179,18 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| net | parameters | runs | iterations | final training error % (mean) | final test error % "
-             "(mean +- std) | best | paper (Table 6) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| net | parameters | runs | iterations | final training error % (mean) | final test error % "
+        "(mean +- std) | best | paper (Table 6) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         spread = f" +- {r['test_error_std']:.2f}" if r["test_error_std"] != "" else ""
         parameters = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
-        lines.append(f"| {r['net']} | {parameters} | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
-                     f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |")
+        lines.append(
+            f"| {r['net']} | {parameters} | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
+            f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
+        )
     (workdir / "table6.md").write_text("\n".join(lines) + "\n")
 
 
@@ -163,9 +204,11 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
 
     from resnet_jax.plots import draw_curves, save_figure
 
-    panels = [("plain nets", [n for n in nets if n.startswith("plain")]),
-              ("ResNets", [n for n in nets if n.startswith("resnet") and n != "resnet1202"]),
-              ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202") and "resnet1202" in nets])]
+    panels = [
+        ("plain nets", [n for n in nets if n.startswith("plain")]),
+        ("ResNets", [n for n in nets if n.startswith("resnet") and n != "resnet1202"]),
+        ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202") and "resnet1202" in nets]),
+    ]
     panels = [(title, group) for title, group in panels if group]
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     for i, (title, group) in enumerate(panels):
@@ -197,17 +240,26 @@ def main(argv: list[str]) -> None:
         cli.initialize()
 
         def make_config(net):
-            return net_config(net, FLAGS.quick, FLAGS.data_dir, FLAGS.prepare_from, FLAGS.batch_size, FLAGS.runs,
-                              FLAGS.steps_per_dispatch)
+            return net_config(
+                net,
+                FLAGS.quick,
+                FLAGS.data_dir,
+                FLAGS.prepare_from,
+                FLAGS.batch_size,
+                FLAGS.runs,
+                FLAGS.steps_per_dispatch,
+            )
 
-        if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config,
-                        train_and_evaluate):
+        if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config, train_and_evaluate):
             return
     workdir.mkdir(parents=True, exist_ok=True)
     rows = collect(workdir, nets)
     print((workdir / "table6.md").read_text())
-    print(json.dumps({"finished": [r["net"] for r in rows], "missing": [n for n in nets if n not in
-                                                                        {r["net"] for r in rows}]}))
+    print(
+        json.dumps(
+            {"finished": [r["net"] for r in rows], "missing": [n for n in nets if n not in {r["net"] for r in rows}]}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ def main(argv):
     batches = data.train_iterator(config.data, global_batch_size=128, seed=0)
     for i in range(1, FLAGS.steps + 1):
         batch = next(batches)
-        state, metrics = step(state, {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])},
-                              jnp.float32(FLAGS.learning_rate))
+        state, metrics = step(
+            state,
+            {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])},
+            jnp.float32(FLAGS.learning_rate),
+        )
         sgd.zero_grad()
         logits = reference(torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["label"].astype(np.int64)))

@@ -21,8 +21,11 @@ from experiments import paper
 from resnet_jax import cli
 from resnet_jax.rundir import RunDir
 
-TABLES = [("Table 2", imagenet_table2.ROWS, "10crop"), ("Table 3", imagenet_table3.ROWS, "10crop"),
-          ("Table 4", imagenet_table4.ROWS, "multiscale")]
+TABLES = [
+    ("Table 2", imagenet_table2.ROWS, "10crop"),
+    ("Table 3", imagenet_table3.ROWS, "10crop"),
+    ("Table 4", imagenet_table4.ROWS, "multiscale"),
+]
 
 flags.DEFINE_list("workdirs", [], "Run workdirs (local or gs://).")
 flags.DEFINE_string("output", None, "Also write the Markdown tables here.")
@@ -55,12 +58,15 @@ def tables_markdown(workdirs: list[str]) -> str:
         runs.setdefault(row, {}).update(results)
     out = []
     for title, rows, protocol in TABLES:
-        out += [f"### {title} ({protocol}, ImageNet validation, error %)", "",
-                "| net | shortcut | top-1 / top-5 (ours) | paper |", "|---|---|---:|---:|"]
+        out += [
+            f"### {title} ({protocol}, ImageNet validation, error %)",
+            "",
+            "| net | shortcut | top-1 / top-5 (ours) | paper |",
+            "|---|---|---:|---:|",
+        ]
         for arg, row in rows.items():
             result = runs.get(row, {}).get(protocol)
-            ours = (f"{100 * result['top1_error']:.2f} / {100 * result['top5_error']:.2f}" if result
-                    else "not run")
+            ours = f"{100 * result['top1_error']:.2f} / {100 * result['top5_error']:.2f}" if result else "not run"
             out.append(f"| {row.model} | {row.shortcut} | {ours} | {_paper(title, arg)} |")
         out.append("")
     return "\n".join(out)

@@ -27,8 +27,12 @@ from resnet_jax.errors import UserError
 from resnet_jax.rundir import load_run
 
 flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
-flags.DEFINE_list("from_csv", None, "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
-                  "(for runs whose checkpoints are elsewhere or gone).")
+flags.DEFINE_list(
+    "from_csv",
+    None,
+    "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
+    "(for runs whose checkpoints are elsewhere or gone).",
+)
 flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
 flags.DEFINE_string("split", "test", "Split whose images give the responses.")
 FLAGS = flags.FLAGS
@@ -48,8 +52,13 @@ def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, fl
 
     @jax.jit
     def moments(images, mask):
-        _, captured = model.apply(variables, images[:, 0], train=False, capture_intermediates=lambda m, _: isinstance(
-            m, GroupedBatchNorm), mutable=["intermediates"])
+        _, captured = model.apply(
+            variables,
+            images[:, 0],
+            train=False,
+            capture_intermediates=lambda m, _: isinstance(m, GroupedBatchNorm),
+            mutable=["intermediates"],
+        )
         flat = jax.tree_util.tree_flatten_with_path(captured["intermediates"])[0]
         out = {}
         for path, y in flat:
@@ -57,8 +66,11 @@ def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, fl
             if _is_3x3_response(names):
                 w = mask[:, None, None, None].astype(jnp.float32)
                 y = y.astype(jnp.float32)
-                out["/".join(names)] = (jnp.sum(w * y, (0, 1, 2)), jnp.sum(w * y * y, (0, 1, 2)),
-                                        jnp.sum(w) * y.shape[1] * y.shape[2])
+                out["/".join(names)] = (
+                    jnp.sum(w * y, (0, 1, 2)),
+                    jnp.sum(w * y * y, (0, 1, 2)),
+                    jnp.sum(w) * y.shape[1] * y.shape[2],
+                )
         return out
 
     totals = None
@@ -107,8 +119,10 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
 def _check_unique(nets: list[str]) -> None:
     repeated = sorted({net for net in nets if nets.count(net) > 1})
     if repeated:
-        raise UserError(f"Nets {repeated} appear more than once (workdirs with the same name, or a net in two CSVs); "
-                         "each net is one line of the figure, so rename one.")
+        raise UserError(
+            f"Nets {repeated} appear more than once (workdirs with the same name, or a net in two CSVs); "
+            "each net is one line of the figure, so rename one."
+        )
 
 
 def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
@@ -123,8 +137,10 @@ def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
         nets += in_file
         by_net.update(in_file)
     _check_unique(nets)
-    return {net: [(r["layer"], float(r["std"])) for r in sorted(rows, key=lambda r: int(r["layer_index"]))]
-            for net, rows in by_net.items()}
+    return {
+        net: [(r["layer"], float(r["std"])) for r in sorted(rows, key=lambda r: int(r["layer_index"]))]
+        for net, rows in by_net.items()
+    }
 
 
 def main(argv: list[str]) -> None:

@@ -9,8 +9,8 @@ Flax models against these on the same weights.
 import jax.numpy as jnp
 import optax
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from resnet_jax.convert import load_torch_state_dict
 from resnet_jax.train_step import TrainState
@@ -69,8 +69,10 @@ class TorchvisionResNet(nn.Module):
     def _make_layer(self, block, planes, blocks, stride=1):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
@@ -128,6 +130,10 @@ def he_initialised_cifar_resnet(model_name: str, seed: int, optimizer: optax.Gra
             nn.init.kaiming_normal_(m.weight)
     reference.train()
     variables = load_torch_state_dict(model_name, {k: v.numpy() for k, v in reference.state_dict().items()})
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=optimizer.init(variables["params"]),
+    )
     return reference, state

@@ -8,7 +8,8 @@ batch-sharded input is cross-device ("sync") BN. Variable names match `flax.line
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,8 +45,10 @@ class GroupedBatchNorm(nn.Module):
         n = x.shape[0]
         group = self.group_size or n
         if n % group:
-            raise ValueError(f"BatchNorm group size {group} does not divide the batch of {n} examples; choose a "
-                             f"batch size that is a multiple of the group size (config model.bn_group_size).")
+            raise ValueError(
+                f"BatchNorm group size {group} does not divide the batch of {n} examples; choose a "
+                f"batch size that is a multiple of the group size (config model.bn_group_size)."
+            )
         xg = x.astype(jnp.float32).reshape(n // group, group, *x.shape[1:])
         axes = tuple(range(1, xg.ndim - 1))
         mean = jnp.mean(xg, axes, keepdims=True)

@@ -32,8 +32,11 @@ from resnet_jax.rundir import RunDir, local_path
 def model_signature(config: ml_collections.ConfigDict, params: Any) -> dict[str, Any]:
     """What must not change when a run resumes: the model's options, every parameter's shape, the members."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    signature = {**config.model.to_dict(), "num_parameters": int(sum(x.size for _, x in flat)),
-                 "parameter_shapes": {jax.tree_util.keystr(p): list(x.shape) for p, x in flat}}
+    signature = {
+        **config.model.to_dict(),
+        "num_parameters": int(sum(x.size for _, x in flat)),
+        "parameter_shapes": {jax.tree_util.keystr(p): list(x.shape) for p, x in flat},
+    }
     if config.get("runs", 1) > 1:
         signature["runs"] = config.runs
     return signature
@@ -66,8 +69,9 @@ class Checkpointer:
         if "://" not in directory:  # orbax needs absolute local paths (it fails late, in the async save, otherwise)
             directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
-        self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                                     cleanup_tmp_directories=True)
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=self._options)
         self._bytes_per_checkpoint = 0
 
@@ -83,10 +87,14 @@ class Checkpointer:
         meta = {"model": self.model_signature, "schedule": schedule_state}
         error = None
         try:
-            self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(meta)), force=True)
-        except Exception as e:  # noqa: BLE001 - every failure to write is reported the same way, below
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        except Exception as e:
             error = e
         self._check_saved(error, f"step {step}")
 
@@ -95,7 +103,7 @@ class Checkpointer:
         error = None
         try:
             self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             error = e
         self._check_saved(error, "the last save")
 
@@ -112,7 +120,8 @@ class Checkpointer:
             f"Saving the checkpoint of {what} into {self.directory} failed: {cause}. A checkpoint of this run needs "
             f"about {needed:,.0f} MiB{free}. The earlier checkpoints are intact; free space (or choose a --workdir "
             f"on a larger disk), then rerun the same command: it resumes from "
-            + (f"step {latest}." if latest is not None else "the start (no checkpoint was saved yet).")) from error
+            + (f"step {latest}." if latest is not None else "the start (no checkpoint was saved yet).")
+        ) from error
 
     # --- restoring
     def restore(self, template: Any, step: int | None = None) -> Restored | None:
@@ -128,8 +137,11 @@ class Checkpointer:
             failing = multihost.first_failing_process(error is not None)
             if failing is None:
                 if failures:
-                    logging.warning("Resuming from checkpoint %d; newer ones did not restore: %s", candidate,
-                                    "; ".join(f"{s}: {e}" for s, e in failures))
+                    logging.warning(
+                        "Resuming from checkpoint %d; newer ones did not restore: %s",
+                        candidate,
+                        "; ".join(f"{s}: {e}" for s, e in failures),
+                    )
                 return restored
             reason = repr(error) if error is not None else f"it failed on process {failing}"
             failures.append((candidate, reason))
@@ -139,22 +151,27 @@ class Checkpointer:
         if not failures:
             return None
         listing = "; ".join(f"step {s}: {e}" for s, e in failures)
-        moved = "" if self.read_only or step is not None else f" They were moved into {self.directory.parent}/" \
-            "damaged_checkpoints/ untouched."
+        moved = (
+            ""
+            if self.read_only or step is not None
+            else f" They were moved into {self.directory.parent}/damaged_checkpoints/ untouched."
+        )
         raise NoRestorableCheckpointError(
             f"No checkpoint in {self.directory} restores ({listing}).{moved} Rerun with a new --workdir to start "
-            "afresh, or restore a copy of the checkpoints.")
+            "afresh, or restore a copy of the checkpoints."
+        )
 
     def _try_restore(self, template: Any, step: int) -> tuple[Restored | None, Exception | None]:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as error:  # noqa: BLE001 - any damage means: try an older checkpoint
+        except Exception as error:
             return None, error
         self._check_model(meta["model"])
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(template), data=ocp.args.JsonRestore()))
-        except Exception as error:  # noqa: BLE001
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), data=ocp.args.JsonRestore())
+            )
+        except Exception as error:
             return None, error
         return Restored(step, restored["state"], restored["data"], meta["schedule"]), None
 
@@ -162,12 +179,16 @@ class Checkpointer:
         wanted = self.model_signature
         if saved == wanted:
             return
-        changed = {k: (saved.get(k), wanted.get(k)) for k in sorted({*saved, *wanted})
-                   if saved.get(k) != wanted.get(k) and k != "parameter_shapes"}
+        changed = {
+            k: (saved.get(k), wanted.get(k))
+            for k in sorted({*saved, *wanted})
+            if saved.get(k) != wanted.get(k) and k != "parameter_shapes"
+        }
         raise ModelMismatchError(
             f"The checkpoints in {self.directory} are of another model: "
             + ", ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            + ". Use a new --workdir, or the model config the run was started with.")
+            + ". Use a new --workdir, or the model config the run was started with."
+        )
 
     def _move_aside(self, step: int) -> None:
         """Moves checkpoint `step` into a fresh folder of damaged_checkpoints/, under its own name (process 0), and
@@ -181,7 +202,8 @@ class Checkpointer:
             except OSError as error:
                 raise NoRestorableCheckpointError(
                     f"Checkpoint {step} in {self.directory} does not restore, and moving it aside into {destination} "
-                    f"failed ({error!r}); move it out of {self.directory} by hand and rerun.") from error
+                    f"failed ({error!r}); move it out of {self.directory} by hand and rerun."
+                ) from error
             logging.warning("Moved checkpoint %d aside, untouched, to %s.", step, destination / str(step))
         multihost.sync(f"checkpoint {step} moved aside")
         self.manager.close()

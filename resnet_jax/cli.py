@@ -25,13 +25,20 @@ _OUR_CODE = (f"{_PACKAGE}/", *(f"{_PACKAGE.parent / d}/" for d in ("experiments"
 
 
 def define_distributed_flags() -> None:
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize(): automatic on Cloud TPU and Slurm; "
-                      "elsewhere also give --coordinator_address, --num_processes and --process_id.")
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize(): automatic on Cloud TPU and Slurm; "
+        "elsewhere also give --coordinator_address, --num_processes and --process_id.",
+    )
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for jax.distributed on other clusters.")
     flags.DEFINE_integer("num_processes", None, "Number of processes, for jax.distributed on other clusters.")
     flags.DEFINE_integer("process_id", None, "This process's index, for jax.distributed on other clusters.")
-    flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "resnet_jax", "jax"),
-                        "Directory (local or gs://) where JAX keeps compiled programs across runs; empty: none.")
+    flags.DEFINE_string(
+        "compilation_cache",
+        os.path.join("~", ".cache", "resnet_jax", "jax"),
+        "Directory (local or gs://) where JAX keeps compiled programs across runs; empty: none.",
+    )
 
 
 def initialize() -> None:
@@ -44,8 +51,9 @@ def initialize() -> None:
     from resnet_jax.data import images
 
     images.use_one_thread()
-    logging.info("JAX: %d process(es), %d %s device(s).", jax.process_count(), jax.device_count(),
-                 jax.devices()[0].platform)
+    logging.info(
+        "JAX: %d process(es), %d %s device(s).", jax.process_count(), jax.device_count(), jax.devices()[0].platform
+    )
 
 
 class _OursOrImportant(std_logging.Filter):
@@ -68,10 +76,11 @@ def config_flag(name: str = "config"):
 
     try:
         return getattr(FLAGS, name)
-    except Exception as error:  # noqa: BLE001 - ml_collections reports a failed load as OSError, its own errors as any
+    except Exception as error:
         cause = error.__cause__ or error
-        raise ConfigError(f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]} could not be loaded: "
-                          f"{' '.join(str(cause).split())}") from error
+        raise ConfigError(
+            f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]} could not be loaded: {' '.join(str(cause).split())}"
+        ) from error
 
 
 def run(main: Callable[[list[str]], None]) -> None:

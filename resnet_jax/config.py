@@ -90,49 +90,79 @@ def validate(config: ml_collections.ConfigDict) -> None:
     m, o, s, e = config.model, config.optimizer, config.schedule, config.eval
     k = config.steps_per_dispatch
     checks = [
-        (models.input_shape(m.name) == dataset.image_shape,
-         f"config.model.name={m.name!r} takes {models.input_shape(m.name)} images, but data.name={dataset.name!r} "
-         f"has {dataset.image_shape}"),
-        (m.num_classes == dataset.num_classes,
-         f"config.model.num_classes={m.num_classes}, but {dataset.name} has {dataset.num_classes} classes"),
-        (e.protocol in dataset.protocols, f"config.eval.protocol={e.protocol!r}: {dataset.name} is tested with one of "
-         f"{dataset.protocols}"),
-        (e.final_protocol in (None, *dataset.protocols), f"config.eval.final_protocol={e.final_protocol!r}: "
-         f"{dataset.name} is tested with one of {dataset.protocols}"),
-        (e.split in dataset.split_names(config.data.holdout_val),
-         f"config.eval.split={e.split!r} is not one of {dataset.split_names(config.data.holdout_val)}"),
+        (
+            models.input_shape(m.name) == dataset.image_shape,
+            f"config.model.name={m.name!r} takes {models.input_shape(m.name)} images, but data.name={dataset.name!r} "
+            f"has {dataset.image_shape}",
+        ),
+        (
+            m.num_classes == dataset.num_classes,
+            f"config.model.num_classes={m.num_classes}, but {dataset.name} has {dataset.num_classes} classes",
+        ),
+        (
+            e.protocol in dataset.protocols,
+            f"config.eval.protocol={e.protocol!r}: {dataset.name} is tested with one of {dataset.protocols}",
+        ),
+        (
+            e.final_protocol in (None, *dataset.protocols),
+            f"config.eval.final_protocol={e.final_protocol!r}: "
+            f"{dataset.name} is tested with one of {dataset.protocols}",
+        ),
+        (
+            e.split in dataset.split_names(config.data.holdout_val),
+            f"config.eval.split={e.split!r} is not one of {dataset.split_names(config.data.holdout_val)}",
+        ),
         (config.seed >= 0, "config.seed must be >= 0"),
-        (config.batch_size > 0 and config.num_steps > 0 and e.batch_size > 0,
-         "config.batch_size, config.num_steps and config.eval.batch_size must be positive"),
+        (
+            config.batch_size > 0 and config.num_steps > 0 and e.batch_size > 0,
+            "config.batch_size, config.num_steps and config.eval.batch_size must be positive",
+        ),
         (config.runs >= 1, "config.runs must be >= 1"),
-        (config.runs == 1 or config.data.on_device, "config.runs > 1 trains the runs in one program, each with its own "
-         "data order, which needs the data on the devices: set config.data.on_device=True"),
+        (
+            config.runs == 1 or config.data.on_device,
+            "config.runs > 1 trains the runs in one program, each with its own "
+            "data order, which needs the data on the devices: set config.data.on_device=True",
+        ),
         (k >= 1, "config.steps_per_dispatch must be >= 1"),
-        (all(n % k == 0 for n in (config.num_steps, config.log_every_steps, e.every_steps,
-                                  config.checkpoint_every_steps)),
-         f"config.steps_per_dispatch={k} must divide config.num_steps, log_every_steps, eval.every_steps and "
-         "checkpoint_every_steps"),
-        (m.bn_group_size is None or (m.bn_group_size > 0 and config.batch_size % m.bn_group_size == 0),
-         f"config.batch_size={config.batch_size} must be a multiple of config.model.bn_group_size={m.bn_group_size}"),
+        (
+            all(
+                n % k == 0
+                for n in (config.num_steps, config.log_every_steps, e.every_steps, config.checkpoint_every_steps)
+            ),
+            f"config.steps_per_dispatch={k} must divide config.num_steps, log_every_steps, eval.every_steps and "
+            "checkpoint_every_steps",
+        ),
+        (
+            m.bn_group_size is None or (m.bn_group_size > 0 and config.batch_size % m.bn_group_size == 0),
+            f"config.batch_size={config.batch_size} must be a multiple of config.model.bn_group_size={m.bn_group_size}",
+        ),
         (0 <= m.bn_momentum < 1, "config.model.bn_momentum must be in [0, 1)"),
         (0 <= o.momentum < 1, "config.optimizer.momentum must be in [0, 1)"),
         (o.weight_decay >= 0, "config.optimizer.weight_decay must be >= 0"),
         (s.kind in SCHEDULES, f"config.schedule.kind must be one of {SCHEDULES}"),
         (s.base_lr > 0, f"config.schedule.base_lr={s.base_lr} must be positive"),
         (0 < s.factor <= 1, f"config.schedule.factor={s.factor} must be in (0, 1]"),
-        (list(s.boundaries) == sorted(s.boundaries) and all(b > 0 for b in s.boundaries),
-         "config.schedule.boundaries must be positive and increasing"),
+        (
+            list(s.boundaries) == sorted(s.boundaries) and all(b > 0 for b in s.boundaries),
+            "config.schedule.boundaries must be positive and increasing",
+        ),
         (s.warmup_lr is None or s.warmup_lr > 0, "config.schedule.warmup_lr must be positive (or None: no warm-up)"),
         (0 < s.warmup_until_error <= 1, "config.schedule.warmup_until_error must be in (0, 1]"),
         (s.ramp_steps >= 0, "config.schedule.ramp_steps must be >= 0 (0: no linear warm-up)"),
-        (s.plateau_patience >= 1 and s.plateau_min_delta >= 0 and s.plateau_max_drops >= 0,
-         "config.schedule.plateau_patience must be >= 1, plateau_min_delta and plateau_max_drops >= 0"),
-        (config.log_every_steps > 0 and config.checkpoint_every_steps > 0 and e.every_steps > 0,
-         "config.log_every_steps, checkpoint_every_steps and eval.every_steps must be positive"),
+        (
+            s.plateau_patience >= 1 and s.plateau_min_delta >= 0 and s.plateau_max_drops >= 0,
+            "config.schedule.plateau_patience must be >= 1, plateau_min_delta and plateau_max_drops >= 0",
+        ),
+        (
+            config.log_every_steps > 0 and config.checkpoint_every_steps > 0 and e.every_steps > 0,
+            "config.log_every_steps, checkpoint_every_steps and eval.every_steps must be positive",
+        ),
         (config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1"),
         (config.bn_recompute_examples >= 0, "config.bn_recompute_examples must be >= 0 (0: keep the moving averages)"),
-        (config.num_steps * config.batch_size < 2**31 or not config.data.on_device,
-         "config.num_steps * batch_size must stay below 2**31 with data.on_device (the stream position is int32)"),
+        (
+            config.num_steps * config.batch_size < 2**31 or not config.data.on_device,
+            "config.num_steps * batch_size must stay below 2**31 with data.on_device (the stream position is int32)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -155,8 +185,10 @@ def _same_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
     unknown = sorted(set(config.keys()) - set(reference.keys()))
     missing = sorted(set(reference.keys()) - set(config.keys()))
     if unknown or missing:
-        raise ConfigError(f"{where} has unknown keys {[f'{where}.{k}' for k in unknown]} and misses "
-                         f"{[f'{where}.{k}' for k in missing]}; see resnet_jax/config.py for every key.")
+        raise ConfigError(
+            f"{where} has unknown keys {[f'{where}.{k}' for k in unknown]} and misses "
+            f"{[f'{where}.{k}' for k in missing]}; see resnet_jax/config.py for every key."
+        )
     for key, value in reference.items():
         if isinstance(value, ml_collections.ConfigDict) and key != "data":
             _same_keys(config[key], value, f"{where}.{key}")

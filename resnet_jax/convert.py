@@ -9,8 +9,9 @@ present in the state dict and every tensor of the state dict must be used, or co
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -34,8 +35,10 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
 
         return load_file(str(path))
-    raise ValueError(f"Cannot read {path}: expected a .npz or .safetensors file. Convert a torch .pth with "
-                     "`safetensors.torch.save_file(torch.load(path), 'weights.safetensors')`.")
+    raise ValueError(
+        f"Cannot read {path}: expected a .npz or .safetensors file. Convert a torch .pth with "
+        "`safetensors.torch.save_file(torch.load(path), 'weights.safetensors')`."
+    )
 
 
 def _torch_name(model_name: str, path: tuple[str, ...]) -> str:
@@ -76,8 +79,7 @@ def _template(model_name: str, num_classes: int, **options: Any) -> dict[str, An
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *models.input_shape(model_name)))))
 
 
-def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray],
-                          **options: Any) -> dict[str, Any]:
+def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray], **options: Any) -> dict[str, Any]:
     """Converts a PyTorch state dict into `{"params": ..., "batch_stats": ...}` for `create_model(model_name)`.
 
     Args:
@@ -92,8 +94,10 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray],
     state = {k.removeprefix("module."): np.asarray(v) for k, v in state_dict.items()}
     classifier = "linear.weight" if models.is_cifar(model_name) else "fc.weight"
     if classifier not in state:
-        raise ValueError(f"State dict has no {classifier!r}: it is not a {model_name} state dict. "
-                         f"Keys start with: {sorted(state)[:5]}")
+        raise ValueError(
+            f"State dict has no {classifier!r}: it is not a {model_name} state dict. "
+            f"Keys start with: {sorted(state)[:5]}"
+        )
     template = _template(model_name, state[classifier].shape[0], **options)
 
     flat = flax.traverse_util.flatten_dict(template)
@@ -101,15 +105,19 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray],
     missing = sorted(set(names.values()) - set(state))
     unused = sorted(k for k in set(state) - set(names.values()) if not k.endswith(_IGNORED_TORCH_SUFFIXES))
     if missing or unused:
-        raise ValueError(f"State dict does not match {model_name} {options or ''}: missing tensors {missing}, "
-                         f"unused tensors {unused}.")
+        raise ValueError(
+            f"State dict does not match {model_name} {options or ''}: missing tensors {missing}, "
+            f"unused tensors {unused}."
+        )
     converted = {}
     for path, spec in flat.items():
         name = names[path]
         array = _from_torch(state[name]).astype(np.float32)
         if array.shape != spec.shape:
-            raise ValueError(f"Tensor {name!r} has shape {state[name].shape}; {model_name} needs "
-                             f"{_to_torch(np.zeros(spec.shape)).shape} (PyTorch layout).")
+            raise ValueError(
+                f"Tensor {name!r} has shape {state[name].shape}; {model_name} needs "
+                f"{_to_torch(np.zeros(spec.shape)).shape} (PyTorch layout)."
+            )
         converted[path] = jnp.asarray(array)
     return flax.traverse_util.unflatten_dict(converted)
 

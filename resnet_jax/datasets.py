@@ -48,13 +48,36 @@ class Dataset:
 
 
 DATASETS: dict[str, Dataset] = {
-    "cifar10": Dataset("cifar10", 10, (32, 32, 3), ("train", "test"), "test", ("single",), holdout=5000,
-                       sources="[--source=cifar-10-python.tar.gz or class folders]  # no source: tfds download"),
-    "cifar100": Dataset("cifar100", 100, (32, 32, 3), ("train", "test"), "test", ("single",), holdout=5000,
-                        sources="[--source=cifar-100-python.tar.gz or class folders]  # no source: tfds download"),
-    "imagenet2012": Dataset("imagenet2012", 1000, (224, 224, 3), ("train", "validation"), "validation",
-                            ("1crop", "10crop", "multiscale"), imagenet_like=True,
-                            sources="--source=DIR  # train/<wnid>/*.JPEG + val/<wnid>/*.JPEG, or tfds' manual dir"),
+    "cifar10": Dataset(
+        "cifar10",
+        10,
+        (32, 32, 3),
+        ("train", "test"),
+        "test",
+        ("single",),
+        holdout=5000,
+        sources="[--source=cifar-10-python.tar.gz or class folders]  # no source: tfds download",
+    ),
+    "cifar100": Dataset(
+        "cifar100",
+        100,
+        (32, 32, 3),
+        ("train", "test"),
+        "test",
+        ("single",),
+        holdout=5000,
+        sources="[--source=cifar-100-python.tar.gz or class folders]  # no source: tfds download",
+    ),
+    "imagenet2012": Dataset(
+        "imagenet2012",
+        1000,
+        (224, 224, 3),
+        ("train", "validation"),
+        "validation",
+        ("1crop", "10crop", "multiscale"),
+        imagenet_like=True,
+        sources="--source=DIR  # train/<wnid>/*.JPEG + val/<wnid>/*.JPEG, or tfds' manual dir",
+    ),
 }
 
 

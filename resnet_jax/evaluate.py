@@ -14,8 +14,12 @@ from resnet_jax.rundir import RunDir, load_run
 from resnet_jax.sharding import make_mesh
 
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
-flags.DEFINE_enum("protocol", None, datasets.all_protocols(),
-                  "Test protocol (default: the run's final protocol, else its config.eval.protocol).")
+flags.DEFINE_enum(
+    "protocol",
+    None,
+    datasets.all_protocols(),
+    "Test protocol (default: the run's final protocol, else its config.eval.protocol).",
+)
 flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval.split).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("batch_size", None, "Global evaluation batch size (default: the run's config.eval.batch_size).")
@@ -31,8 +35,15 @@ def main(argv: list[str]) -> None:
     mesh = make_mesh()
     config, model, state = load_run(run_dir, FLAGS.step, mesh)
     protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
-    evaluator = Evaluator(model, config.data, protocol=protocol, split=FLAGS.split or config.eval.split,
-                          batch_size=FLAGS.batch_size or config.eval.batch_size, mesh=mesh, runs=config.runs)
+    evaluator = Evaluator(
+        model,
+        config.data,
+        protocol=protocol,
+        split=FLAGS.split or config.eval.split,
+        batch_size=FLAGS.batch_size or config.eval.batch_size,
+        mesh=mesh,
+        runs=config.runs,
+    )
     results = evaluator(state.variables())
     summary = summarize(results if isinstance(results, list) else [results])
     step = int(np.asarray(state.step).reshape(-1)[0])

@@ -43,9 +43,11 @@ class EvalResult:
     def describe(self, name: str = "") -> str:
         """The one line every tool prints for a result."""
         prefix = f"{name} " if name else ""
-        return (f"{prefix}{self.split} ({self.protocol}): top-1 error {100 * self.top1_error:.2f}% (accuracy "
-                f"{100 * (1 - self.top1_error):.2f}%), top-5 error {100 * self.top5_error:.2f}%, {self.examples} "
-                "examples")
+        return (
+            f"{prefix}{self.split} ({self.protocol}): top-1 error {100 * self.top1_error:.2f}% (accuracy "
+            f"{100 * (1 - self.top1_error):.2f}%), top-5 error {100 * self.top5_error:.2f}%, {self.examples} "
+            "examples"
+        )
 
 
 def summarize(results: Sequence[EvalResult]) -> dict[str, Any]:
@@ -54,32 +56,47 @@ def summarize(results: Sequence[EvalResult]) -> dict[str, Any]:
     first = results[0]
     top1 = np.array([r.top1_error for r in results])
     top5 = np.array([r.top5_error for r in results])
-    summary = {"protocol": first.protocol, "split": first.split, "examples": first.examples,
-               "top1_error": float(top1.mean()), "top5_error": float(top5.mean())}
+    summary = {
+        "protocol": first.protocol,
+        "split": first.split,
+        "examples": first.examples,
+        "top1_error": float(top1.mean()),
+        "top5_error": float(top5.mean()),
+    }
     if len(results) > 1:
-        summary.update(top1_error_std=float(top1.std(ddof=1)), top1_error_best=float(top1.min()),
-                       top5_error_std=float(top5.std(ddof=1)), runs=[r.to_dict() for r in results])
+        summary.update(
+            top1_error_std=float(top1.std(ddof=1)),
+            top1_error_best=float(top1.min()),
+            top5_error_std=float(top5.std(ddof=1)),
+            runs=[r.to_dict() for r in results],
+        )
     return summary
 
 
 def describe_summary(summary: dict[str, Any], name: str = "") -> str:
     """One line for `summarize`'s result: the single result, or the members' mean +- std and best."""
     if "runs" not in summary:
-        return EvalResult(**{k: summary[k] for k in ("protocol", "split", "top1_error", "top5_error",
-                                                     "examples")}).describe(name)
+        return EvalResult(
+            **{k: summary[k] for k in ("protocol", "split", "top1_error", "top5_error", "examples")}
+        ).describe(name)
     prefix = f"{name} " if name else ""
-    return (f"{prefix}{summary['split']} ({summary['protocol']}), {len(summary['runs'])} runs: top-1 error "
-            f"{100 * summary['top1_error']:.2f} +- {100 * summary['top1_error_std']:.2f}% (best "
-            f"{100 * summary['top1_error_best']:.2f}%), top-5 error {100 * summary['top5_error']:.2f}%, "
-            f"{summary['examples']} examples")
+    return (
+        f"{prefix}{summary['split']} ({summary['protocol']}), {len(summary['runs'])} runs: top-1 error "
+        f"{100 * summary['top1_error']:.2f} +- {100 * summary['top1_error_std']:.2f}% (best "
+        f"{100 * summary['top1_error_best']:.2f}%), top-5 error {100 * summary['top5_error']:.2f}%, "
+        f"{summary['examples']} examples"
+    )
 
 
 def _error_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     top5 = jax.lax.top_k(scores, 5)[1]
     top1_wrong = top5[:, 0] != labels
     top5_wrong = ~jnp.any(top5 == labels[:, None], axis=-1)
-    return {"examples": jnp.sum(mask), "top1_errors": jnp.sum(top1_wrong & mask),
-            "top5_errors": jnp.sum(top5_wrong & mask)}
+    return {
+        "examples": jnp.sum(mask),
+        "top1_errors": jnp.sum(top1_wrong & mask),
+        "top5_errors": jnp.sum(top5_wrong & mask),
+    }
 
 
 def _view_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
@@ -114,8 +131,17 @@ class Evaluator:
     with `data.on_device` is held in device memory and evaluated in one dispatch.
     """
 
-    def __init__(self, model: nn.Module, data_config: ml_collections.ConfigDict, *, protocol: str, split: str,
-                 batch_size: int, mesh: Mesh, runs: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        data_config: ml_collections.ConfigDict,
+        *,
+        protocol: str,
+        split: str,
+        batch_size: int,
+        mesh: Mesh,
+        runs: int = 1,
+    ):
         datasets.get(data_config.name).check_protocol(protocol)
         check_divisible(batch_size, mesh, "the evaluation batch size (config.eval.batch_size)")
         self.protocol, self.split = protocol, split
@@ -134,21 +160,29 @@ class Evaluator:
                     batch = on_device.shard_batch(on_device.single_view_batch(arrays, i), mesh)
                     return jax.tree.map(jnp.add, totals, step(variables, batch)), None
 
-                zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                    step, variables, on_device.single_view_batch(arrays, 0)))
+                zeros = jax.tree.map(
+                    jnp.zeros_like, jax.eval_shape(step, variables, on_device.single_view_batch(arrays, 0))
+                )
                 return jax.lax.scan(body, zeros, jnp.arange(arrays["labels"].shape[0]))[0]
 
             self._evaluate_split = jax.jit(evaluate_split, out_shardings=replicated(mesh))
         else:
-            self._step = jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                                 out_shardings=replicated(mesh))
+            self._step = jax.jit(
+                step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh)
+            )
 
     def __call__(self, variables: Any) -> EvalResult | list[EvalResult]:
         totals = self._evaluate_split(variables, self._data.arrays) if self._on_device else self._stream(variables)
         totals = jax.tree.map(lambda x: np.asarray(x, np.int64), totals)
-        results = [EvalResult(self.protocol, self.split, float(t1 / n), float(t5 / n), int(n)) for n, t1, t5 in
-                   zip(np.atleast_1d(totals["examples"]), np.atleast_1d(totals["top1_errors"]),
-                       np.atleast_1d(totals["top5_errors"]), strict=True)]
+        results = [
+            EvalResult(self.protocol, self.split, float(t1 / n), float(t5 / n), int(n))
+            for n, t1, t5 in zip(
+                np.atleast_1d(totals["examples"]),
+                np.atleast_1d(totals["top1_errors"]),
+                np.atleast_1d(totals["top5_errors"]),
+                strict=True,
+            )
+        ]
         if results[0].examples == 0:
             raise ValueError(f"The {self.split} split yielded no examples to evaluate.")
         return results[0] if self._runs == 1 else results
@@ -157,8 +191,9 @@ class Evaluator:
         """Sums the counts over one pass of the grain pipeline. A process whose pipeline fails for good goes on with
         masked-out batches to the end of the pass, so that no process waits alone; then all stop together."""
         steps = math.ceil(data.num_examples(self._data_config, self.split) / self._batch_size)
-        batches = data.eval_iterator(self._data_config, split=self.split, protocol=self.protocol,
-                                     global_batch_size=self._batch_size)
+        batches = data.eval_iterator(
+            self._data_config, split=self.split, protocol=self.protocol, global_batch_size=self._batch_size
+        )
         totals, failure, last = None, None, None
         try:
             for _ in range(steps):
@@ -176,6 +211,8 @@ class Evaluator:
             batches.close()  # stops grain's worker processes
         failing = multihost.first_failing_process(failure is not None)
         if failing is not None:
-            raise InputPipelineError(f"Process {failing}'s {self.split} input pipeline failed during evaluation"
-                                     + (f": {failure}" if failure else "; see its log."))
+            raise InputPipelineError(
+                f"Process {failing}'s {self.split} input pipeline failed during evaluation"
+                + (f": {failure}" if failure else "; see its log.")
+            )
         return totals

@@ -51,8 +51,9 @@ class MetricWriter:
         """Appends one record `{"step", "kind", **values[k]}` per member; kind is 'train' or 'eval'."""
         if not self.enabled:
             return
-        for member, records, tensorboard, member_values in zip(self.members, self._records, self._tensorboards,
-                                                               values, strict=True):
+        for member, records, tensorboard, member_values in zip(
+            self.members, self._records, self._tensorboards, values, strict=True
+        ):
             records.append({"step": step, "kind": kind, **member_values})
             member.write_metrics(records)
             for key, value in member_values.items():
@@ -65,8 +66,16 @@ class MetricWriter:
         start_time, start_step = self._start
         elapsed = time.perf_counter() - start_time
         eta = (self.total_steps - step) * elapsed / max(step - start_step, 1)
-        logging.info("step %d/%d  loss %.4f  error %.2f%%  lr %.4g  %.1f img/s  ETA %s", step, self.total_steps, loss,
-                     100 * error, learning_rate, images_per_sec, format_duration(eta))
+        logging.info(
+            "step %d/%d  loss %.4f  error %.2f%%  lr %.4g  %.1f img/s  ETA %s",
+            step,
+            self.total_steps,
+            loss,
+            100 * error,
+            learning_rate,
+            images_per_sec,
+            format_duration(eta),
+        )
 
     def close(self) -> None:
         for tensorboard in self._tensorboards:

@@ -13,7 +13,8 @@ asymmetrically, which would shift every feature map by a pixel against the relea
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -48,12 +49,20 @@ class PointwiseConv(nn.Conv):
         return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
 
 
-def conv_module(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), *,
-                padding: list[tuple[int, int]], use_bias: bool, **kwargs: Any) -> nn.Conv:
+def conv_module(
+    features: int,
+    kernel_size: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    *,
+    padding: list[tuple[int, int]],
+    use_bias: bool,
+    **kwargs: Any,
+) -> nn.Conv:
     """The blocks' convolution factory: `PointwiseConv` where it applies, `nn.Conv` otherwise."""
     pointwise = tuple(kernel_size) == (1, 1) and not use_bias and all(tuple(p) == (0, 0) for p in padding)
-    return (PointwiseConv if pointwise else nn.Conv)(features, kernel_size, strides, padding=padding,
-                                                     use_bias=use_bias, **kwargs)
+    return (PointwiseConv if pointwise else nn.Conv)(
+        features, kernel_size, strides, padding=padding, use_bias=use_bias, **kwargs
+    )
 
 
 class ShortcutBranch(nn.Module):
@@ -77,8 +86,13 @@ class ShortcutBranch(nn.Module):
         if self.kind == "projection":
             strides = self.strides
             if self.avg_down and self.strides > 1:
-                x = nn.avg_pool(x, (self.strides, self.strides), (self.strides, self.strides),
-                                padding="SAME", count_include_pad=False)
+                x = nn.avg_pool(
+                    x,
+                    (self.strides, self.strides),
+                    (self.strides, self.strides),
+                    padding="SAME",
+                    count_include_pad=False,
+                )
                 strides = 1
             x = self.conv(self.features, (1, 1), (strides, strides), padding=_pad(1), name="conv")(x)
             return self.norm(name="bn")(x)
@@ -188,8 +202,14 @@ class ResNet(nn.Module):
         CIFAR nets have three stages, returned as C2..C4.
         """
         conv = functools.partial(conv_module, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
-        norm = functools.partial(GroupedBatchNorm, use_running_average=not train, group_size=self.bn_group_size,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+        norm = functools.partial(
+            GroupedBatchNorm,
+            use_running_average=not train,
+            group_size=self.bn_group_size,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+        )
         x = self._stem(x.astype(self.dtype), conv, norm)
 
         stages = {}
@@ -201,9 +221,15 @@ class ResNet(nn.Module):
                 out_features = self.widths[i] * self.block_cls.expansion
                 block_kwargs = {"stride_on_3x3": self.stride_on_3x3} if self.block_cls is BottleneckBlock else {}
                 x = block_cls(
-                    features=self.widths[i], strides=strides, conv=conv, norm=norm,
+                    features=self.widths[i],
+                    strides=strides,
+                    conv=conv,
+                    norm=norm,
                     shortcut=self._shortcut(in_features, out_features, strides, conv, norm),
-                    zero_init_last=self.zero_init_last_bn, name=f"layer{i + 1}_{j}", **block_kwargs)(x)
+                    zero_init_last=self.zero_init_last_bn,
+                    name=f"layer{i + 1}_{j}",
+                    **block_kwargs,
+                )(x)
                 in_features = out_features
             stages[f"C{i + 2}"] = x
         if features:
@@ -217,22 +243,31 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = nn.relu(norm(name="bn1")(conv(self.widths[0], (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)))
         else:  # deep
-            for k, (width, strides) in enumerate(((self.widths[0] // 2, 2), (self.widths[0] // 2, 1),
-                                                  (self.widths[0], 1))):
+            for k, (width, strides) in enumerate(
+                ((self.widths[0] // 2, 2), (self.widths[0] // 2, 1), (self.widths[0], 1))
+            ):
                 x = conv(width, (3, 3), (strides, strides), padding=_pad(3), name=f"stem_conv{k + 1}")(x)
                 x = nn.relu(norm(name=f"stem_bn{k + 1}")(x))
         return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
 
-    def _shortcut(self, in_features: int, out_features: int, strides: int, conv: ModuleDef,
-                  norm: ModuleDef) -> ModuleDef | None:
+    def _shortcut(
+        self, in_features: int, out_features: int, strides: int, conv: ModuleDef, norm: ModuleDef
+    ) -> ModuleDef | None:
         if not self.residual:
             return None
         if strides == 1 and in_features == out_features:
             kind = "projection" if self.shortcut == "C" else "identity"
         else:
             kind = "zero_pad" if self.shortcut == "A" else "projection"
-        return functools.partial(ShortcutBranch, features=out_features, strides=strides, kind=kind, conv=conv,
-                                 norm=norm, avg_down=self.avg_down)
+        return functools.partial(
+            ShortcutBranch,
+            features=out_features,
+            strides=strides,
+            kind=kind,
+            conv=conv,
+            norm=norm,
+            avg_down=self.avg_down,
+        )
 
 
 _IMAGENET_DEPTHS = {
@@ -252,8 +287,9 @@ def _imagenet(depth: int, **fields: Any) -> Callable[..., ResNet]:
 
 def _cifar(depth: int, **fields: Any) -> Callable[..., ResNet]:
     n = (depth - 2) // 6
-    return functools.partial(ResNet, stage_sizes=(n, n, n), block_cls=BasicBlock, widths=(16, 32, 64), stem="cifar",
-                             shortcut="A", **fields)
+    return functools.partial(
+        ResNet, stage_sizes=(n, n, n), block_cls=BasicBlock, widths=(16, 32, 64), stem="cifar", shortcut="A", **fields
+    )
 
 
 _REGISTRY: dict[str, Callable[..., ResNet]] = {}
@@ -310,8 +346,9 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
         if key in _FREE_OPTIONS:
             continue
         if key not in _OPTIONS:
-            raise ValueError(f"Unknown option {key!r} for create_model. Valid options: "
-                             f"{', '.join((*_OPTIONS, *_FREE_OPTIONS))}.")
+            raise ValueError(
+                f"Unknown option {key!r} for create_model. Valid options: {', '.join((*_OPTIONS, *_FREE_OPTIONS))}."
+            )
         if key == "dtype":
             value = jnp.dtype(value).name
         if value not in _OPTIONS[key]:

@@ -21,6 +21,7 @@ from resnet_jax.rundir import RunDir
 def curves(members: Sequence[RunDir]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The training and evaluation error (%) against steps, averaged over `members` (one run or several seeds) at
     the steps all of them logged: ({"step", "error"}, {"step", "error"})."""
+
     def mean_curve(kind: str, key: str) -> dict[str, np.ndarray]:
         per_member = [{r["step"]: r[key] for r in m.read_metrics() if r["kind"] == kind} for m in members]
         steps = sorted(set.intersection(*(set(c) for c in per_member))) if per_member else []
@@ -43,8 +44,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     epath.Path(path).write_bytes(buffer.getvalue())
 
 
-def plot_training_curves(members: Sequence[RunDir], labels: Sequence[str], path: str | os.PathLike,
-                         title: str = "") -> None:
+def plot_training_curves(
+    members: Sequence[RunDir], labels: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
     """One panel with the curves of each of `members` (labelled `labels`), saved as a PNG."""
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()

@@ -64,8 +64,10 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as error:
-            raise WorkdirError(f"The workdir {self.path} cannot be created or written ({error}); choose another "
-                               "--workdir or fix its permissions.") from error
+            raise WorkdirError(
+                f"The workdir {self.path} cannot be created or written ({error}); choose another "
+                "--workdir or fix its permissions."
+            ) from error
         return self
 
     # --- members of a multi-run
@@ -85,7 +87,7 @@ class RunDir:
 
     def damaged_checkpoints(self) -> epath.Path:
         """A fresh folder (named by the UTC time) to move checkpoints aside into."""
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         return self.path / DAMAGED_CHECKPOINTS / stamp
 
     @property
@@ -111,8 +113,9 @@ class RunDir:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: {self.path} is not the workdir of a resnet_jax run.")
         saved = json.loads(path.read_text())
-        return ml_collections.ConfigDict(_with_defaults(saved, base_config(saved["data"]["name"],
-                                                                           saved["model"]["name"]).to_dict()))
+        return ml_collections.ConfigDict(
+            _with_defaults(saved, base_config(saved["data"]["name"], saved["model"]["name"]).to_dict())
+        )
 
     def write_result(self, result: dict[str, Any]) -> None:
         _write_atomically(self.path / RESULT, json.dumps(result, indent=2))
@@ -190,8 +193,9 @@ def load_run(workdir: str | os.PathLike | RunDir, step: int | None = None, mesh:
     config = run_dir.read_config()
     mesh = mesh or make_mesh()
     model = model_from_config(config.model)
-    template = create_train_state(model, make_optimizer(**config.optimizer), input_shape(config.model.name),
-                                  config.seed, mesh, runs=config.runs)
+    template = create_train_state(
+        model, make_optimizer(**config.optimizer), input_shape(config.model.name), config.seed, mesh, runs=config.runs
+    )
     checkpointer = Checkpointer(run_dir, model_signature(config, template.params), read_only=True)
     try:
         restored = checkpointer.restore(template, step)

@@ -6,7 +6,8 @@ error is below 80%"), so they are small stateful objects rather than optax sched
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class StepSchedule:
@@ -18,8 +19,15 @@ class StepSchedule:
     al.'s (2017) gradual warm-up, not the paper's; only the CPU-sized quick schedule uses it (see configs/cifar10.py).
     """
 
-    def __init__(self, base_lr: float, boundaries: Sequence[int], factor: float = 0.1,
-                 warmup_lr: float | None = None, warmup_until_error: float = 0.8, ramp_steps: int = 0):
+    def __init__(
+        self,
+        base_lr: float,
+        boundaries: Sequence[int],
+        factor: float = 0.1,
+        warmup_lr: float | None = None,
+        warmup_until_error: float = 0.8,
+        ramp_steps: int = 0,
+    ):
         self.base_lr, self.boundaries, self.factor = base_lr, tuple(boundaries), factor
         self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
         self.ramp_steps = ramp_steps
@@ -46,14 +54,20 @@ class PlateauSchedule:
     """`base_lr`, multiplied by `factor` when the validation error has not improved by `min_delta` over the last
     `patience` evaluations (Section 3.4: "divided by 10 when the error plateaus"), at most `max_drops` times."""
 
-    def __init__(self, base_lr: float, factor: float = 0.1, patience: int = 3, min_delta: float = 0.001,
-                 max_drops: int = 3):
+    def __init__(
+        self, base_lr: float, factor: float = 0.1, patience: int = 3, min_delta: float = 0.001, max_drops: int = 3
+    ):
         self.base_lr, self.factor, self.patience, self.min_delta, self.max_drops = (
-            base_lr, factor, patience, min_delta, max_drops)
+            base_lr,
+            factor,
+            patience,
+            min_delta,
+            max_drops,
+        )
         self.drops, self.best, self.evals_since_best = 0, float("inf"), 0
 
     def __call__(self, step: int) -> float:
-        return self.base_lr * self.factor ** self.drops
+        return self.base_lr * self.factor**self.drops
 
     def observe(self, step: int, *, train_error: float | None = None, val_error: float | None = None) -> None:
         if val_error is None:

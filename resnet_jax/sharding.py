@@ -33,5 +33,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_divisible(global_batch_size: int, mesh: Mesh, what: str) -> None:
     if global_batch_size % mesh.size:
-        raise ConfigError(f"{what}={global_batch_size} does not divide across the {mesh.size} devices; use a "
-                         f"multiple of {mesh.size}.")
+        raise ConfigError(
+            f"{what}={global_batch_size} does not divide across the {mesh.size} devices; use a multiple of {mesh.size}."
+        )

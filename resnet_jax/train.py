@@ -60,16 +60,19 @@ def ensure_dataset(config: ml_collections.ConfigDict) -> None:
         multihost.sync("dataset prepared")
 
 
-def make_feed(data_config: ml_collections.ConfigDict, mesh: Any, *, batch_size: int, steps: int, seed: int,
-              runs: int = 1) -> feeds.Feed:
+def make_feed(
+    data_config: ml_collections.ConfigDict, mesh: Any, *, batch_size: int, steps: int, seed: int, runs: int = 1
+) -> feeds.Feed:
     """The training stream of `seed` (of seeds `seed .. seed + runs - 1` for a multi-run) in dispatches of `steps`
     batches: on the devices, or from grain."""
     if data_config.on_device:
         train_data = on_device.TrainData.load(data_config, mesh)
         if steps * batch_size > train_data.num_examples:
-            raise ConfigError(f"config.steps_per_dispatch * batch_size = {steps} * {batch_size} exceeds the "
-                              f"{train_data.num_examples} training examples; a dispatch may span at most one epoch "
-                              "boundary: lower steps_per_dispatch.")
+            raise ConfigError(
+                f"config.steps_per_dispatch * batch_size = {steps} * {batch_size} exceeds the "
+                f"{train_data.num_examples} training examples; a dispatch may span at most one epoch "
+                "boundary: lower steps_per_dispatch."
+            )
         return feeds.DeviceFeed(train_data, batch_size, mesh, seed if runs == 1 else list(range(seed, seed + runs)))
     iterator = data.train_iterator(data_config, global_batch_size=batch_size, seed=seed)
     return feeds.HostFeed(iterator, mesh, steps)
@@ -98,14 +101,16 @@ def recompute_batch_stats(config: ml_collections.ConfigDict, state: TrainState, 
     """BN population statistics as a plain average over `bn_recompute_examples` training images (the authors'
     release), each batch's statistics taken over the whole batch rather than per group, from the training stream of
     seed + 1 (per member, for a multi-run)."""
-    model = model_from_config(ml_collections.ConfigDict({**config.model.to_dict(), "bn_group_size": None,
-                                                         "bn_momentum": 0.0}))
+    model = model_from_config(
+        ml_collections.ConfigDict({**config.model.to_dict(), "bn_group_size": None, "bn_momentum": 0.0})
+    )
     batches = -(-config.bn_recompute_examples // config.batch_size)
     # On the devices all batches go in one dispatch if they span at most one epoch boundary; from grain, one by one.
     fits = config.data.on_device and batches * config.batch_size <= data.num_examples(config.data, "train")
     per_dispatch = batches if fits else 1
-    feed = make_feed(config.data, mesh, batch_size=config.batch_size, steps=per_dispatch, seed=config.seed + 1,
-                     runs=config.runs)
+    feed = make_feed(
+        config.data, mesh, batch_size=config.batch_size, steps=per_dispatch, seed=config.seed + 1, runs=config.runs
+    )
 
     def one_run(variables, feed_data, inputs, seed):
         def body(total, i):
@@ -116,8 +121,10 @@ def recompute_batch_stats(config: ml_collections.ConfigDict, state: TrainState, 
         zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
         return jax.lax.scan(body, zeros, jnp.arange(per_dispatch))[0]  # forward passes only: no XLA:CPU slowdown
 
-    run = jax.jit(one_run if config.runs == 1 else jax.vmap(one_run, in_axes=(0, None, feed.inputs_run_axes, 0)),
-                  out_shardings=replicated(mesh))
+    run = jax.jit(
+        one_run if config.runs == 1 else jax.vmap(one_run, in_axes=(0, None, feed.inputs_run_axes, 0)),
+        out_shardings=replicated(mesh),
+    )
     first = config.seed + 1
     seeds = np.int32(first) if config.runs == 1 else np.arange(first, first + config.runs, dtype=np.int32)
     total = None
@@ -150,8 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if restored is not None:
         state = restored.state
         feed.set_state(restored.data_state)
-        for schedule, schedule_state in zip(schedules, restored.schedule_state if runs > 1 else
-                                            [restored.schedule_state], strict=True):
+        for schedule, schedule_state in zip(
+            schedules, restored.schedule_state if runs > 1 else [restored.schedule_state], strict=True
+        ):
             schedule.load_state_dict(schedule_state)
         logging.info("Resumed %s at step %d.", workdir, restored.step)
     step = restored.step if restored is not None else 0
@@ -162,8 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             member.path.mkdir(exist_ok=True)
     writer = MetricWriter(members, config.num_steps, step)
     dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs)
-    evaluator = Evaluator(model, config.data, protocol=config.eval.protocol, split=config.eval.split,
-                          batch_size=config.eval.batch_size, mesh=mesh, runs=runs)
+    evaluator = Evaluator(
+        model,
+        config.data,
+        protocol=config.eval.protocol,
+        split=config.eval.split,
+        batch_size=config.eval.batch_size,
+        mesh=mesh,
+        runs=runs,
+    )
     all_finite = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))
     seeds = np.int32(config.seed) if runs == 1 else np.arange(config.seed, config.seed + runs, dtype=np.int32)
     preemption = _Preemption()
@@ -175,10 +190,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         failure = getattr(feed, "failure", None)
         failing = multihost.first_failing_process(failure is not None)
         if failing is not None:
-            raise InputPipelineError(f"Process {failing}'s training input pipeline failed for good"
-                                     + (f": {failure}" if failure else "; see its log.") + " The checkpoints are "
-                                     f"intact; rerun the same command once the cause is fixed: it resumes from "
-                                     f"step {checkpointer.latest_step}.")
+            raise InputPipelineError(
+                f"Process {failing}'s training input pipeline failed for good"
+                + (f": {failure}" if failure else "; see its log.")
+                + " The checkpoints are "
+                f"intact; rerun the same command once the cause is fixed: it resumes from "
+                f"step {checkpointer.latest_step}."
+            )
 
     def log(learning_rates: np.ndarray) -> None:
         check_feed()
@@ -191,28 +209,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 raise NonFiniteLossError(
                     f"The training loss became {loss} between steps {window['from']} and {step}. The last good "
                     f"checkpoint (step {checkpointer.latest_step}) is kept; lower config.schedule.base_lr, check the "
-                    "data, or use float32 (config.model.dtype).")
+                    "data, or use float32 (config.model.dtype)."
+                )
             schedule.observe(step, train_error=error)
-            records.append({"loss": loss, "error": error, "learning_rate": float(lr),
-                            "images_per_sec": total["examples"] / seconds})
+            records.append(
+                {
+                    "loss": loss,
+                    "error": error,
+                    "learning_rate": float(lr),
+                    "images_per_sec": total["examples"] / seconds,
+                }
+            )
         writer.write(step, "train", records)
-        writer.progress(step, float(np.mean([r["loss"] for r in records])),
-                        float(np.mean([r["error"] for r in records])), float(np.mean(learning_rates)),
-                        sum(t["examples"] for t in totals) / seconds)
+        writer.progress(
+            step,
+            float(np.mean([r["loss"] for r in records])),
+            float(np.mean([r["error"] for r in records])),
+            float(np.mean(learning_rates)),
+            sum(t["examples"] for t in totals) / seconds,
+        )
         window.update(sums=None, start=time.perf_counter(), **{"from": step})
 
     def evaluate(current: Evaluator, variables: Any) -> list[EvalResult]:
         results = _as_list(current(variables))
-        writer.write(step, "eval" if current is evaluator else f"eval_{current.protocol}",
-                     [r.to_dict() for r in results])
+        writer.write(
+            step, "eval" if current is evaluator else f"eval_{current.protocol}", [r.to_dict() for r in results]
+        )
         logging.info("step %d  %s", step, describe_summary(summarize(results), config.model.name))
         return results
 
     def save() -> None:
         check_feed()
         if not bool(all_finite(state.params)):
-            raise NonFiniteLossError(f"The parameters became NaN or Inf by step {step}; the last good checkpoint "
-                                     f"(step {checkpointer.latest_step}) is kept.")
+            raise NonFiniteLossError(
+                f"The parameters became NaN or Inf by step {step}; the last good checkpoint "
+                f"(step {checkpointer.latest_step}) is kept."
+            )
         schedule_states = [s.state_dict() for s in schedules]
         checkpointer.save(step, state, feed.get_state(), schedule_states if runs > 1 else schedule_states[0])
 
@@ -221,8 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # ------------------------------------------------------------ loop
         while step < config.num_steps:
             learning_rates = np.array([[s(step + i) for i in range(k)] for s in schedules], np.float32)
-            state, sums = dispatch(state, feed.data, feed.inputs(step), seeds,
-                                   learning_rates[0] if runs == 1 else learning_rates)
+            state, sums = dispatch(
+                state, feed.data, feed.inputs(step), seeds, learning_rates[0] if runs == 1 else learning_rates
+            )
             window["sums"] = sums if window["sums"] is None else jax.tree.map(jnp.add, window["sums"], sums)
             step += k
             if step % config.log_every_steps == 0:
@@ -247,13 +280,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.wait()
         final_evaluator = evaluator
         if config.eval.final_protocol not in (None, config.eval.protocol):
-            final_evaluator = Evaluator(model, config.data, protocol=config.eval.final_protocol,
-                                        split=config.eval.split, batch_size=config.eval.batch_size, mesh=mesh,
-                                        runs=runs)
+            final_evaluator = Evaluator(
+                model,
+                config.data,
+                protocol=config.eval.final_protocol,
+                split=config.eval.split,
+                batch_size=config.eval.batch_size,
+                mesh=mesh,
+                runs=runs,
+            )
         if config.bn_recompute_examples:
             state = state.replace(batch_stats=recompute_batch_stats(config, state, mesh))
-        if final_evaluator is evaluator and not config.bn_recompute_examples and last_evaluation is not None \
-                and last_evaluation[0] == step:
+        if (
+            final_evaluator is evaluator
+            and not config.bn_recompute_examples
+            and last_evaluation is not None
+            and last_evaluation[0] == step
+        ):
             results = last_evaluation[1]  # the periodic evaluation of this very state
         else:
             results = evaluate(final_evaluator, state.variables())
@@ -265,15 +308,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.close()
             feed.close()
 
-    result = {**summarize(results), "model": config.model.name,
-              "parameters": sum(x.size for x in jax.tree.leaves(state.params)) // runs,
-              "bn_statistics": (f"recomputed over {config.bn_recompute_examples} training images"
-                                if config.bn_recompute_examples else "moving averages")}
+    result = {
+        **summarize(results),
+        "model": config.model.name,
+        "parameters": sum(x.size for x in jax.tree.leaves(state.params)) // runs,
+        "bn_statistics": (
+            f"recomputed over {config.bn_recompute_examples} training images"
+            if config.bn_recompute_examples
+            else "moving averages"
+        ),
+    }
     if multihost.is_main():
         for member, member_result in zip(members, results, strict=True):
             if member is not run_dir:
                 member.write_result({**member_result.to_dict(), "seed": int(member.name.removeprefix("seed"))})
-            plot_training_curves([member], [config.model.name], member.curves,
-                                 title=f"{config.model.name} on {config.data.name}")
+            plot_training_curves(
+                [member], [config.model.name], member.curves, title=f"{config.model.name} on {config.data.name}"
+            )
         run_dir.write_result(result)
     return result

@@ -39,8 +39,14 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, image_shape: tuple[int, ...],
-                       seed: int, mesh: Mesh, runs: int = 1) -> TrainState:
+def create_train_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    seed: int,
+    mesh: Mesh,
+    runs: int = 1,
+) -> TrainState:
     """Initialises parameters (He init) and optimiser state directly as replicated arrays on the mesh.
 
     With `runs` > 1, run k is initialised from seed `seed + k` exactly as a single run of that seed would be, and the
@@ -50,8 +56,12 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
     def init(run_seed) -> TrainState:
         variables = model.init(jax.random.key(run_seed), jnp.zeros((1, *image_shape), jnp.float32))
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
-                          opt_state=optimizer.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables["batch_stats"],
+            opt_state=optimizer.init(params),
+        )
 
     if runs == 1:
         return jax.jit(lambda: init(seed), out_shardings=replicated(mesh))()
@@ -62,13 +72,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def sgd_step(model: nn.Module, optimizer: optax.GradientTransformation, state: TrainState, batch: dict,
-             learning_rate: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+def sgd_step(
+    model: nn.Module, optimizer: optax.GradientTransformation, state: TrainState, batch: dict, learning_rate: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step of the paper's SGD on one batch; metrics are sums over the batch (loss, top-1 errors, examples)."""
 
     def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                      train=True, mutable=["batch_stats"])
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+        )
         loss = cross_entropy(logits, batch["label"])
         return jnp.mean(loss), (loss, logits, updates["batch_stats"])
 
@@ -85,17 +97,22 @@ def sgd_step(model: nn.Module, optimizer: optax.GradientTransformation, state: T
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+def make_train_step(
+    model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """`step(state, batch, learning_rate) -> (state, metrics)` for one run and one batch fed from the host; `state`
     is donated."""
-    return jax.jit(lambda state, batch, lr: sgd_step(model, optimizer, state, batch, lr),
-                   in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+    return jax.jit(
+        lambda state, batch, lr: sgd_step(model, optimizer, state, batch, lr),
+        in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
-def make_dispatch(model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, feed: Any, steps: int,
-                  runs: int = 1) -> Callable[..., tuple[TrainState, dict]]:
+def make_dispatch(
+    model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, feed: Any, steps: int, runs: int = 1
+) -> Callable[..., tuple[TrainState, dict]]:
     """`dispatch(state, data, inputs, seeds, learning_rates) -> (state, metric sums)`: `steps` SGD steps in one call.
 
     `learning_rates` is float32 [steps] ([runs, steps] in a multi-run), set by the host-side schedules; `seeds` is the
@@ -116,8 +133,11 @@ def make_dispatch(model: nn.Module, optimizer: optax.GradientTransformation, mes
             state, metrics = one_step(state, data, inputs, seed, learning_rates[i], i)
             return (state, jax.tree.map(jnp.add, sums, metrics)), None
 
-        zeros = {"loss": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
-                 "examples": jnp.zeros((), jnp.int32)}
+        zeros = {
+            "loss": jnp.zeros((), jnp.float32),
+            "errors": jnp.zeros((), jnp.int32),
+            "examples": jnp.zeros((), jnp.int32),
+        }
         (state, sums), _ = jax.lax.scan(body, (state, zeros), jnp.arange(steps))
         return state, sums
 

@@ -1,11 +1,22 @@
-"""Every config that claims a paper setting follows the paper (docs/paper.md): loaded, validated and built, never run."""
+"""Every config that claims a paper setting follows the paper (docs/paper.md): loaded, validated, built, never run."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import (cifar10, imagenet_modern, imagenet_r18, imagenet_r34, imagenet_r50, imagenet_r101, imagenet_r152,
-                     imagenet_recipe, imagenet_table2, imagenet_table3, imagenet_table4)
+from configs import (
+    cifar10,
+    imagenet_modern,
+    imagenet_r18,
+    imagenet_r34,
+    imagenet_r50,
+    imagenet_r101,
+    imagenet_r152,
+    imagenet_recipe,
+    imagenet_table2,
+    imagenet_table3,
+    imagenet_table4,
+)
 from experiments import paper
 from resnet_jax import datasets
 from resnet_jax.config import model_from_config, validate
@@ -13,9 +24,11 @@ from resnet_jax.errors import ConfigError
 
 CIFAR = [cifar10.get_config(m) for m in cifar10.CIFAR_MODELS]
 TABLES = {"Table 2": imagenet_table2, "Table 3": imagenet_table3, "Table 4": imagenet_table4}
-IMAGENET = ([table.get_config(r) for table in TABLES.values() for r in table.ROWS]
-            + [m.get_config() for m in (imagenet_r18, imagenet_r34, imagenet_r50, imagenet_r101, imagenet_r152)]
-            + [imagenet_modern.get_config(v) for v in imagenet_modern.VARIANTS])
+IMAGENET = (
+    [table.get_config(r) for table in TABLES.values() for r in table.ROWS]
+    + [m.get_config() for m in (imagenet_r18, imagenet_r34, imagenet_r50, imagenet_r101, imagenet_r152)]
+    + [imagenet_modern.get_config(v) for v in imagenet_modern.VARIANTS]
+)
 ALL = CIFAR + IMAGENET
 RECIPES = paper.table("Recipes")
 
@@ -60,9 +73,14 @@ def test_cifar_recipe(config):
     assert config.eval.protocol == "single" and config.eval.split == "test" and not config.data.holdout_val
     assert config.data.on_device  # the stream computed on the devices: the same recipe, faster
     warmup = config.model.name in ("resnet110", "resnet1202")
-    assert (config.schedule.warmup_lr == _recipe(config, "warmup_lr")
-            and config.schedule.warmup_until_error == _recipe(config, "warmup_until_error")) if warmup \
+    assert (
+        (
+            config.schedule.warmup_lr == _recipe(config, "warmup_lr")
+            and config.schedule.warmup_until_error == _recipe(config, "warmup_until_error")
+        )
+        if warmup
         else config.schedule.warmup_lr is None
+    )
 
 
 def test_cifar_variants():
@@ -112,18 +130,21 @@ def test_modern_variants_are_named_options():
     assert imagenet_modern.get_config("resnet101_v1d").model.name == "resnet101_v1d"
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("schedule.base_lr", -1.0, "base_lr=-1.0 must be positive"),
-    ("optimizer.momentum", 1.5, "momentum must be in"),
-    ("optimizer.weight_decay", -1e-4, "weight_decay must be >= 0"),
-    ("schedule.factor", 2.0, "factor=2.0 must be in"),
-    ("model.bn_momentum", 1.0, "bn_momentum must be in"),
-    ("keep_checkpoints", 0, "keep_checkpoints must be >= 1"),
-    ("steps_per_dispatch", 7, "steps_per_dispatch=7 must divide"),
-    ("runs", 0, "runs must be >= 1"),
-    ("eval.protocol", "10crop", "cifar10 is tested with one of"),
-    ("eval.split", "validation", "eval.split='validation' is not one of"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("schedule.base_lr", -1.0, "base_lr=-1.0 must be positive"),
+        ("optimizer.momentum", 1.5, "momentum must be in"),
+        ("optimizer.weight_decay", -1e-4, "weight_decay must be >= 0"),
+        ("schedule.factor", 2.0, "factor=2.0 must be in"),
+        ("model.bn_momentum", 1.0, "bn_momentum must be in"),
+        ("keep_checkpoints", 0, "keep_checkpoints must be >= 1"),
+        ("steps_per_dispatch", 7, "steps_per_dispatch=7 must divide"),
+        ("runs", 0, "runs must be >= 1"),
+        ("eval.protocol", "10crop", "cifar10 is tested with one of"),
+        ("eval.split", "validation", "eval.split='validation' is not one of"),
+    ],
+)
 def test_bad_values_are_named(key, value, message):
     config = cifar10.get_config("resnet20")
     *parents, leaf = key.split(".")

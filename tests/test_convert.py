@@ -42,8 +42,9 @@ def _compare(name, torch_model, size, **options):
     return variables
 
 
-@pytest.mark.parametrize("name,block,layers", [("resnet18", ref.TvBasicBlock, [2, 2, 2, 2]),
-                                               ("resnet50", ref.TvBottleneck, [3, 4, 6, 3])])
+@pytest.mark.parametrize(
+    "name,block,layers", [("resnet18", ref.TvBasicBlock, [2, 2, 2, 2]), ("resnet50", ref.TvBottleneck, [3, 4, 6, 3])]
+)
 def test_torchvision_layout_matches_reference(name, block, layers):
     torch_model = ref.TorchvisionResNet(block, layers, num_classes=1000)
     # torchvision's ResNets are v1.5 (stride on the 3x3); the 193-pixel input has odd sizes at every stage.
@@ -73,8 +74,9 @@ def test_export_round_trips():
     model = create_model("resnet50", num_classes=10, stride_on_3x3=True)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     reference = ref.TorchvisionResNet(ref.TvBottleneck, [3, 4, 6, 3], num_classes=10).eval()
-    result = reference.load_state_dict({k: torch.tensor(v) for k, v in
-                                        export_torch_state_dict("resnet50", variables).items()}, strict=False)
+    result = reference.load_state_dict(
+        {k: torch.tensor(v) for k, v in export_torch_state_dict("resnet50", variables).items()}, strict=False
+    )
     assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
     x = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():

@@ -5,10 +5,10 @@ import logging
 import jax
 import numpy as np
 import pytest
-from resnet_jax.sharding import make_mesh
 
 from resnet_jax import data
 from resnet_jax.data import pipeline, sources
+from resnet_jax.sharding import make_mesh
 from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows
 
 
@@ -18,7 +18,7 @@ def _take(iterator, count):
 
 def _assert_same_batches(first, second):
     assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -53,8 +53,10 @@ def test_two_processes_read_every_example_exactly_once_per_epoch():
 def test_processes_together_build_the_same_global_batches_as_one(cifar10_data_dir):
     cfg = data_config("cifar10", cifar10_data_dir)
     whole = _take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=0, process_count=1), 3)
-    parts = [_take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=p, process_count=2), 3)
-             for p in range(2)]
+    parts = [
+        _take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=p, process_count=2), 3)
+        for p in range(2)
+    ]
     for step, batch in enumerate(whole):
         local = [part[step] for part in parts]
         # process 0's part then process 1's is the global batch, in order: the same BN groups on any number of hosts
@@ -153,7 +155,7 @@ def test_device_prefetch_yields_global_arrays_and_resumable_state(cifar10_data_d
     reference = _take(data.train_iterator(cfg, global_batch_size=32, seed=2), 5)
     prefetched = data.DevicePrefetchIterator(host, mesh, size=2)
     first = _take(prefetched, 2)
-    for batch, expected in zip(first, reference):
+    for batch, expected in zip(first, reference, strict=False):
         assert isinstance(batch["image"], jax.Array) and batch["image"].shape == (32, 32, 32, 3)
         assert batch["image"].sharding.spec[0] == "data"
         np.testing.assert_array_equal(np.asarray(batch["image"]), expected["image"])

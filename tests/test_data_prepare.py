@@ -58,8 +58,10 @@ def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_da
 
 
 def test_cifar10_per_pixel_mean_is_stored_for_train_and_the_45k_split(cifar10_data_dir):
-    means = {holdout: sources.mean_image(_config("cifar10", cifar10_data_dir, holdout_val=holdout))
-             for holdout in (False, True)}
+    means = {
+        holdout: sources.mean_image(_config("cifar10", cifar10_data_dir, holdout_val=holdout))
+        for holdout in (False, True)
+    }
     for mean in means.values():
         assert mean.shape == (32, 32, 3) and mean.dtype == np.float32
         # The well-known CIFAR-10 channel means, up to the JPEG re-encoding.
@@ -86,8 +88,10 @@ def python_tarball(tmp_path):
     path = tmp_path / cifar10.PYTHON_TARBALL
     with tarfile.open(path, "w:gz") as archive:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            batch = {b"labels": originals[f"{name}_labels"][:20].tolist(),
-                     b"data": originals[f"{name}_data_prefix"][:20]}
+            batch = {
+                b"labels": originals[f"{name}_labels"][:20].tolist(),
+                b"data": originals[f"{name}_data_prefix"][:20],
+            }
             payload = pickle.dumps(batch, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(payload)
@@ -125,7 +129,8 @@ def test_imagenet_class_folders_keep_the_files_and_the_sorted_wnid_labels(imagen
     cfg = _config("imagenet2012", imagenet_samples_data_dir)
     rows = {r["filename"]: r for r in imagenet_sample_rows()}
     assert [r["wnid"] for r in sorted(rows.values(), key=lambda r: int(r["label"]))] == sorted(
-        r["wnid"] for r in rows.values())
+        r["wnid"] for r in rows.values()
+    )
     for split in ("train", "validation"):
         source = sources.open_split(cfg, split)
         assert len(source) == data.num_examples(cfg, split) == 1000
@@ -186,8 +191,14 @@ def _small_imagenet_source(tmp_path):
 
 
 def test_the_prepare_command_line_makes_a_readable_dataset(tmp_path):
-    command = [sys.executable, "-m", "resnet_jax.data.prepare", "imagenet2012",
-               f"--source={_small_imagenet_source(tmp_path)}", f"--data_dir={tmp_path / 'tfds'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "resnet_jax.data.prepare",
+        "imagenet2012",
+        f"--source={_small_imagenet_source(tmp_path)}",
+        f"--data_dir={tmp_path / 'tfds'}",
+    ]
     assert subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().endswith("5.1.0")
     cfg = _config("imagenet2012", tmp_path / "tfds", worker_count=0)
     assert data.num_examples(cfg, "train") == data.num_examples(cfg, "validation") == 8

@@ -27,7 +27,7 @@ def sample_records():
     chosen = [r for r in rows if r["mode"] == "L"][:2]
     chosen += [rows[i] for i in np.linspace(0, 999, 16).astype(int)]
     sizes = [(int(r["width"]), int(r["height"])) for r in rows]
-    chosen += [r for r, size in zip(rows, sizes) if max(size) > 2 * min(size)][:3]
+    chosen += [r for r, size in zip(rows, sizes, strict=True) if max(size) > 2 * min(size)][:3]
     return [{"image": (IMAGENET_SAMPLES / "images" / r["filename"]).read_bytes()} for r in chosen]
 
 
@@ -50,8 +50,8 @@ def test_ten_crops_are_the_corners_and_centre_of_the_256_image_and_their_mirrors
         height, width = resized.shape[:2]
         assert min(height, width) == 256
         b, r = height - 224, width - 224
-        for crop, (top, left) in zip(pixels, [(0, 0), (0, r), (b, 0), (b, r), (b // 2, r // 2)]):
-            expected = resized[top:top + 224, left:left + 224]
+        for crop, (top, left) in zip(pixels, [(0, 0), (0, r), (b, 0), (b, r), (b // 2, r // 2)], strict=True):
+            expected = resized[top : top + 224, left : left + 224]
             assert np.abs(_blocks(crop) - _blocks(expected)).mean() < 3
 
 
@@ -62,7 +62,7 @@ def test_one_crop_is_the_centre_224_of_the_256_image(sample_records):
         centre = 255 * (protocols.TenCropView(mean)(record)["image"][4] + mean)
         resized = _resized(record, 256)
         top, left = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
-        expected = resized[top:top + 224, left:left + 224]
+        expected = resized[top : top + 224, left : left + 224]
         assert np.abs(_blocks(crop) - _blocks(expected)).mean() < 3
         assert np.abs(_blocks(crop) - _blocks(centre)).mean() < 2
 
@@ -94,13 +94,22 @@ def _eval_indices(cfg, split, protocol, global_batch_size, process_count):
     """{process: [batch index arrays]} and the masked-in labels, for every process of a simulated job."""
     per_process, labels = {}, {}
     for process in range(process_count):
-        batches = list(data.eval_iterator(cfg, split=split, protocol=protocol, global_batch_size=global_batch_size,
-                                          process_index=process, process_count=process_count))
+        batches = list(
+            data.eval_iterator(
+                cfg,
+                split=split,
+                protocol=protocol,
+                global_batch_size=global_batch_size,
+                process_index=process,
+                process_count=process_count,
+            )
+        )
         per_process[process] = batches
         for batch in batches:
             assert len(batch["mask"]) == global_batch_size // process_count
             assert (batch["index"][~batch["mask"]] == -1).all() and (batch["label"][~batch["mask"]] == -1).all()
-            labels.update(zip(batch["index"][batch["mask"]].tolist(), batch["label"][batch["mask"]].tolist()))
+            kept = batch["mask"]
+            labels.update(zip(batch["index"][kept].tolist(), batch["label"][kept].tolist(), strict=True))
     return per_process, labels
 
 
@@ -122,8 +131,16 @@ def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, proc
 
 def test_global_eval_batches_are_in_record_order_across_processes(cifar10_data_dir):
     cfg = data_config("cifar10", cifar10_data_dir)
-    parts = [next(iter(data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=12,
-                                         process_index=p, process_count=3))) for p in range(3)]
+    parts = [
+        next(
+            iter(
+                data.eval_iterator(
+                    cfg, split="test", protocol="single", global_batch_size=12, process_index=p, process_count=3
+                )
+            )
+        )
+        for p in range(3)
+    ]
     assert np.concatenate([p["index"] for p in parts]).tolist() == list(range(12))
 
 
@@ -141,5 +158,4 @@ def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
     with pytest.raises(ValueError, match="10crop"):
         data.eval_iterator(cfg, split="test", protocol="10crop", global_batch_size=8)
     with pytest.raises(ValueError, match="multiple"):
-        data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=9, process_index=0,
-                           process_count=2)
+        data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=9, process_index=0, process_count=2)

@@ -29,8 +29,10 @@ def _sample_jpegs(count):
     if not IMAGENET_SAMPLES.exists():
         pytest.skip(f"{IMAGENET_SAMPLES} is absent")
     rows = imagenet_sample_rows()
-    return [(IMAGENET_SAMPLES / "images" / rows[i]["filename"]).read_bytes()
-            for i in np.linspace(0, len(rows) - 1, count).astype(int)]
+    return [
+        (IMAGENET_SAMPLES / "images" / rows[i]["filename"]).read_bytes()
+        for i in np.linspace(0, len(rows) - 1, count).astype(int)
+    ]
 
 
 def test_scale_sampler_is_uniform_on_256_to_480():
@@ -72,7 +74,7 @@ def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighti
     for _ in range(4):  # 128 of the 1000 examples: all from epoch 0
         batch = next(iterator)
         assert batch["image"].shape == (32, 224, 224, 3) and batch["image"].dtype == np.float32
-        for image, label, index in zip(batch["image"], batch["label"], batch["index"]):
+        for image, label, index in zip(batch["image"], batch["label"], batch["index"], strict=True):
             record = source[int(index)]
             assert label == record["label"]
             # Replay the example's draws: its generator is seeded by (seed, epoch, index).
@@ -130,7 +132,7 @@ def test_cifar_train_view_is_a_flipped_window_of_the_padded_mean_subtracted_imag
         top, left = rng.integers(0, 9, size=2)
         flip = rng.random() < 0.5
         padded = np.pad(images.decode_png(record["image"]) / np.float32(255) - mean, ((4, 4), (4, 4), (0, 0)))
-        expected = padded[top:top + 32, left:left + 32]
+        expected = padded[top : top + 32, left : left + 32]
         np.testing.assert_allclose(image, expected[:, ::-1] if flip else expected, atol=1e-6)
         offsets.add((int(top), int(left)))
         flips.append(flip)

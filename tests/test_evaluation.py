@@ -47,7 +47,8 @@ def test_multi_run_results_are_summarised_as_mean_std_and_best():
     summary = summarize(results)
     assert summary["top1_error"] == pytest.approx(0.09) and summary["top1_error_std"] == pytest.approx(0.01)
     assert summary["top1_error_best"] == 0.08 and len(summary["runs"]) == 3
-    assert describe_summary(summary, "resnet20") == ("resnet20 test (single), 3 runs: top-1 error 9.00 +- 1.00% "
-                                                     "(best 8.00%), top-5 error 0.90%, 10000 examples")
+    assert describe_summary(summary, "resnet20") == (
+        "resnet20 test (single), 3 runs: top-1 error 9.00 +- 1.00% (best 8.00%), top-5 error 0.90%, 10000 examples"
+    )
     assert "runs" not in summarize(results[:1])
     assert describe_summary(summarize(results[:1])) == results[0].describe()

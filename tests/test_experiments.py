@@ -18,16 +18,36 @@ REPO = Path(__file__).resolve().parents[1]
 _CONFIG = {"model": {"name": "resnet20", "shortcut": "A"}, "data": {"name": "cifar10"}}
 
 
-def _fake_run(run_dir: Path, evals: list[tuple[int, float]], train_error: float = 0.05, config: dict | None = None,
-              result: dict | None = None) -> None:
+def _fake_run(
+    run_dir: Path,
+    evals: list[tuple[int, float]],
+    train_error: float = 0.05,
+    config: dict | None = None,
+    result: dict | None = None,
+) -> None:
     """A workdir as resnet_jax.main leaves it: metrics.jsonl, config.json and result.json."""
     run_dir.mkdir(parents=True)
     with open(run_dir / "metrics.jsonl", "w") as f:
         for step, error in evals:
-            f.write(json.dumps({"step": step, "kind": "train", "loss": 1.0, "error": train_error + step * 1e-6,
-                                "learning_rate": 0.1, "images_per_sec": 1.0}) + "\n")
-            f.write(json.dumps({"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5,
-                                "examples": 10000}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "kind": "train",
+                        "loss": 1.0,
+                        "error": train_error + step * 1e-6,
+                        "learning_rate": 0.1,
+                        "images_per_sec": 1.0,
+                    }
+                )
+                + "\n"
+            )
+            f.write(
+                json.dumps(
+                    {"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5, "examples": 10000}
+                )
+                + "\n"
+            )
     (run_dir / "config.json").write_text(json.dumps(config or _CONFIG))
     (run_dir / "result.json").write_text(json.dumps(result or {"top1_error": evals[-1][1]}))
 
@@ -90,11 +110,17 @@ def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_runs(t
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "experiments.cifar_depth_study", f"--workdir={tmp_path}", "--quick",
-                             "--print_commands"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.cifar_depth_study", f"--workdir={tmp_path}", "--quick", "--print_commands"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and len(lines) == len(study.QUICK_NETS)
-    assert all(line.endswith(f"--nets={net}") and "--quick" in line for line, net in zip(lines, study.QUICK_NETS))
+    for line, net in zip(lines, study.QUICK_NETS, strict=True):
+        assert line.endswith(f"--nets={net}") and "--quick" in line and "-m experiments.cifar_depth_study" in line
 
 
 def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
@@ -102,13 +128,27 @@ def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
     (tmp_path / "b.csv").write_text("net,layer_index,layer,std\nresnet56,1,bn1,0.3\n")
 
     def redraw(*csvs):
-        return subprocess.run([sys.executable, "-m", "experiments.layer_responses", f"--from_csv={','.join(csvs)}",
-                               f"--output={tmp_path / 'fig7'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.layer_responses",
+                f"--from_csv={','.join(csvs)}",
+                f"--output={tmp_path / 'fig7'}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     result = redraw(str(tmp_path / "a.csv"), str(tmp_path / "b.csv"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "fig7.csv").read_text().splitlines()[1:] == [
-        "plain20,1,bn1,0.700000", "plain20,2,layer1_0/bn1,0.500000", "resnet56,1,bn1,0.300000"]
+        "plain20,1,bn1,0.700000",
+        "plain20,2,layer1_0/bn1,0.500000",
+        "resnet56,1,bn1,0.300000",
+    ]
     assert (tmp_path / "fig7.png").stat().st_size > 0
     twice = redraw(str(tmp_path / "a.csv"), str(tmp_path / "a.csv"))
     assert twice.returncode != 0 and "Nets ['plain20'] appear more than once" in twice.stderr
@@ -118,12 +158,21 @@ def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):
     def config(model, shortcut):
         return {"model": {"name": model, "shortcut": shortcut}, "data": {"name": "imagenet2012"}}
 
-    _fake_run(tmp_path / "r34a", [(1, 0.2)], config=config("resnet34", "A"),
-              result={"top1_error": 0.2503, "top5_error": 0.0776, "protocol": "10crop"})
-    _fake_run(tmp_path / "r50", [(1, 0.2)], config=config("resnet50", "B"),
-              result={"top1_error": 0.2285, "top5_error": 0.0671, "protocol": "10crop"})
-    RunDir(tmp_path / "r50").write_evaluation(600_000, {"protocol": "multiscale", "split": "validation",
-                                                         "top1_error": 0.2074, "top5_error": 0.0525})
+    _fake_run(
+        tmp_path / "r34a",
+        [(1, 0.2)],
+        config=config("resnet34", "A"),
+        result={"top1_error": 0.2503, "top5_error": 0.0776, "protocol": "10crop"},
+    )
+    _fake_run(
+        tmp_path / "r50",
+        [(1, 0.2)],
+        config=config("resnet50", "B"),
+        result={"top1_error": 0.2285, "top5_error": 0.0671, "protocol": "10crop"},
+    )
+    RunDir(tmp_path / "r50").write_evaluation(
+        600_000, {"protocol": "multiscale", "split": "validation", "top1_error": 0.2074, "top5_error": 0.0525}
+    )
     markdown = imagenet_tables.tables_markdown([str(tmp_path / "r34a"), str(tmp_path / "r50")])
     table2, table3, table4 = markdown.split("### ")[1:]
     assert "| resnet34 | A | 25.03 / 7.76 | 25.03 |" in table2  # Table 2 gives only top-1 in the paper

@@ -22,14 +22,23 @@ def fake_gcloud(tmp_path):
     (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
     (bin_dir / "gcloud").chmod(0o755)
     log = tmp_path / "gcloud.log"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GCLOUD_LOG": str(log), "PROJECT": "proj",
-           "ZONE": "us-central2-b", "BUCKET": "bkt", "ACCELERATOR_TYPE": "v4-32", "TPU_NAME": "tpu1"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GCLOUD_LOG": str(log),
+        "PROJECT": "proj",
+        "ZONE": "us-central2-b",
+        "BUCKET": "bkt",
+        "ACCELERATOR_TYPE": "v4-32",
+        "TPU_NAME": "tpu1",
+    }
     return env, log
 
 
 def _launch(env, *args):
-    return subprocess.run([str(REPO / "launch_tpu.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [str(REPO / "launch_tpu.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _calls(log):

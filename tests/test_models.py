@@ -18,26 +18,38 @@ def _num_params(variables):
 
 
 # torchvision / mmpretrain counts (option B).
-@pytest.mark.parametrize("name,expected", [
-    ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032),
-    ("resnet101", 44_549_160), ("resnet152", 60_192_808),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("resnet152", 60_192_808),
+    ],
+)
 def test_imagenet_parameter_counts(name, expected):
     assert _num_params(_init_shapes(create_model(name, num_classes=1000), 224)) == expected
 
 
 # mmpretrain's ResNetV1D: 25.58M / 44.57M / 60.21M.
-@pytest.mark.parametrize("name,millions", [("resnet50_v1d", 25.58), ("resnet101_v1d", 44.57),
-                                           ("resnet152_v1d", 60.21)])
+@pytest.mark.parametrize("name,millions", [("resnet50_v1d", 25.58), ("resnet101_v1d", 44.57), ("resnet152_v1d", 60.21)])
 def test_v1d_parameter_counts(name, millions):
     assert round(_num_params(_init_shapes(create_model(name, num_classes=1000), 224)) / 1e6, 2) == millions
 
 
 # Table 6 gives millions to two significant figures; the public weights give the exact counts for 20..56.
-@pytest.mark.parametrize("depth,millions,exact", [
-    (20, 0.27, 269_722), (32, 0.46, 464_154), (44, 0.66, 658_586), (56, 0.85, 853_018), (110, 1.7, None),
-    (1202, 19.4, None),
-])
+@pytest.mark.parametrize(
+    "depth,millions,exact",
+    [
+        (20, 0.27, 269_722),
+        (32, 0.46, 464_154),
+        (44, 0.66, 658_586),
+        (56, 0.85, 853_018),
+        (110, 1.7, None),
+        (1202, 19.4, None),
+    ],
+)
 def test_cifar_parameter_counts(depth, millions, exact):
     count = _num_params(_init_shapes(create_model(f"resnet{depth}", num_classes=10), 32))
     assert round(count / 1e6, 2 if count < 1e6 else 1) == millions
@@ -47,8 +59,10 @@ def test_cifar_parameter_counts(depth, millions, exact):
         assert _num_params(_init_shapes(create_model(f"plain{depth}", num_classes=10), 32)) == count
 
 
-@pytest.mark.parametrize("name,paper", [("resnet18", 1.8e9), ("resnet34", 3.6e9), ("resnet50", 3.8e9),
-                                        ("resnet101", 7.6e9), ("resnet152", 11.3e9)])
+@pytest.mark.parametrize(
+    "name,paper",
+    [("resnet18", 1.8e9), ("resnet34", 3.6e9), ("resnet50", 3.8e9), ("resnet101", 7.6e9), ("resnet152", 11.3e9)],
+)
 def test_multiply_adds_match_table1(name, paper):
     v1 = count_multiply_adds(create_model(name, num_classes=1000), (224, 224, 3))
     assert abs(v1 / paper - 1) < 0.02
@@ -62,8 +76,13 @@ def test_multiply_adds_match_table1(name, paper):
 def test_cifar_multiply_adds():
     # 3x3 convs on 32/16/8 maps: 16*16*9*1024 for the stem, then 2n layers per stage, plus the option-A-free fc.
     n = 3
-    expected = 3 * 16 * 9 * 1024 + 2 * n * (16 * 16 * 9 * 1024 + 32 * 32 * 9 * 256 + 64 * 64 * 9 * 64) \
-        - (32 * 32 * 9 * 256 - 16 * 32 * 9 * 256) - (64 * 64 * 9 * 64 - 32 * 64 * 9 * 64) + 64 * 10
+    expected = (
+        3 * 16 * 9 * 1024
+        + 2 * n * (16 * 16 * 9 * 1024 + 32 * 32 * 9 * 256 + 64 * 64 * 9 * 64)
+        - (32 * 32 * 9 * 256 - 16 * 32 * 9 * 256)
+        - (64 * 64 * 9 * 64 - 32 * 64 * 9 * 64)
+        + 64 * 10
+    )
     assert count_multiply_adds(create_model("resnet20", num_classes=10), (32, 32, 3)) == expected
 
 
@@ -85,8 +104,11 @@ def test_shortcut_options_parameter_differences():
 def test_output_shapes(name):
     if name in ("resnet1202", "resnet152_v1d", "plain152", "resnet152", "resnet101_v1d", "plain101", "resnet101"):
         size = 32 if is_cifar(name) else 224
-        out = jax.eval_shape(lambda: create_model(name, num_classes=7).init_with_output(
-            jax.random.key(0), jnp.zeros((2, size, size, 3)))[0])
+        out = jax.eval_shape(
+            lambda: create_model(name, num_classes=7).init_with_output(
+                jax.random.key(0), jnp.zeros((2, size, size, 3))
+            )[0]
+        )
         assert out.shape == (2, 7)
         return
     size = 32 if is_cifar(name) else 64  # ImageNet nets are fully convolutional up to the pool: small inputs work
@@ -99,13 +121,19 @@ def test_output_shapes(name):
 
 def test_backbone_features():
     model = create_model("resnet50", num_classes=1000)
-    shapes = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
-                                                           features=True)[0])
+    shapes = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), features=True)[0]
+    )
     assert {k: v.shape for k, v in shapes.items()} == {
-        "C2": (1, 56, 56, 256), "C3": (1, 28, 28, 512), "C4": (1, 14, 14, 1024), "C5": (1, 7, 7, 2048)}
+        "C2": (1, 56, 56, 256),
+        "C3": (1, 28, 28, 512),
+        "C4": (1, 14, 14, 1024),
+        "C5": (1, 7, 7, 2048),
+    }
     cifar = create_model("resnet20", num_classes=10)
-    shapes = jax.eval_shape(lambda: cifar.init_with_output(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                                           features=True)[0])
+    shapes = jax.eval_shape(
+        lambda: cifar.init_with_output(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), features=True)[0]
+    )
     assert [v.shape[1:] for v in shapes.values()] == [(32, 32, 16), (16, 16, 32), (8, 8, 64)]
 
 
@@ -118,7 +146,8 @@ def test_bfloat16_forward_close_to_float32():
     out32, _ = f32.apply(variables, x, train=True, mutable=["batch_stats"])
     out16, _ = bf16.apply(variables, x, train=True, mutable=["batch_stats"])
     assert jax.tree.map(lambda a: a.dtype, variables) == jax.tree.map(
-        lambda a: a.dtype, bf16.init(jax.random.key(0), x))  # parameters stay float32
+        lambda a: a.dtype, bf16.init(jax.random.key(0), x)
+    )  # parameters stay float32
     assert out16.dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))
     assert not np.allclose(out16, out32, atol=1e-6)  # it really ran in reduced precision
@@ -149,15 +178,16 @@ def test_bn_groups_use_per_group_statistics():
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3)) * jnp.arange(1, 9)[:, None, None, None]
     variables = model.init(jax.random.key(1), x)
     grouped, stats = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    separate = [whole.apply(variables, x[i:i + 4], train=True, mutable=["batch_stats"]) for i in (0, 4)]
+    separate = [whole.apply(variables, x[i : i + 4], train=True, mutable=["batch_stats"]) for i in (0, 4)]
     np.testing.assert_allclose(grouped, jnp.concatenate([s[0] for s in separate]), rtol=1e-4, atol=1e-4)
     mean_of_groups = jax.tree.map(lambda a, b: (a + b) / 2, separate[0][1], separate[1][1])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stats, mean_of_groups)
     # and it differs from whole-batch statistics
     assert not np.allclose(grouped, whole.apply(variables, x, train=True, mutable=["batch_stats"])[0], atol=1e-3)
     with pytest.raises(ValueError, match="does not divide"):
-        create_model("resnet20", num_classes=10, bn_group_size=3).apply(variables, x, train=True,
-                                                                         mutable=["batch_stats"])
+        create_model("resnet20", num_classes=10, bn_group_size=3).apply(
+            variables, x, train=True, mutable=["batch_stats"]
+        )
 
 
 def test_plain_nets_have_no_shortcut():
@@ -165,7 +195,8 @@ def test_plain_nets_have_no_shortcut():
     plain, residual = create_model("plain20", num_classes=10), create_model("resnet20", num_classes=10)
     variables = plain.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     params = jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.zeros_like(v) if "layer2_1" in str(p) and "bn2" in str(p) else v, variables["params"])
+        lambda p, v: jnp.zeros_like(v) if "layer2_1" in str(p) and "bn2" in str(p) else v, variables["params"]
+    )
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     c3 = {m: m.apply({**variables, "params": params}, x, features=True)["C3"] for m in (plain, residual)}
     assert not c3[plain].any()
@@ -187,16 +218,22 @@ def test_remat_changes_memory_not_results():
     variables = plain.init(jax.random.key(0), x)
     remat = create_model("resnet20", num_classes=10, remat=True)
     assert jax.tree.structure(remat.init(jax.random.key(0), x)) == jax.tree.structure(variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 grads(remat, variables), grads(plain, variables))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grads(remat, variables),
+        grads(plain, variables),
+    )
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(name="resnet19"), "Valid names: resnet18"),
-    (dict(name="resnet50", shortcut="D"), "Valid values"),
-    (dict(name="resnet50", bottleneck="v1"), "Valid options"),
-    (dict(name="resnet50", dtype="int8"), "Valid values"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(name="resnet19"), "Valid names: resnet18"),
+        (dict(name="resnet50", shortcut="D"), "Valid values"),
+        (dict(name="resnet50", bottleneck="v1"), "Valid options"),
+        (dict(name="resnet50", dtype="int8"), "Valid values"),
+    ],
+)
 def test_bad_names_and_options_list_the_valid_ones(bad, match):
     with pytest.raises(ValueError, match=match):
         create_model(num_classes=10, **bad)

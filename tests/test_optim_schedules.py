@@ -49,7 +49,8 @@ def test_weight_decay_applies_to_all_or_only_kernels():
 def test_cifar_steps():
     schedule = StepSchedule(0.1, (32_000, 48_000))
     assert [schedule(s) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
 
 
 def test_warmup_until_training_error_below_80_percent():
@@ -67,7 +68,8 @@ def test_warmup_until_training_error_below_80_percent():
 def test_linear_ramp_reaches_the_scheduled_rate_then_follows_the_steps():
     schedule = StepSchedule(0.1, (200, 300), ramp_steps=100)
     assert [schedule(s) for s in (0, 49, 99, 100, 199, 200, 300)] == pytest.approx(
-        [0.001, 0.05, 0.1, 0.1, 0.1, 0.01, 0.001])
+        [0.001, 0.05, 0.1, 0.1, 0.1, 0.01, 0.001]
+    )
 
 
 def test_plateau_divides_by_ten_when_validation_error_stops_improving():

@@ -49,7 +49,7 @@ def test_sets():
 def _accuracy(model, variables, images, labels):
     apply = jax.jit(lambda x: jnp.argmax(model.apply(variables, x), -1))
     x = (images.astype(np.float32) / 255 - MEAN) / STD
-    predictions = np.concatenate([apply(x[i:i + 500]) for i in range(0, len(x), 500)])
+    predictions = np.concatenate([apply(x[i : i + 500]) for i in range(0, len(x), 500)])
     return 100 * float(np.mean(predictions == labels))
 
 
@@ -59,5 +59,5 @@ def test_pretrained_accuracy_matches_independent_evaluation(depth, test_sets):
     name = f"resnet{depth}"
     variables = load_torch_state_dict(name, read_state_dict(path))
     model = create_model(name, num_classes=10)
-    for (images, labels), expected in zip(test_sets, EXPECTED[depth]):
+    for (images, labels), expected in zip(test_sets, EXPECTED[depth], strict=True):
         assert abs(_accuracy(model, variables, images, labels) - expected) <= 0.1

@@ -21,9 +21,15 @@ from tests.training import REPO, checkpoint_leaves, command, env, free_port, run
 
 
 def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data_dir, tmp_path, caplog):
-    config = small_config(cifar_slice_data_dir, batch_size=64, num_steps=60, log_every_steps=20,
-                          checkpoint_every_steps=60, steps_per_dispatch=10,
-                          **{"eval.every_steps": 20, "eval.batch_size": 250, "model.bn_group_size": 32})
+    config = small_config(
+        cifar_slice_data_dir,
+        batch_size=64,
+        num_steps=60,
+        log_every_steps=20,
+        checkpoint_every_steps=60,
+        steps_per_dispatch=10,
+        **{"eval.every_steps": 20, "eval.batch_size": 250, "model.bn_group_size": 32},
+    )
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level(logging.WARNING):
@@ -51,10 +57,18 @@ def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, 
 
     two = tmp_path / "two"
     port = free_port()
-    processes = [subprocess.Popen(
-        command(cifar_slice_data_dir, two, num_steps=4) + [
-            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-        cwd=REPO, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            command(cifar_slice_data_dir, two, num_steps=4)
+            + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO,
+            env=env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
     np.testing.assert_allclose(train_losses(two), train_losses(one), rtol=2e-4)
@@ -83,8 +97,13 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(command(cifar_slice_data_dir, straight, num_steps=8))
 
-    process = subprocess.Popen(command(cifar_slice_data_dir, killed, num_steps=8), cwd=REPO, env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(cifar_slice_data_dir, killed, num_steps=8),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "4").is_dir() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -107,8 +126,14 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
 
 
 def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
-    process = subprocess.Popen(command(cifar_slice_data_dir, tmp_path, num_steps=10_000, checkpoint_every_steps=1000),
-                               cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command(cifar_slice_data_dir, tmp_path, num_steps=10_000, checkpoint_every_steps=1000),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         metrics = tmp_path / "metrics.jsonl"
@@ -144,8 +169,9 @@ def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_d
     means, variances = [], []
     for i in range(2):
         images = on_device.train_batch(arrays, orders, jnp.int32(1), 0, i, 32)["image"]
-        y = jax.lax.conv_general_dilated(images, kernel, (1, 1), [(1, 1), (1, 1)],
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(
+            images, kernel, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         means.append(y.mean((0, 1, 2)))
         variances.append(y.var((0, 1, 2)))
     recomputed = train.recompute_batch_stats(config, state, train.make_mesh())
@@ -168,8 +194,18 @@ def test_quick_start_prepares_data_and_trains(tmp_path):
     if not tarball.exists():
         pytest.skip(f"{tarball} is absent")
     data_dir = tmp_path / "tfds"
-    result = run([sys.executable, "-m", "resnet_jax.main", "--config=configs/cifar10.py:resnet20,quick",
-                  f"--config.prepare_from={tarball}", f"--config.data.data_dir={data_dir}",
-                  f"--workdir={tmp_path / 'run'}", "--config.num_steps=25", "--config.eval.every_steps=25"])
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_jax.main",
+            "--config=configs/cifar10.py:resnet20,quick",
+            f"--config.prepare_from={tarball}",
+            f"--config.data.data_dir={data_dir}",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.num_steps=25",
+            "--config.eval.every_steps=25",
+        ]
+    )
     assert "resnet20 test (single): top-1 error" in result.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["examples"] == 10_000

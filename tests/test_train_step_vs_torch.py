@@ -26,11 +26,13 @@ def test_three_steps_match_pytorch_sgd():
     for i in range(3):
         images = rng.normal(size=(32, 32, 32, 3)).astype(np.float32)
         labels = rng.integers(0, 10, 32)
-        state, metrics = step(state, {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)},
-                              jnp.float32(0.1))
+        state, metrics = step(
+            state, {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}, jnp.float32(0.1)
+        )
         sgd.zero_grad()
-        loss = torch.nn.functional.cross_entropy(reference(torch.from_numpy(images.transpose(0, 3, 1, 2))),
-                                                 torch.from_numpy(labels))
+        loss = torch.nn.functional.cross_entropy(
+            reference(torch.from_numpy(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+        )
         loss.backward()
         sgd.step()
         # The same forward pass, then float32 summation order: gradients differ by about 1e-3 of their size.
@@ -41,5 +43,6 @@ def test_three_steps_match_pytorch_sgd():
                 if name.endswith("num_batches_tracked"):
                     continue
                 update = np.abs(theirs.detach().numpy() - initial[name]).max()
-                np.testing.assert_allclose(ours[name], theirs.detach().numpy(), rtol=0, atol=0.01 * update + 1e-7,
-                                           err_msg=name)
+                np.testing.assert_allclose(
+                    ours[name], theirs.detach().numpy(), rtol=0, atol=0.01 * update + 1e-7, err_msg=name
+                )

@@ -15,9 +15,17 @@ from resnet_jax.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 
 # A small, fast recipe: global batch 32 in BN groups of 4, so it splits over 1, 2 or 8 devices alike.
-SMALL = {"batch_size": 32, "model.bn_group_size": 4, "log_every_steps": 1, "eval.every_steps": 1000,
-         "eval.batch_size": 128, "checkpoint_every_steps": 2, "data.worker_count": 0, "schedule.base_lr": 0.01,
-         "steps_per_dispatch": 1}
+SMALL = {
+    "batch_size": 32,
+    "model.bn_group_size": 4,
+    "log_every_steps": 1,
+    "eval.every_steps": 1000,
+    "eval.batch_size": 128,
+    "checkpoint_every_steps": 2,
+    "data.worker_count": 0,
+    "schedule.base_lr": 0.01,
+    "steps_per_dispatch": 1,
+}
 
 
 def small_config(data_dir, arg="resnet20", **overrides):

@@ -59,7 +59,7 @@ def _python_batches(tarball: Path, split: str) -> Iterator[tuple[np.ndarray, int
                 raise FileNotFoundError(f"{tarball} has no {batch_name}; is it cifar-10-python.tar.gz?")
             batch = _NumpyOnlyUnpickler(archive.extractfile(members[batch_name]), encoding="bytes").load()
             data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            yield from zip(data, batch[b"labels"])
+            yield from zip(data, batch[b"labels"], strict=True)
 
 
 def _split_and_class(path: PurePosixPath) -> tuple[str, str] | None:

@@ -64,8 +64,9 @@ class DeviceFeed(Feed):
         self._n = train_data.num_examples
         orders = functools.partial(on_device.two_epoch_orders, n=self._n)
         multi = isinstance(seeds, list)
-        self._orders_of = jax.jit(jax.vmap(orders, in_axes=(0, None)) if multi else orders,
-                                  out_shardings=replicated(mesh))
+        self._orders_of = jax.jit(
+            jax.vmap(orders, in_axes=(0, None)) if multi else orders, out_shardings=replicated(mesh)
+        )
         self._seeds = np.asarray(seeds, np.int32)
         self._orders: tuple[int, jax.Array] | None = None  # (first epoch, its orders)
 
@@ -84,13 +85,13 @@ class DeviceFeed(Feed):
         return {"on_device": True}  # the position is the step: nothing else to save
 
 
-def put_on_mesh(batch: Any, mesh: Mesh, spec: P = P(DATA_AXIS)) -> Any:
+def put_on_mesh(batch: Any, mesh: Mesh, spec: P | None = None) -> Any:
     """Global arrays from each process's local parts, sharded as `spec` (default: the leading, batch, axis).
 
     Each process passes its own part, whose sharded dimension must divide evenly over its devices; the global array
     is the parts in process order.
     """
-    sharding = NamedSharding(mesh, spec)
+    sharding = NamedSharding(mesh, P(DATA_AXIS) if spec is None else spec)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
@@ -121,7 +122,7 @@ class DevicePrefetchIterator(Iterator):
     so a checkpoint taken between steps resumes exactly at the next step.
     """
 
-    def __init__(self, iterator, mesh: Mesh, size: int = 2, spec: P = P(DATA_AXIS)):
+    def __init__(self, iterator, mesh: Mesh, size: int = 2, spec: P | None = None):
         self._iterator = iterator
         self._mesh = mesh
         self._size = size

@@ -35,7 +35,7 @@ class _PixelBatch(grain.transforms.Map):
 
     def map(self, indices):
         kept, views = [], []
-        for index, record in zip(indices, self._source.__getitems__(indices.tolist())):
+        for index, record in zip(indices, self._source.__getitems__(indices.tolist()), strict=True):
             try:
                 data = record["image"]
                 views.append(protocols.one_crop_pixels(data) if self._imagenet else images.decode_png(data))

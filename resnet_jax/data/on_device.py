@@ -98,8 +98,9 @@ def two_epoch_orders(seed: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
     return jnp.stack([epoch_order(seed, epoch, n), epoch_order(seed, epoch + 1, n)])
 
 
-def train_batch(arrays: dict, orders: jax.Array, seed: jax.Array, first_position: jax.Array, step: jax.Array,
-                batch_size: int) -> dict[str, jax.Array]:
+def train_batch(
+    arrays: dict, orders: jax.Array, seed: jax.Array, first_position: jax.Array, step: jax.Array, batch_size: int
+) -> dict[str, jax.Array]:
     """Global batch number `step` of a dispatch starting at stream position `first_position`.
 
     `orders` is `two_epoch_orders(seed, first_position // N, N)`: a dispatch spans at most two epochs because its
@@ -109,8 +110,9 @@ def train_batch(arrays: dict, orders: jax.Array, seed: jax.Array, first_position
     positions = first_position + step * batch_size + jnp.arange(batch_size)
     epochs = positions // n
     indices = orders[epochs - first_position // n, positions % n]
-    images = jax.vmap(augment, in_axes=(0, None, None, 0, 0))(arrays["images"][indices], arrays["mean"], seed, epochs,
-                                                              indices)
+    images = jax.vmap(augment, in_axes=(0, None, None, 0, 0))(
+        arrays["images"][indices], arrays["mean"], seed, epochs, indices
+    )
     return {"image": images, "label": arrays["labels"][indices]}
 
 
@@ -138,9 +140,12 @@ class EvalData:
         pixels = np.concatenate([pixels, np.zeros((padded, *pixels.shape[1:]), np.uint8)])
         labels = np.concatenate([labels, np.full((padded,), -1, np.int32)])
         mask = np.arange(steps * global_batch_size) < n
-        arrays = {"images": pixels.reshape(steps, global_batch_size, *pixels.shape[1:]),
-                  "labels": labels.reshape(steps, global_batch_size),
-                  "mask": mask.reshape(steps, global_batch_size), "mean": sources.mean_image(cfg)}
+        arrays = {
+            "images": pixels.reshape(steps, global_batch_size, *pixels.shape[1:]),
+            "labels": labels.reshape(steps, global_batch_size),
+            "mask": mask.reshape(steps, global_batch_size),
+            "mean": sources.mean_image(cfg),
+        }
         return cls(_replicate(arrays, mesh))
 
     @property
@@ -151,5 +156,8 @@ class EvalData:
 def single_view_batch(arrays: dict, step: jax.Array) -> dict[str, jax.Array]:
     """Batch `step` of an `EvalData` in the 'single' protocol's format (`protocols.py`)."""
     pixels = arrays["images"][step]
-    return {"image": normalize(pixels, arrays["mean"])[:, None], "label": arrays["labels"][step],
-            "mask": arrays["mask"][step]}
+    return {
+        "image": normalize(pixels, arrays["mean"])[:, None],
+        "label": arrays["labels"][step],
+        "mask": arrays["mask"][step],
+    }

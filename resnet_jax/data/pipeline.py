@@ -103,7 +103,7 @@ class _ExampleBatch(grain.transforms.Map):
         epochs, indices = (np.asarray(x).tolist() for x in batch)
         records = iter(self._records([i for i in indices if i >= 0]))
         examples = []
-        for epoch, index in zip(epochs, indices):
+        for epoch, index in zip(epochs, indices, strict=True):
             example = self._example(next(records), epoch, index) if index >= 0 else None
             if example is not None:
                 if self._padding is not None:
@@ -179,8 +179,12 @@ def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int 
 
 
 def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str) -> ResilientIterator:
-    return ResilientIterator(lambda: iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch)), what,
-                             retries=cfg.retries, backoff_seconds=cfg.retry_backoff_seconds)
+    return ResilientIterator(
+        lambda: iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch)),
+        what,
+        retries=cfg.retries,
+        backoff_seconds=cfg.retry_backoff_seconds,
+    )
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:

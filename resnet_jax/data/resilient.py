@@ -51,14 +51,15 @@ class ResilientIterator(Iterator):
                 batch = next(self._iterator)
             except StopIteration:
                 raise
-            except Exception as error:  # noqa: BLE001 - only transient faults are caught, the rest re-raised
+            except Exception as error:
                 if not is_transient(error):
                     raise
                 if attempt == self._retries:
                     raise InputPipelineError(
                         f"The {self._what} input pipeline failed {attempt + 1} times in a row: {error!r}. Rerun the "
                         "same command once the cause is fixed (a full /dev/shm or disk, a lost mount): it resumes "
-                        "from the latest checkpoint.") from error
+                        "from the latest checkpoint."
+                    ) from error
                 self._rebuild(error, attempt)
                 continue
             self._state = self._iterator.get_state()
@@ -67,12 +68,18 @@ class ResilientIterator(Iterator):
 
     def _rebuild(self, error: BaseException, attempt: int) -> None:
         delay = self._backoff * 2**attempt
-        logging.warning("The %s input pipeline failed (%r); rebuilding it at its last position in %.1f s "
-                        "(retry %d of %d).", self._what, error, delay, attempt + 1, self._retries)
+        logging.warning(
+            "The %s input pipeline failed (%r); rebuilding it at its last position in %.1f s (retry %d of %d).",
+            self._what,
+            error,
+            delay,
+            attempt + 1,
+            self._retries,
+        )
         self.recoveries.append(repr(error))
         try:
             self._iterator.close()
-        except Exception as close_error:  # noqa: BLE001 - a broken iterator may fail to close; it is dropped anyway
+        except Exception as close_error:
             logging.info("Closing the broken %s iterator failed too: %r", self._what, close_error)
         time.sleep(delay)
         self._iterator = self._make()
