@@ -1,0 +1,70 @@
+"""The package as others install and read it: the light core, the pinned test set, one style."""
+
+import configparser
+import re
+import subprocess
+import sys
+
+from tests.training import REPO
+
+TRAINING_STACK = (
+    "tensorflow_datasets",
+    "grain",
+    "orbax",
+    "optax",
+    "cv2",
+    "matplotlib",
+    "ml_collections",
+    "tensorboardX",
+    "simplejpeg",
+    "torch",
+)
+
+
+def test_the_models_and_the_conversion_import_without_the_training_stack():
+    blocked = ", ".join(repr(name) for name in TRAINING_STACK)
+    code = f"""
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ({blocked}):
+            raise ImportError(name + " is not installed with plain `pip install resnet_jax`")
+sys.meta_path.insert(0, Blocker())
+import jax, jax.numpy as jnp
+from resnet_jax.convert import export_torch_state_dict, load_torch_state_dict
+from resnet_jax.models import create_model
+model = create_model("resnet20", num_classes=10)
+variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+back = load_torch_state_dict("resnet20", export_torch_state_dict("resnet20", variables))
+x = jnp.ones((1, 32, 32, 3))
+print(bool((model.apply(back, x) == model.apply(variables, x)).all()))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-3000:]
+
+
+def _requirements(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_requirements_are_ranges_and_constraints_pin_every_one():
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    core = _requirements(setup["options"]["install_requires"])
+    assert {_name(r) for r in core} == {"jax", "flax", "numpy"}
+    extras = {name: _requirements(text) for name, text in setup["options.extras_require"].items()}
+    everything = core + [r for name, reqs in extras.items() for r in reqs if not r.startswith("resnet_jax")]
+    assert not [r for r in everything if "==" in r], "setup.cfg gives ranges; exact versions go in constraints.txt"
+    pins = {_name(line.split("==")[0]): line for line in _requirements((REPO / "constraints.txt").read_text())}
+    assert all("==" in pin for pin in pins.values())
+    assert {_name(r) for r in everything} <= set(pins), "every requirement has its tested version pinned"
+
+
+def test_ruff_finds_nothing_to_fix_or_reformat():
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
