@@ -1,6 +1,7 @@
 """The experiment scripts on small fake runs: job splitting, resume, and collecting tables and figures."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from configs import cifar10
 from experiments import cifar_depth_study as study
-from experiments import imagenet_tables
+from experiments import imagenet_tables, paper
 from resnet_jax.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,3 +181,21 @@ def test_imagenet_tables_put_each_run_in_its_rows(tmp_path):
     assert "| resnet50 | B | 22.85 / 6.71 | 22.85 / 6.71 |" in table3
     assert "| resnet50 | B | 20.74 / 5.25 | 20.74 / 5.25 |" in table4
     assert "| resnet34 | B | not run |" in table4
+
+
+def test_the_independent_pytorch_trainer_builds_the_papers_nets():
+    """experiments/torch_cifar_reference.py, written from the paper alone, has Table 6's parameter counts."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.torch_cifar_reference", "--param_counts"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = {int(m[1]): int(m[2].replace(",", "")) for m in re.finditer(r"ResNet-(\d+): ([\d,]+)", result.stdout)}
+    for depth, count in counts.items():
+        paper_millions = paper.value("Table 6", f"resnet{depth}", "parameters") / 1e6
+        assert round(count / 1e6, 2 if count < 1e6 else 1) == paper_millions
+    assert counts[20] == 269_722 and set(counts) == {20, 32, 44, 56, 110, 1202}
