@@ -94,7 +94,7 @@ class Checkpointer:
                 ),
                 force=True,
             )
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every failure to write is reported alike, by every process
             error = e
         self._check_saved(error, f"step {step}")
 
@@ -103,7 +103,7 @@ class Checkpointer:
         error = None
         try:
             self.manager.wait_until_finished()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - as in save()
             error = e
         self._check_saved(error, "the last save")
 
@@ -164,14 +164,14 @@ class Checkpointer:
     def _try_restore(self, template: Any, step: int) -> tuple[Restored | None, Exception | None]:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any damage means: try an older checkpoint
             return None, error
         self._check_model(meta["model"])
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), data=ocp.args.JsonRestore())
             )
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - as above
             return None, error
         return Restored(step, restored["state"], restored["data"], meta["schedule"]), None
 

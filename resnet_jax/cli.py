@@ -72,15 +72,35 @@ def setup_logging() -> None:
 
 def config_flag(name: str = "config"):
     """The value of a `config_flags` config file flag; a file that is missing or fails to load is a `ConfigError`."""
+    import ml_collections
+
     from resnet_jax.errors import ConfigError
 
     try:
-        return getattr(FLAGS, name)
-    except Exception as error:
-        cause = error.__cause__ or error
-        raise ConfigError(
-            f"--{name}={FLAGS[name].serialize().split('=', 1)[-1]} could not be loaded: {' '.join(str(cause).split())}"
-        ) from error
+        config = getattr(FLAGS, name)
+        if not isinstance(config, ml_collections.ConfigDict):
+            config.keys()  # ml_collections' stand-in for a config that failed to load raises its error on any use
+    except Exception as error:  # the loader reports failures as OSError, a config's own code raises anything
+        raise ConfigError(f"--{name} could not be loaded: {_last_line(error)}") from error
+    return config
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or a config file that does not load as one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 - ml_collections loads config files (and applies overrides) here
+        _exit(f"error: a flag could not be parsed: {_last_line(error)} (--helpshort lists the flags)", 2)
+    raise AssertionError("unreachable")
+
+
+def _last_line(error: BaseException) -> str:
+    """The gist of an error whose message may carry a traceback or a config loader's attempts: its last line."""
+    text = str(error.__cause__ or error).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a repr()-quoted message, as absl gives some
+        text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip() for line in text.splitlines()]
+    return next((line for line in reversed(lines) if line), repr(error))
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -95,7 +115,7 @@ def run(main: Callable[[list[str]], None]) -> None:
         except RunStopped as error:
             _exit(f"stopped: {error}", 1)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
 
 
 def _exit(message: str, status: int) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -68,8 +69,15 @@ def train_losses(workdir):
 
 
 def checkpoint_leaves(workdir, step, item=None):
-    """The arrays of the state saved at `step`, in a fixed order (all of them, or those under `item`)."""
-    state = ocp.PyTreeCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+    """The arrays of the state saved at `step` as NumPy arrays (whatever devices saved them), in a fixed order:
+    all of them, or those under `item`."""
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=lambda x: hasattr(x, "shape")
+    )
+    state = checkpointer.restore(path, restore_args=as_numpy)
     return [np.asarray(x) for x in _leaves(state if item is None else state[item])]
 
 

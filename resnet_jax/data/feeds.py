@@ -119,7 +119,8 @@ class DevicePrefetchIterator(Iterator):
 
     Transfers are asynchronous, so host-to-device copies overlap with the training step. get_state() is the wrapped
     iterator's state just after the last batch this iterator returned (not after the batches it has fetched ahead),
-    so a checkpoint taken between steps resumes exactly at the next step.
+    so a checkpoint taken between steps resumes exactly at the next step. An error while fetching ahead is raised
+    only once the batches fetched before it have been delivered.
     """
 
     def __init__(self, iterator, mesh: Mesh, size: int = 2, spec: P | None = None):
@@ -129,18 +130,23 @@ class DevicePrefetchIterator(Iterator):
         self._spec = spec
         self._queue = collections.deque()  # (global batch, state after it)
         self._state = iterator.get_state()
+        self._error: Exception | None = None
 
     def _fetch(self) -> None:
         batch = next(self._iterator)
         self._queue.append((put_on_mesh(batch, self._mesh, self._spec), self._iterator.get_state()))
 
     def __next__(self):
-        while len(self._queue) <= self._size:
+        while len(self._queue) <= self._size and self._error is None:
             try:
                 self._fetch()
             except StopIteration:
                 break
+            except Exception as error:  # noqa: BLE001 - deferred until the batches before it are used
+                self._error = error
         if not self._queue:
+            if self._error is not None:
+                raise self._error
             raise StopIteration
         batch, self._state = self._queue.popleft()
         return batch
@@ -150,6 +156,7 @@ class DevicePrefetchIterator(Iterator):
 
     def set_state(self, state) -> None:
         self._queue.clear()
+        self._error = None
         self._iterator.set_state(state)
         self._state = state
 

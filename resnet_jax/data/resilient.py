@@ -51,7 +51,7 @@ class ResilientIterator(Iterator):
                 batch = next(self._iterator)
             except StopIteration:
                 raise
-            except Exception as error:
+            except Exception as error:  # transient faults are handled below, the rest re-raised
                 if not is_transient(error):
                     raise
                 if attempt == self._retries:
@@ -79,7 +79,7 @@ class ResilientIterator(Iterator):
         self.recoveries.append(repr(error))
         try:
             self._iterator.close()
-        except Exception as close_error:
+        except Exception as close_error:  # noqa: BLE001 - a broken iterator may fail to close; it is dropped anyway
             logging.info("Closing the broken %s iterator failed too: %r", self._what, close_error)
         time.sleep(delay)
         self._iterator = self._make()
