@@ -53,7 +53,8 @@ def load_split(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, 
     return pixels, labels
 
 
-def _replicate(tree, mesh: Mesh):
+def replicate(tree, mesh: Mesh):
+    """Host arrays (the same on every process) as arrays replicated on every device of the mesh."""
     # Every process holds the whole array, so its local data is the global array.
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x)), tree)
 
@@ -68,7 +69,7 @@ class TrainData:
     def load(cls, cfg: ml_collections.ConfigDict, mesh: Mesh, split: str = "train") -> TrainData:
         pixels, labels = load_split(cfg, split)
         mean = sources.mean_image(cfg)
-        return cls(_replicate({"images": pixels, "labels": labels, "mean": mean}, mesh))
+        return cls(replicate({"images": pixels, "labels": labels, "mean": mean}, mesh))
 
     @property
     def num_examples(self) -> int:
@@ -146,7 +147,7 @@ class EvalData:
             "mask": mask.reshape(steps, global_batch_size),
             "mean": sources.mean_image(cfg),
         }
-        return cls(_replicate(arrays, mesh))
+        return cls(replicate(arrays, mesh))
 
     @property
     def num_examples(self) -> int:

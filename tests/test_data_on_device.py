@@ -1,0 +1,117 @@
+"""CIFAR on the devices: the training stream computed inside the step has the paper's augmentation, visits every
+example once per epoch, is the same on any number of devices, and uses the grain pipeline's mean."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from resnet_jax.data import images, on_device, sources
+from resnet_jax.data.transforms import CIFAR_PAD, normalize
+from resnet_jax.sharding import make_mesh
+from tests.conftest import data_config
+from tests.training import REPO, env
+
+N, B = 1000, 96  # 96 does not divide 1000: batches span epoch boundaries
+
+
+def _arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "images": jnp.asarray(rng.integers(0, 256, (N, 32, 32, 3), np.uint8)),
+        "labels": jnp.arange(N, dtype=jnp.int32),  # the label is the index: batches show which examples they hold
+        "mean": jnp.asarray(rng.uniform(0.3, 0.6, (32, 32, 3)).astype(np.float32)),
+    }
+
+
+def _stream(arrays, seed, batches):
+    """The first `batches` global batches of run `seed`, as the training loop computes them (one per dispatch)."""
+    out = []
+    step = jax.jit(lambda a, o, p: on_device.train_batch(a, o, jnp.int32(seed), p, 0, B))
+    for k in range(batches):
+        orders = on_device.two_epoch_orders(jnp.int32(seed), (k * B) // N, N)
+        out.append(jax.tree.map(np.asarray, step(arrays, orders, np.int32(k * B))))
+    return out
+
+
+def _window(arrays, image, index):
+    """(top, left, flipped) of the window of the padded, mean-subtracted example `index` that `image` is."""
+    padded = np.pad(
+        normalize(np.asarray(arrays["images"][index]), np.asarray(arrays["mean"])),
+        ((CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0)),
+    )
+    matches = [
+        (top, left, flip)
+        for top in range(2 * CIFAR_PAD + 1)
+        for left in range(2 * CIFAR_PAD + 1)
+        for flip in (False, True)
+        if np.allclose(
+            image,
+            padded[top : top + 32, left : left + 32][:, ::-1] if flip else padded[top : top + 32, left : left + 32],
+            atol=1e-6,
+        )
+    ]
+    assert len(matches) == 1, f"example {index} is not exactly one window of its padded image: {matches}"
+    return matches[0]
+
+
+def test_each_example_is_a_uniformly_placed_window_of_its_mean_padded_image_flipped_half_the_time():
+    arrays = _arrays()
+    windows = [
+        _window(arrays, image, index)
+        for batch in _stream(arrays, 3, 21)
+        for image, index in zip(batch["image"], batch["label"], strict=True)
+    ]  # 2016 examples, two epochs
+    tops, lefts = np.bincount([w[0] for w in windows], minlength=9), np.bincount([w[1] for w in windows], minlength=9)
+    assert scipy.stats.chisquare(tops).pvalue > 1e-3 and scipy.stats.chisquare(lefts).pvalue > 1e-3
+    assert tops.min() > 0 and lefts.min() > 0 and len(tops) == len(lefts) == 9  # offsets 0..8 on both axes
+    flips = sum(w[2] for w in windows)
+    assert scipy.stats.binomtest(flips, len(windows), 0.5).pvalue > 1e-3
+
+
+def test_every_example_once_per_epoch_in_a_new_order_each_epoch():
+    arrays = _arrays()
+    labels = np.concatenate([b["label"] for b in _stream(arrays, 5, 22)])  # 2112 positions: two epochs and more
+    first, second = labels[:N], labels[N : 2 * N]
+    assert sorted(first.tolist()) == list(range(N)) and sorted(second.tolist()) == list(range(N))
+    assert (first != second).mean() > 0.99
+    other_seed = np.concatenate([b["label"] for b in _stream(arrays, 6, 11)])[:N]
+    assert (first != other_seed).mean() > 0.99
+
+
+def test_the_training_split_and_its_mean_are_the_grain_pipelines(cifar_slice_data_dir):
+    cfg = data_config("cifar10", cifar_slice_data_dir)
+    train = on_device.TrainData.load(cfg, make_mesh())
+    np.testing.assert_array_equal(np.asarray(train.arrays["mean"]), sources.mean_image(cfg))
+    source = sources.open_split(cfg, "train")
+    assert train.num_examples == len(source) == 1280
+    for index in (0, 641, 1279):
+        record = source[index]
+        assert int(train.arrays["labels"][index]) == record["label"]
+        pixels = np.asarray(train.arrays["images"][index])
+        np.testing.assert_array_equal(pixels, images.decode_png(record["image"]))
+
+
+def test_the_global_batch_is_the_same_on_one_and_eight_devices(tmp_path):
+    code = f"""
+import jax, jax.numpy as jnp, numpy as np
+from resnet_jax.data import on_device
+from resnet_jax.sharding import make_mesh
+from tests.test_data_on_device import _arrays, B
+mesh = make_mesh()
+arrays = on_device.replicate(_arrays(), mesh)
+orders = on_device.two_epoch_orders(jnp.int32(7), 1, 1000)
+batch = jax.jit(lambda a, o: on_device.shard_batch(on_device.train_batch(a, o, jnp.int32(7), 1040, 3, B), mesh))(
+    arrays, orders)
+assert len(batch["image"].sharding.device_set) == jax.device_count()
+np.save("{tmp_path}/batch_" + str(jax.device_count()) + ".npy", np.asarray(batch["image"]))
+"""
+    for devices in (1, 8):
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env(devices), capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "batch_1.npy"), np.load(tmp_path / "batch_8.npy"))
