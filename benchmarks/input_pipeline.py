@@ -3,8 +3,9 @@
     python benchmarks/input_pipeline.py [--data=../shared/data] [--rounds=3]
 
 Prints one JSON line per figure:
-  imagenet_train_transform      ImageNetTrainView (decode at reduced size, scale augmentation, crop, flip,
-                                mean, PCA lighting) on the 1000 real ImageNet JPEGs held in memory;
+  imagenet_train_transform      ImageNetTrainView (decode at reduced size, scale augmentation, crop, flip, the
+                                PCA lighting draw; the mean and the offset are applied later on the devices) on
+                                the 1000 real ImageNet JPEGs held in memory;
   imagenet_train_transform_pil  the same transform written straightforwardly with PIL (full decode, resize
                                 the whole image, crop), measured in the same rounds, for the speed-up;
   imagenet_train_pipeline       the whole loader: tfds ArrayRecord records -> grain -> batches of 32;
@@ -97,7 +98,7 @@ def imagenet_figures(shared: Path, work: Path, rounds: int) -> list[dict]:
     cfg = single_core_config("imagenet2012", work / "tfds")
     mean = sources.mean_image(cfg)
     jpegs = [(samples / "images" / filename).read_bytes() for _, _, filename, *_ in rows]
-    view = transforms.ImageNetTrainView(mean)
+    view = transforms.ImageNetTrainView()
     rng = np.random.default_rng(0)
     best = interleaved(
         {

@@ -36,3 +36,9 @@ def check_divisible(global_batch_size: int, mesh: Mesh, what: str) -> None:
         raise ConfigError(
             f"{what}={global_batch_size} does not divide across the {mesh.size} devices; use a multiple of {mesh.size}."
         )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Host arrays that are the same on every process, as arrays replicated on every device of the mesh (each
+    process's local data is then the whole global array)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x)), tree)

@@ -24,10 +24,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import data, multihost
+from resnet_jax import data, datasets, multihost
 from resnet_jax.checkpoints import Checkpointer, model_signature
 from resnet_jax.config import model_from_config, validate
-from resnet_jax.data import feeds, on_device, preparation
+from resnet_jax.data import feeds, on_device, preparation, sources
 from resnet_jax.errors import ConfigError, InputPipelineError, NonFiniteLossError
 from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, summarize
 from resnet_jax.metric_writer import MetricWriter
@@ -75,7 +75,8 @@ def make_feed(
             )
         return feeds.DeviceFeed(train_data, batch_size, mesh, seed if runs == 1 else list(range(seed, seed + runs)))
     iterator = data.train_iterator(data_config, global_batch_size=batch_size, seed=seed)
-    return feeds.HostFeed(iterator, mesh, steps)
+    finish = datasets.get(data_config.name).imagenet_like  # uint8 crops, finished on the devices
+    return feeds.HostFeed(iterator, mesh, steps, mean_image=sources.mean_image(data_config) if finish else None)
 
 
 class _Preemption:

@@ -99,10 +99,10 @@ def test_the_global_batch_is_the_same_on_one_and_eight_devices(tmp_path):
     code = f"""
 import jax, jax.numpy as jnp, numpy as np
 from resnet_jax.data import on_device
-from resnet_jax.sharding import make_mesh
+from resnet_jax.sharding import make_mesh, replicate
 from tests.test_data_on_device import _arrays, B
 mesh = make_mesh()
-arrays = on_device.replicate(_arrays(), mesh)
+arrays = replicate(_arrays(), mesh)
 orders = on_device.two_epoch_orders(jnp.int32(7), 1, 1000)
 batch = jax.jit(lambda a, o: on_device.shard_batch(on_device.train_batch(a, o, jnp.int32(7), 1040, 3, B), mesh))(
     arrays, orders)

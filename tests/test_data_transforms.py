@@ -73,8 +73,10 @@ def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighti
     scales, flips = [], []
     for _ in range(4):  # 128 of the 1000 examples: all from epoch 0
         batch = next(iterator)
-        assert batch["image"].shape == (32, 224, 224, 3) and batch["image"].dtype == np.float32
-        for image, label, index in zip(batch["image"], batch["label"], batch["index"], strict=True):
+        assert batch["image"].shape == (32, 224, 224, 3) and batch["image"].dtype == np.uint8  # finished on devices
+        finished = np.asarray(transforms.finish_imagenet_batch(batch, mean)["image"])
+        assert finished.dtype == np.float32
+        for image, label, index, flipped in zip(finished, batch["label"], batch["index"], batch["flip"], strict=True):
             record = source[int(index)]
             assert label == record["label"]
             # Replay the example's draws: its generator is seeded by (seed, epoch, index).
@@ -83,6 +85,7 @@ def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighti
             crop = transforms.sample_scale_crop(rng, height, width)
             flip = rng.random() < 0.5
             lighting = transforms.pca_lighting(rng, 0.1)
+            assert flipped == flip
             reference = _reference_crop(Image.open(io.BytesIO(record["image"])).convert("RGB"), crop)
             expected = reference[:, ::-1] - 255 * mean[:, ::-1] if flip else reference - 255 * mean
             observed = 255 * (image - lighting)
@@ -92,6 +95,20 @@ def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighti
     assert min(scales) >= 256 and max(scales) <= 480
     assert scipy.stats.kstest(scales, scipy.stats.uniform(256, 480 - 256).cdf).pvalue > 1e-3
     assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_finishing_on_the_devices_equals_subtracting_on_the_host():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, 224, 224, 3), np.uint8)
+    mean = rng.uniform(0.3, 0.6, (224, 224, 3)).astype(np.float32)
+    flips = np.array([True, False, True, False])
+    lighting = np.stack([transforms.pca_lighting(rng, 0.1) for _ in range(4)])
+    batch = {"image": pixels, "flip": flips, "lighting": lighting, "label": np.arange(4)}
+    finished = transforms.finish_imagenet_batch(batch, mean)
+    assert set(finished) == {"image", "label"}
+    for i in range(4):
+        host = transforms.normalize(pixels[i], mean[:, ::-1] if flips[i] else mean) + lighting[i]
+        np.testing.assert_allclose(np.asarray(finished["image"][i]), host, atol=1e-6)
 
 
 def test_pca_lighting_has_the_alexnet_covariance():

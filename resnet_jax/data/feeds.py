@@ -22,8 +22,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.data import on_device
-from resnet_jax.sharding import DATA_AXIS, replicated
+from resnet_jax.data import on_device, transforms
+from resnet_jax.sharding import DATA_AXIS, replicate, replicated
 
 
 class Feed:
@@ -164,13 +164,17 @@ class DevicePrefetchIterator(Iterator):
 class HostFeed(Feed):
     """Batches from a host iterator (grain's), k stacked per dispatch and prefetched to the devices.
 
+    With `mean_image`, batches are ImageNet training crops as uint8 with their flips and lighting offsets, finished
+    on the devices (`transforms.finish_imagenet_batch`).
+
     If the iterator fails for good (`InputPipelineError`) in a multi-host run, the feed keeps the step going with
     all-zero batches and records the error in `failure`, so that no process is left waiting in a collective; the loop
     stops every process together at its next agreement point, before anything computed from those batches is saved.
     """
 
-    def __init__(self, iterator, mesh: Mesh, steps: int, prefetch: int = 2):
+    def __init__(self, iterator, mesh: Mesh, steps: int, prefetch: int = 2, mean_image: np.ndarray | None = None):
         self._iterator = iterator
+        self.data = None if mean_image is None else {"mean": replicate(mean_image, mesh)}
         self._batches = DevicePrefetchIterator(_Stacked(iterator, steps), mesh, prefetch, P(None, DATA_AXIS))
         self.failure: Exception | None = None
         self._last = None
@@ -189,7 +193,8 @@ class HostFeed(Feed):
         return jax.tree.map(lambda x: jax.numpy.zeros_like(x), self._last)
 
     def batch(self, data, inputs, seed, i):
-        return jax.tree.map(lambda x: x[i], inputs)
+        batch = jax.tree.map(lambda x: x[i], inputs)
+        return batch if data is None else transforms.finish_imagenet_batch(batch, data["mean"])
 
     def get_state(self) -> Any:
         return self._batches.get_state()

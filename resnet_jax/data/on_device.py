@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from resnet_jax import datasets
 from resnet_jax.data import images, sources
 from resnet_jax.data.transforms import CIFAR_PAD, normalize
-from resnet_jax.sharding import batch_sharded, replicated
+from resnet_jax.sharding import batch_sharded, replicate
 
 _ORDER, _AUGMENT = 0, 1  # the streams of randomness derived from a run's seed
 _READ_CHUNK = 2048
@@ -51,12 +51,6 @@ def load_split(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, 
             pixels[i] = images.decode_png(record["image"])
             labels[i] = record["label"]
     return pixels, labels
-
-
-def replicate(tree, mesh: Mesh):
-    """Host arrays (the same on every process) as arrays replicated on every device of the mesh."""
-    # Every process holds the whole array, so its local data is the global array.
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x)), tree)
 
 
 @dataclasses.dataclass

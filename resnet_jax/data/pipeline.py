@@ -215,22 +215,22 @@ def train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> grain.DatasetIterator:
+) -> ResilientIterator:
     """Endless iterator of this process's part of each global training batch.
 
-    Batches: {"image": float32 [b, H, W, 3], "label": int32 [b], "index": int32 [b]} with
-    b = global_batch_size // process_count (H = W = 224 for ImageNet, 32 for CIFAR); "index" is
-    the record's position in the training split. The iterator has get_state() / set_state().
-    process_index / process_count default to JAX's.
+    Batches: {"image", "label": int32 [b], "index": int32 [b]} with b = global_batch_size // process_count;
+    "index" is the record's position in the training split. CIFAR's "image" is float32 [b, 32, 32, 3], the finished
+    view. ImageNet's is the uint8 crop [b, 224, 224, 3], with "flip" bool [b] and "lighting" float32 [b, 3]:
+    `transforms.finish_imagenet_batch` (traced into the train step) makes the float view from them. The iterator has
+    get_state() / set_state(); process_index / process_count default to JAX's.
     """
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     source = sources.open_split(cfg, "train")
-    mean = sources.mean_image(cfg)
     if datasets.get(cfg.name).imagenet_like:
-        view = transforms.ImageNetTrainView(mean, crop=cfg.train_crop, alphastd=cfg.pca_lighting)
+        view = transforms.ImageNetTrainView(crop=cfg.train_crop, alphastd=cfg.pca_lighting)
     else:
-        view = transforms.CifarTrainView(mean)
+        view = transforms.CifarTrainView(sources.mean_image(cfg))
     ds = train_positions(len(source), seed, local_batch, process_index, process_count)
     ds = ds.map(_ExampleBatch(source, view, seed=seed, policy=cfg.corrupt_policy, where=f"{cfg.name} train"))
     ds = ds.to_iter_dataset(_read_options(cfg))
@@ -247,7 +247,7 @@ def eval_iterator(
     global_batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> grain.DatasetIterator:
+) -> ResilientIterator:
     """One pass over `split` with a test protocol; every example is in exactly one batch, once.
 
     protocol: 'single' (CIFAR), '1crop', '10crop', 'multiscale' (ImageNet). Formats: protocols.py.

@@ -112,18 +112,17 @@ def normalize(pixels: np.ndarray, mean_image: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageNetTrainView:
-    """Decode, scale augmentation (or Inception crop), random flip, mean subtraction, PCA lighting.
+    """The host's share of the ImageNet training view: decode, scale augmentation (or Inception crop), random flip,
+    and the draw of the PCA lighting offset.
 
-    A flip mirrors the mean-subtracted crop, i.e. flip(pixels) - flip(mean), as Caffe does.
+    It returns the crop as uint8 pixels (already mirrored when the flip was drawn), the flip and the lighting offset;
+    `finish_imagenet_batch` subtracts the mean and adds the offset inside the jitted step. That keeps the float
+    arithmetic, and three quarters of the bytes, out of the input workers, their shared memory and the copies to
+    the devices (benchmarks/RESULTS.md). The result is the same image as subtracting on the host would give.
     """
 
-    mean_image: np.ndarray  # float32 [224, 224, 3]
     crop: str = "paper"  # "paper" | "inception"
     alphastd: float = 0.1  # PCA lighting strength; 0 disables it
-    mirrored_mean: np.ndarray = dataclasses.field(init=False, repr=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "mirrored_mean", np.ascontiguousarray(self.mean_image[:, ::-1]))
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         data = record["image"]
@@ -133,13 +132,21 @@ class ImageNetTrainView:
         else:
             box = sample_inception_box(rng, height, width)
         pixels = images.decode_region(data, box, (IMAGENET_CROP, IMAGENET_CROP))
-        if rng.random() < 0.5:
-            image = normalize(images.mirror(pixels), self.mirrored_mean)
-        else:
-            image = normalize(pixels, self.mean_image)
-        if self.alphastd:
-            image += pca_lighting(rng, self.alphastd)
-        return {"image": image}
+        flip = rng.random() < 0.5
+        lighting = pca_lighting(rng, self.alphastd) if self.alphastd else np.zeros(3, np.float32)
+        return {"image": images.mirror(pixels) if flip else pixels, "flip": np.bool_(flip), "lighting": lighting}
+
+
+def finish_imagenet_batch(batch: dict, mean_image) -> dict:
+    """The device's share of the ImageNet training view, on a batch of `ImageNetTrainView` outputs: float32 RGB / 255
+    minus the per-pixel mean (mirrored for mirrored crops: flip(pixels) - flip(mean), as Caffe does), plus the PCA
+    lighting offset. Traced into the train step; also callable on NumPy batches (returns jax arrays)."""
+    import jax.numpy as jnp
+
+    flip = jnp.asarray(batch["flip"])[:, None, None, None]
+    means = jnp.where(flip, jnp.asarray(mean_image)[:, ::-1], jnp.asarray(mean_image))
+    image = normalize(jnp.asarray(batch["image"]), means) + jnp.asarray(batch["lighting"])[:, None, None, :]
+    return {k: v for k, v in batch.items() if k not in ("flip", "lighting")} | {"image": image}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
