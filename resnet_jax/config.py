@@ -14,6 +14,8 @@ from resnet_jax.data.config import validate as validate_data_config
 from resnet_jax.errors import ConfigError
 
 SCHEDULES = ("steps", "plateau")
+PLATEAU_SIGNALS = ("train_error", "validation_error")
+BN_STATISTICS = ("moving_average", "recomputed")
 
 
 def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
@@ -32,8 +34,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = model
     c.model.num_classes = datasets.get(dataset).num_classes
-    c.model.shortcut = "A" if models.is_cifar(model) else "B"
-    c.model.stride_on_3x3 = False
+    c.model.shortcut = models.default_option(model, "shortcut")
+    c.model.stride_on_3x3 = models.default_option(model, "stride_on_3x3")
     c.model.zero_init_last_bn = False
     c.model.dtype = "float32"
     c.model.bn_group_size = 32  # per-GPU BN of the authors' ImageNet runs; None: whole-batch (cross-device) BN
@@ -58,6 +60,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.schedule.warmup_lr = ml_collections.config_dict.placeholder(float)
     c.schedule.warmup_until_error = 0.8
     c.schedule.ramp_steps = 0  # linear warm-up (Goyal et al.), not the paper's: only the quick CIFAR schedule uses it
+    # What "the error plateaus" watches: "train_error" (the loop's own, over each evaluation interval; never
+    # reported) or "validation_error" (the periodic evaluation's, which is then also what is reported).
+    c.schedule.plateau_on = "train_error"
     c.schedule.plateau_patience = 3
     c.schedule.plateau_min_delta = 0.001
     c.schedule.plateau_max_drops = 3
@@ -73,8 +78,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
 
-    # After training, replace the BN moving averages by a plain average over this many training examples, as the
-    # authors' released models did (0: keep the moving averages).
+    # The BN statistics of the final model: "moving_average" (kept during training), or "recomputed" after training as
+    # a plain average over bn_recompute_examples training images, as the authors' released ImageNet models were.
+    c.bn_statistics = "moving_average"
     c.bn_recompute_examples = 0
     return c
 
@@ -158,7 +164,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.log_every_steps, checkpoint_every_steps and eval.every_steps must be positive",
         ),
         (config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1"),
-        (config.bn_recompute_examples >= 0, "config.bn_recompute_examples must be >= 0 (0: keep the moving averages)"),
+        (config.bn_statistics in BN_STATISTICS, f"config.bn_statistics must be one of {BN_STATISTICS}"),
+        (
+            (config.bn_recompute_examples > 0) == (config.bn_statistics == "recomputed"),
+            "config.bn_recompute_examples must be positive with bn_statistics='recomputed' and 0 otherwise",
+        ),
+        (s.plateau_on in PLATEAU_SIGNALS, f"config.schedule.plateau_on must be one of {PLATEAU_SIGNALS}"),
         (
             config.num_steps * config.batch_size < 2**31 or not config.data.on_device,
             "config.num_steps * batch_size must stay below 2**31 with data.on_device (the stream position is int32)",

@@ -51,7 +51,7 @@ def _torch_name(model_name: str, path: tuple[str, ...]) -> str:
             parts += [f"layer{block[1]}", block[2]]
         elif i > 0 and path[i - 1] == "downsample":
             parts.append({"conv": "0", "bn": "1"}[key])
-        elif key == "fc" and models.is_cifar(model_name):
+        elif key == "fc" and models.torch_layout(model_name) == "cifar_6n2":
             parts.append("linear")
         else:
             parts.append(key)
@@ -92,7 +92,7 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, np.ndarray],
       ValueError: naming every missing or unused tensor, or the first tensor whose shape differs.
     """
     state = {k.removeprefix("module."): np.asarray(v) for k, v in state_dict.items()}
-    classifier = "linear.weight" if models.is_cifar(model_name) else "fc.weight"
+    classifier = "linear.weight" if models.torch_layout(model_name) == "cifar_6n2" else "fc.weight"
     if classifier not in state:
         raise ValueError(
             f"State dict has no {classifier!r}: it is not a {model_name} state dict. "

@@ -9,7 +9,6 @@ formats: `resnet_jax.data.protocols`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,8 @@ from jax.sharding import Mesh
 
 from resnet_jax import data, datasets, multihost
 from resnet_jax.data import on_device
-from resnet_jax.data.protocols import MULTISCALE_SIDES, STRIDE
+from resnet_jax.data.pipeline import eval_steps
+from resnet_jax.data.protocols import MULTISCALE_SIDES
 from resnet_jax.errors import InputPipelineError
 from resnet_jax.sharding import batch_sharded, check_divisible, replicated
 
@@ -105,21 +105,33 @@ def _view_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
     return jax.nn.softmax(logits).reshape(*images.shape[:2], -1).mean(axis=1)
 
 
-def _multiscale_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
-    fc = variables["params"]["fc"]
-    per_scale = []
+def mirror_on_canvas(canvas: jax.Array, valid: jax.Array) -> jax.Array:
+    """Each image of a batch of canvases mirrored in place: flipped left-right within its own width, still in the
+    top-left corner (the mirror's score map then aligns as the image's does)."""
+    width = jnp.sum(valid[:, 0, :], axis=1)  # the image's width: the valid pixels of its first row
+    columns = jnp.arange(canvas.shape[2])
+    source = jnp.clip(width[:, None] - 1 - columns[None, :], 0, canvas.shape[2] - 1)
+    mirrored = jnp.take_along_axis(canvas, source[:, None, :, None], axis=2)
+    return jnp.where(valid[..., None], mirrored, 0)
+
+
+def multiscale_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
+    """Table 4's fully-convolutional multi-scale testing: for each scale and for the image and its mirror, the class
+    scores averaged over the score map's positions, then their softmax averaged over the ten."""
+    posteriors = []
     for side in MULTISCALE_SIDES:
-        features = model.apply(variables, batch[f"image_{side}"], train=False, features=True)
-        last = features[max(features)]  # C5: one position per STRIDE x STRIDE pixels
-        scores = jax.nn.softmax(last.astype(jnp.float32) @ fc["kernel"] + fc["bias"])
-        valid = batch[f"valid_{side}"][:, ::STRIDE, ::STRIDE, None]
-        per_scale.append(jnp.sum(scores * valid, (1, 2)) / jnp.maximum(jnp.sum(valid, (1, 2)), 1))
-    return jnp.mean(jnp.stack(per_scale), axis=0)
+        canvas, valid = batch[f"image_{side}"], batch[f"valid_{side}"]
+        for image in (canvas, mirror_on_canvas(canvas, valid)):
+            scores, positions = model.apply(variables, image, train=False, score_map=True, valid=valid)
+            weights = positions[..., None].astype(jnp.float32)
+            mean = jnp.sum(scores * weights, (1, 2)) / jnp.maximum(jnp.sum(weights, (1, 2)), 1)
+            posteriors.append(jax.nn.softmax(mean))
+    return jnp.mean(jnp.stack(posteriors), axis=0)
 
 
 def error_counts(model: nn.Module, protocol: str, variables: Any, batch: dict) -> dict[str, jax.Array]:
     """{examples, top1_errors, top5_errors} of one batch of `protocol`, summed over its masked-in examples."""
-    score = _multiscale_scores if protocol == "multiscale" else _view_scores
+    score = multiscale_scores if protocol == "multiscale" else _view_scores
     return _error_counts(score(model, variables, batch), batch["label"], batch["mask"])
 
 
@@ -190,7 +202,7 @@ class Evaluator:
     def _stream(self, variables: Any) -> dict[str, jax.Array]:
         """Sums the counts over one pass of the grain pipeline. A process whose pipeline fails for good goes on with
         masked-out batches to the end of the pass, so that no process waits alone; then all stop together."""
-        steps = math.ceil(data.num_examples(self._data_config, self.split) / self._batch_size)
+        steps = eval_steps(self._data_config, self.split, self.protocol, self._batch_size)
         batches = data.eval_iterator(
             self._data_config, split=self.split, protocol=self.protocol, global_batch_size=self._batch_size
         )

@@ -24,6 +24,8 @@ from resnet_jax.batch_norm import GroupedBatchNorm
 
 ModuleDef = Any
 Shortcut = Literal["A", "B", "C"]
+IMAGENET_SIZE = 224  # the training crop of the ImageNet nets
+IMAGENET_STRIDE = 32  # their total stride: one score-map position per 32 x 32 pixels
 
 # He et al. (2015), "Delving deep into rectifiers": zero-mean Gaussian with std sqrt(2 / (k*k*c_in)) (Caffe "msra").
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -31,6 +33,20 @@ he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 def _pad(kernel: int) -> list[tuple[int, int]]:
     return [(kernel // 2, kernel // 2)] * 2
+
+
+def _keep(y: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """`y` with zeros outside the image, for an image on a larger canvas (`valid`: [N, H, W] at the input's
+    resolution, True on the image, which sits in the top-left corner; H and W multiples of the net's stride).
+
+    A convolution then sees zeros beyond the image's border, exactly its own zero padding on the image alone, so every
+    position on the image computes what a pass over the image alone computes. Applied to every activation that a
+    3x3 convolution or a pooling reads.
+    """
+    if valid is None:
+        return y
+    stride = valid.shape[1] // y.shape[1]
+    return y * valid[:, ::stride, ::stride, None].astype(y.dtype)
 
 
 class PointwiseConv(nn.Conv):
@@ -80,19 +96,20 @@ class ShortcutBranch(nn.Module):
     avg_down: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         if self.kind == "identity":
             return x
         if self.kind == "projection":
             strides = self.strides
             if self.avg_down and self.strides > 1:
-                x = nn.avg_pool(
-                    x,
-                    (self.strides, self.strides),
-                    (self.strides, self.strides),
-                    padding="SAME",
-                    count_include_pad=False,
-                )
+                window = (self.strides, self.strides)
+                if valid is None:
+                    x = nn.avg_pool(x, window, window, padding="SAME", count_include_pad=False)
+                else:  # the mean over the window's pixels on the image, as the image alone would give
+                    inside = _keep(jnp.ones_like(x[..., :1]), valid)
+                    x = nn.avg_pool(x, window, window, padding="SAME") / jnp.maximum(
+                        nn.avg_pool(inside, window, window, padding="SAME"), 1e-6
+                    )
                 strides = 1
             x = self.conv(self.features, (1, 1), (strides, strides), padding=_pad(1), name="conv")(x)
             return self.norm(name="bn")(x)
@@ -115,12 +132,12 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad(3), name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = _keep(nn.relu(self.norm(name="bn1")(y)), valid)
         y = self.conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
         y = self.norm(name="bn2", scale_init=_last_scale_init(self.zero_init_last))(y)
-        return nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x))
+        return _keep(nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x, valid)), valid)
 
 
 class BottleneckBlock(nn.Module):
@@ -140,15 +157,15 @@ class BottleneckBlock(nn.Module):
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
         y = self.conv(self.features, (1, 1), (s1, s1), padding=_pad(1), name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
+        y = _keep(nn.relu(self.norm(name="bn1")(y)), valid)
         y = self.conv(self.features, (3, 3), (s3, s3), padding=_pad(3), name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = self.conv(self.features * 4, (1, 1), padding=_pad(1), name="conv3")(y)
         y = self.norm(name="bn3", scale_init=_last_scale_init(self.zero_init_last))(y)
-        return nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x))
+        return _keep(nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x, valid)), valid)
 
 
 def _last_scale_init(zero: bool) -> Callable:
@@ -196,11 +213,26 @@ class ResNet(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, features: bool = False) -> jax.Array | dict[str, jax.Array]:
-        """Returns logits [N, num_classes], or with `features=True` the stage outputs {'C2': .., 'C5': ..}.
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        features: bool = False,
+        score_map: bool = False,
+        valid: jax.Array | None = None,
+    ) -> jax.Array | dict[str, jax.Array] | tuple[jax.Array, jax.Array]:
+        """Returns logits [N, num_classes]; with `features=True` the stage outputs {'C2': .., 'C5': ..} (CIFAR nets
+        have three stages, C2..C4).
 
-        CIFAR nets have three stages, returned as C2..C4.
+        With `score_map=True`, the fully-convolutional form of the paper's multi-scale testing (ImageNet nets): the
+        global average pool becomes a 7x7 average pool with stride 1 and the fully-connected layer a 1x1 convolution
+        with the same weights, giving class scores (logits) at every position: `(scores [N, h, w, num_classes],
+        positions [N, h, w] bool)`. At 224x224 the map is 1x1 and equals the logits. `valid` ([N, H, W] bool) says
+        which pixels of a canvas hold the image (top-left; H and W multiples of 32): every layer then sees zeros
+        outside it, so the scores at `positions` are those of a pass over the image alone.
         """
+        if valid is not None and not score_map:
+            raise ValueError("valid (an image on a canvas) goes with score_map=True.")
         conv = functools.partial(conv_module, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
         norm = functools.partial(
             GroupedBatchNorm,
@@ -210,7 +242,7 @@ class ResNet(nn.Module):
             epsilon=self.bn_epsilon,
             dtype=self.dtype,
         )
-        x = self._stem(x.astype(self.dtype), conv, norm)
+        x = self._stem(_keep(x.astype(self.dtype), valid), conv, norm, valid)
 
         stages = {}
         in_features = x.shape[-1]
@@ -229,26 +261,40 @@ class ResNet(nn.Module):
                     zero_init_last=self.zero_init_last_bn,
                     name=f"layer{i + 1}_{j}",
                     **block_kwargs,
-                )(x)
+                )(x, valid)
                 in_features = out_features
             stages[f"C{i + 2}"] = x
         if features:
             return stages
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
-
-    def _stem(self, x: jax.Array, conv: ModuleDef, norm: ModuleDef) -> jax.Array:
+        fc = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")
+        if not score_map:
+            return fc(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
         if self.stem == "cifar":
-            return nn.relu(norm(name="bn1")(conv(self.widths[0], (3, 3), padding=_pad(3), name="conv1")(x)))
+            raise ValueError("score_map is the fully-convolutional ImageNet protocol; this net has a CIFAR stem.")
+        window = IMAGENET_SIZE // IMAGENET_STRIDE  # the map a 224x224 training image leaves: 7x7
+        scores = fc(nn.avg_pool(x, (window, window), (1, 1), padding="VALID")).astype(jnp.float32)
+        if valid is None:
+            return scores, jnp.ones(scores.shape[:3], bool)
+        # A window is on the image when its last position is: the image is a top-left rectangle of the map.
+        on_image = valid[:, :: valid.shape[1] // x.shape[1], :: valid.shape[2] // x.shape[2]]
+        return scores, on_image[:, window - 1 :, window - 1 :]
+
+    def _stem(self, x: jax.Array, conv: ModuleDef, norm: ModuleDef, valid: jax.Array | None) -> jax.Array:
+        if self.stem == "cifar":
+            return _keep(
+                nn.relu(norm(name="bn1")(conv(self.widths[0], (3, 3), padding=_pad(3), name="conv1")(x))), valid
+            )
         if self.stem == "imagenet":
             x = nn.relu(norm(name="bn1")(conv(self.widths[0], (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)))
+            x = _keep(x, valid)
         else:  # deep
             for k, (width, strides) in enumerate(
                 ((self.widths[0] // 2, 2), (self.widths[0] // 2, 1), (self.widths[0], 1))
             ):
                 x = conv(width, (3, 3), (strides, strides), padding=_pad(3), name=f"stem_conv{k + 1}")(x)
-                x = nn.relu(norm(name=f"stem_bn{k + 1}")(x))
-        return nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+                x = _keep(nn.relu(norm(name=f"stem_bn{k + 1}")(x)), valid)
+        # After a ReLU every value is >= 0, so zeros beyond the border change no maximum: as the image's own -inf.
+        return _keep(nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3)), valid)
 
     def _shortcut(
         self, in_features: int, out_features: int, strides: int, conv: ModuleDef, norm: ModuleDef
@@ -298,6 +344,10 @@ for _depth in _IMAGENET_DEPTHS:
     _REGISTRY[f"plain{_depth}"] = _imagenet(_depth, residual=False)
 for _depth in (50, 101, 152):
     _REGISTRY[f"resnet{_depth}_v1d"] = _imagenet(_depth, stem="deep", avg_down=True, stride_on_3x3=True)
+for _depth in _IMAGENET_DEPTHS:
+    # The ImageNet stages behind a CIFAR stem (3x3 stride-1 convolution, no max pool), as mmpretrain's ResNet_CIFAR:
+    # its bottlenecks put the stride on the 3x3 ("pytorch" style).
+    _REGISTRY[f"resnet{_depth}_cifar"] = _imagenet(_depth, stem="cifar", stride_on_3x3=_depth >= 50)
 for _depth in _CIFAR_DEPTHS:
     _REGISTRY[f"resnet{_depth}"] = _cifar(_depth)
     if _depth != 1202:
@@ -305,7 +355,8 @@ for _depth in _CIFAR_DEPTHS:
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 """Every named network: ImageNet `resnet18..152`, `plain18..152`, `resnet50_v1d..152_v1d`; CIFAR `resnet20..1202`,
-`plain20..110`."""
+`plain20..110` (the paper's 6n+2 nets) and `resnet18_cifar..resnet152_cifar` (the ImageNet nets with a CIFAR
+stem, mmpretrain's)."""
 
 _OPTIONS = {
     "shortcut": ("A", "B", "C"),
@@ -318,13 +369,24 @@ _FREE_OPTIONS = ("bn_group_size", "bn_momentum", "bn_epsilon")
 
 
 def is_cifar(name: str) -> bool:
-    """Whether `name` is one of the 6n+2 CIFAR-10 nets (32x32 inputs)."""
+    """Whether `name` takes 32x32 CIFAR images: the 6n+2 nets and the ImageNet nets with a CIFAR stem."""
     return _REGISTRY[name].keywords.get("stem") == "cifar"
+
+
+def default_option(name: str, option: str) -> Any:
+    """The value `create_model(name)` uses for `option` when not given (e.g. 'shortcut': 'A' for the CIFAR nets)."""
+    return _REGISTRY[name].keywords.get(option, getattr(ResNet, option))
+
+
+def torch_layout(name: str) -> str:
+    """The PyTorch naming its weights convert from and to: 'cifar_6n2' (akamaster/pytorch_resnet_cifar10, classifier
+    `linear`) for the paper's CIFAR nets, 'torchvision' (classifier `fc`) for every net with the ImageNet stages."""
+    return "cifar_6n2" if _REGISTRY[name].keywords.get("widths") == (16, 32, 64) else "torchvision"
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
     """The (H, W, C) of one training image for `name`: 32x32 for the CIFAR nets, the 224x224 crop otherwise."""
-    return (32, 32, 3) if is_cifar(name) else (224, 224, 3)
+    return (32, 32, 3) if is_cifar(name) else (IMAGENET_SIZE, IMAGENET_SIZE, 3)
 
 
 def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:

@@ -51,37 +51,59 @@ class StepSchedule:
 
 
 class PlateauSchedule:
-    """`base_lr`, multiplied by `factor` when the validation error has not improved by `min_delta` over the last
-    `patience` evaluations (Section 3.4: "divided by 10 when the error plateaus"), at most `max_drops` times."""
+    """`base_lr`, multiplied by `factor` when the watched error has not improved by `min_delta` over the last
+    `patience` evaluation intervals (Section 3.4: "divided by 10 when the error plateaus"), at most `max_drops` times.
+
+    `signal` 'train_error' watches the mean of the training errors logged during each interval, so that the decision
+    uses no data that is reported; 'validation_error' watches the periodic evaluation's error. Decisions are taken
+    at evaluations either way.
+    """
 
     def __init__(
-        self, base_lr: float, factor: float = 0.1, patience: int = 3, min_delta: float = 0.001, max_drops: int = 3
+        self,
+        base_lr: float,
+        factor: float = 0.1,
+        patience: int = 3,
+        min_delta: float = 0.001,
+        max_drops: int = 3,
+        signal: str = "train_error",
     ):
-        self.base_lr, self.factor, self.patience, self.min_delta, self.max_drops = (
-            base_lr,
-            factor,
-            patience,
-            min_delta,
-            max_drops,
-        )
+        self.base_lr, self.factor, self.patience, self.min_delta = base_lr, factor, patience, min_delta
+        self.max_drops, self.signal = max_drops, signal
         self.drops, self.best, self.evals_since_best = 0, float("inf"), 0
+        self.interval_train_errors: list[float] = []
 
     def __call__(self, step: int) -> float:
         return self.base_lr * self.factor**self.drops
 
     def observe(self, step: int, *, train_error: float | None = None, val_error: float | None = None) -> None:
+        if train_error is not None:
+            self.interval_train_errors.append(train_error)
         if val_error is None:
             return
-        if val_error < self.best - self.min_delta:
-            self.best, self.evals_since_best = val_error, 0
+        if self.signal == "validation_error":
+            error = val_error
+        else:
+            if not self.interval_train_errors:
+                return  # an evaluation with no training logged since the last one (a resumed run's first)
+            error = sum(self.interval_train_errors) / len(self.interval_train_errors)
+        self.interval_train_errors = []
+        if error < self.best - self.min_delta:
+            self.best, self.evals_since_best = error, 0
             return
         self.evals_since_best += 1
         if self.evals_since_best >= self.patience and self.drops < self.max_drops:
             self.drops, self.evals_since_best = self.drops + 1, 0
-            self.best = min(self.best, val_error)
+            self.best = min(self.best, error)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"drops": self.drops, "best": self.best, "evals_since_best": self.evals_since_best}
+        return {
+            "drops": self.drops,
+            "best": self.best,
+            "evals_since_best": self.evals_since_best,
+            "interval_train_errors": list(self.interval_train_errors),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.drops, self.best, self.evals_since_best = state["drops"], state["best"], state["evals_since_best"]
+        self.interval_train_errors = list(state.get("interval_train_errors", []))

@@ -43,7 +43,9 @@ from resnet_jax.train_step import TrainState, create_train_state, make_dispatch
 def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSchedule:
     s = config.schedule
     if s.kind == "plateau":
-        return PlateauSchedule(s.base_lr, s.factor, s.plateau_patience, s.plateau_min_delta, s.plateau_max_drops)
+        return PlateauSchedule(
+            s.base_lr, s.factor, s.plateau_patience, s.plateau_min_delta, s.plateau_max_drops, signal=s.plateau_on
+        )
     return StepSchedule(s.base_lr, s.boundaries, s.factor, s.warmup_lr, s.warmup_until_error, s.ramp_steps)
 
 
@@ -76,7 +78,7 @@ def make_feed(
         return feeds.DeviceFeed(train_data, batch_size, mesh, seed if runs == 1 else list(range(seed, seed + runs)))
     iterator = data.train_iterator(data_config, global_batch_size=batch_size, seed=seed)
     finish = datasets.get(data_config.name).imagenet_like  # uint8 crops, finished on the devices
-    return feeds.HostFeed(iterator, mesh, steps, mean_image=sources.mean_image(data_config) if finish else None)
+    return feeds.HostFeed(iterator, mesh, steps, normalization=sources.normalization(data_config) if finish else None)
 
 
 class _Preemption:
@@ -290,11 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 mesh=mesh,
                 runs=runs,
             )
-        if config.bn_recompute_examples:
+        recompute = config.bn_statistics == "recomputed"
+        if recompute:
             state = state.replace(batch_stats=recompute_batch_stats(config, state, mesh))
         if (
             final_evaluator is evaluator
-            and not config.bn_recompute_examples
+            and not recompute
             and last_evaluation is not None
             and last_evaluation[0] == step
         ):
@@ -315,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "parameters": sum(x.size for x in jax.tree.leaves(state.params)) // runs,
         "bn_statistics": (
             f"recomputed over {config.bn_recompute_examples} training images"
-            if config.bn_recompute_examples
+            if config.bn_statistics == "recomputed"
             else "moving averages"
         ),
     }

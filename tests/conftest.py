@@ -92,3 +92,16 @@ def data_config(name, data_dir, **overrides):
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
+
+
+@pytest.fixture(scope="session")
+def small_imagenet(tmp_path_factory):
+    """Eight real ImageNet images of eight classes, as both training and validation split, prepared."""
+    if not IMAGENET_SAMPLES.exists():
+        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
+    from resnet_jax.data.preparation import prepare
+
+    root = tmp_path_factory.mktemp("small_imagenet")
+    source = imagenet_class_folders(root / "source", imagenet_sample_rows()[::125])
+    prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
+    return root / "tfds"

@@ -68,7 +68,7 @@ def test_common_recipe(config):
 def test_cifar_recipe(config):
     assert config.num_steps == _recipe(config, "iterations")
     assert list(config.schedule.boundaries) == [int(b) for b in _recipe(config, "boundaries").split(",")]
-    assert config.schedule.kind == "steps" and config.bn_recompute_examples == 0
+    assert config.schedule.kind == "steps" and config.bn_statistics == "moving_average"
     assert config.model.shortcut == "A"
     assert config.eval.protocol == "single" and config.eval.split == "test" and not config.data.holdout_val
     assert config.data.on_device  # the stream computed on the devices: the same recipe, faster
@@ -98,6 +98,8 @@ def test_cifar_variants():
 def test_imagenet_recipe(config):
     assert config.num_steps == _recipe(config, "iterations") and config.schedule.kind == "plateau"
     assert config.eval.split == "validation" and not config.data.on_device
+    assert config.schedule.plateau_on == "train_error"  # no decision looks at the reported validation set
+    assert config.bn_statistics == "recomputed" and config.bn_recompute_examples >= 50_000  # the authors' release
     if config.model.name.startswith(("resnet50", "resnet101", "resnet152")):
         assert config.model.shortcut == "B"
     assert config.model.stride_on_3x3 is False or config.model.name.endswith("_v1d")

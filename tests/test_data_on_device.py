@@ -24,6 +24,8 @@ def _arrays(seed=0):
         "images": jnp.asarray(rng.integers(0, 256, (N, 32, 32, 3), np.uint8)),
         "labels": jnp.arange(N, dtype=jnp.int32),  # the label is the index: batches show which examples they hold
         "mean": jnp.asarray(rng.uniform(0.3, 0.6, (32, 32, 3)).astype(np.float32)),
+        "std": jnp.ones(3, jnp.float32),  # the paper's normalisation: no division,
+        "pad": jnp.zeros(3, jnp.float32),  # and padding with the mean colour
     }
 
 

@@ -14,7 +14,7 @@ import simplejpeg
 from PIL import Image
 
 from resnet_jax import data
-from resnet_jax.data import cifar10, imagenet, sources
+from resnet_jax.data import cifar, imagenet, sources
 from resnet_jax.data.images import decode_png
 from tests.conftest import CIFAR_INDEX, CIFAR_TARBALL, imagenet_class_folders, imagenet_sample_rows
 from tests.paths import SHARED_DATA
@@ -39,7 +39,7 @@ def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_da
     assert data.num_examples(cfg, "train") == 50_000
     assert data.num_examples(cfg, "test") == 10_000
     with open(SHARED_DATA / "cifar10" / "batches.meta", "rb") as f:
-        assert [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]] == list(cifar10.LABELS)
+        assert [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]] == list(cifar.CIFAR10.labels)
 
     rows = list(csv.DictReader(open(CIFAR_INDEX)))
     sample = [rows[i] for i in np.random.default_rng(0).choice(len(rows), 300, replace=False)]
@@ -52,7 +52,7 @@ def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_da
         assert np.bincount(labels).tolist() == [len(records) // 10] * 10
         for row in (r for r in sample if r["split"] == split):
             record = records[row["jpeg_path"]]
-            assert record["label"] == int(row["label"]) == cifar10.LABELS.index(row["class_name"])
+            assert record["label"] == int(row["label"]) == cifar.CIFAR10.labels.index(row["class_name"])
             original = np.asarray(Image.open(io.BytesIO(jpegs[row["jpeg_path"]])).convert("RGB"))
             np.testing.assert_array_equal(decode_png(record["image"]), original)
 
@@ -85,7 +85,7 @@ def python_tarball(tmp_path):
     if not npz.exists():
         pytest.skip(f"{npz} is absent")
     originals = np.load(npz)
-    path = tmp_path / cifar10.PYTHON_TARBALL
+    path = tmp_path / cifar.CIFAR10.tarball
     with tarfile.open(path, "w:gz") as archive:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             batch = {
@@ -115,14 +115,14 @@ def test_cifar10_from_the_python_tarball_keeps_tfds_ids_and_lossless_pixels(tmp_
 
 
 def test_cifar10_batches_may_not_unpickle_code(tmp_path):
-    path = tmp_path / cifar10.PYTHON_TARBALL
+    path = tmp_path / cifar.CIFAR10.tarball
     payload = pickle.dumps({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8), b"x": print})
     with tarfile.open(path, "w:gz") as archive:
         info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
         info.size = len(payload)
         archive.addfile(info, io.BytesIO(payload))
     with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
-        list(cifar10._python_batches(path, "train"))
+        list(cifar.python_batches(path, cifar.CIFAR10, "train"))
 
 
 def test_imagenet_class_folders_keep_the_files_and_the_sorted_wnid_labels(imagenet_samples_data_dir):
@@ -223,3 +223,64 @@ def test_a_half_written_dataset_names_the_command_that_prepares_it(small_imagene
         shutil.move(path, path.parent / f"incomplete.ABC123_{path.name}")
     with pytest.raises(data.DatasetMissingError, match="python -m resnet_jax.data.prepare imagenet2012"):
         data.train_iterator(cfg, global_batch_size=4, seed=0)
+        sources.normalization(cfg)  # what training subtracts (on the devices, for ImageNet)
+
+
+def _cifar100_tarball(path, images_per_split, seed=0):
+    """A cifar-100-python.tar.gz in the original format (protocol-2 pickles `train`, `test`, `meta`), random pixels."""
+    rng = np.random.default_rng(seed)
+    layout = cifar.CIFAR100
+    contents = {}
+    for split, count in images_per_split.items():
+        fine = rng.integers(0, 100, count)
+        contents[split] = {
+            b"data": rng.integers(0, 256, (count, 3072), np.uint8),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": [layout.coarse_label(int(f)) for f in fine],
+            b"filenames": [f"{i}.png".encode() for i in range(count)],
+        }
+    contents["meta"] = {
+        b"fine_label_names": [n.encode() for n in layout.labels],
+        b"coarse_label_names": [n.encode() for n in layout.coarse_labels],
+    }
+    with tarfile.open(path, "w:gz") as archive:
+        for name, batch in contents.items():
+            payload = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return contents
+
+
+def test_cifar100_from_the_python_tarball_and_from_class_folders(tmp_path):
+    tarball = tmp_path / cifar.CIFAR100.tarball
+    contents = _cifar100_tarball(tarball, {"train": 30, "test": 10})
+    data.prepare("cifar100", source=str(tarball), data_dir=str(tmp_path / "tfds"))
+    cfg = _config("cifar100", tmp_path / "tfds")
+    assert data.num_examples(cfg, "train") == 30 and data.num_examples(cfg, "test") == 10
+    for split in ("train", "test"):
+        pixels = contents[split][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        for example_id, record in _records_by_id(cfg, split).items():
+            index = int(example_id.removeprefix(f"{split}_"))
+            assert record["label"] == contents[split][b"fine_labels"][index]
+            assert record["coarse_label"] == contents[split][b"coarse_labels"][index]
+            np.testing.assert_array_equal(decode_png(record["image"]), pixels[index])
+    assert sources.mean_image(cfg).shape == (32, 32, 3)
+
+    # The same images as class folders: labels from the folder names, coarse labels from the superclasses.
+    folders = tmp_path / "folders"
+    for split in ("train", "test"):
+        pixels = contents[split][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        for index, label in enumerate(contents[split][b"fine_labels"]):
+            path = folders / split / cifar.CIFAR100.labels[label] / f"{index:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[index]).save(path)
+    data.prepare("cifar100", source=str(folders), data_dir=str(tmp_path / "tfds_folders"))
+    records = _records_by_id(_config("cifar100", tmp_path / "tfds_folders"), "train")
+    for example_id, record in records.items():
+        _, label_name, file_name = example_id.split("/")
+        index = int(file_name.removesuffix(".png"))
+        assert cifar.CIFAR100.labels[record["label"]] == label_name
+        assert record["coarse_label"] == contents["train"][b"coarse_labels"][index]
+    assert len(cifar.CIFAR100.labels) == len(set(cifar.CIFAR100.labels)) == 100
+    assert len(cifar.CIFAR100.coarse_labels) == 20

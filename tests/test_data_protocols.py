@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax import data
-from resnet_jax.data import protocols, sources
+from resnet_jax.data import images, protocols, sources
 from resnet_jax.data.transforms import ScaleCrop
 from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_sample_rows
 
@@ -67,27 +67,37 @@ def test_one_crop_is_the_centre_224_of_the_256_image(sample_records):
         assert np.abs(_blocks(crop) - _blocks(centre)).mean() < 2
 
 
-def test_multiscale_views_place_each_resized_image_on_its_canvas(sample_records):
+def test_multiscale_views_place_each_resized_image_on_its_buckets_canvas(sample_records):
     mean = np.full((224, 224, 3), 0.5, np.float32)
     view = protocols.MultiScaleView(mean)
+    buckets = set()
     for record in sample_records[::3]:
         example = view(record)
+        bucket = protocols.bucket_of(*images.jpeg_shape(record["image"]))
+        buckets.add(bucket)
         for side in protocols.MULTISCALE_SIDES:
             image, valid = example[f"image_{side}"], example[f"valid_{side}"]
-            canvas = protocols.canvas_size(side)
-            assert image.shape == (canvas, canvas, 3) and valid.shape == (canvas, canvas) and canvas % 32 == 0
+            assert image.shape[:2] == valid.shape == protocols.canvas_shape(bucket, side)
+            assert all(n % 32 == 0 for n in valid.shape)
             height, width = valid.sum(0).max(), valid.sum(1).max()
             assert valid[:height, :width].all() and valid.sum() == height * width
             assert not image[~valid].any()
             resized = _resized(record, side)
             assert min(height, width) == side
             assert max(height, width) == min(max(resized.shape[:2]), int(side * protocols.MAX_ASPECT))
-            # Position (i, j) of the stride-32 score map is valid iff valid[32 i, 32 j]: exactly the
-            # ceil(h / 32) x ceil(w / 32) positions of a fully-convolutional pass over the image alone.
-            assert valid[::32, ::32].sum() == math.ceil(height / 32) * math.ceil(width / 32)
+            # the canvas wastes at most the bucket's spread of aspect ratios and the rounding to 32 pixels
+            assert valid.size <= height * width * 1.3 + 32 * max(valid.shape)
             if (height, width) == resized.shape[:2]:
                 pixels = 255 * (image[:height, :width] + 0.5)
                 assert np.abs(_blocks(pixels) - _blocks(resized)).mean() < 3
+    assert len(buckets) >= 3  # several orientations and aspect ratios among the samples
+
+
+def test_buckets_cover_every_aspect_and_orientation_once():
+    assert protocols.bucket_of(375, 500) == protocols.bucket_of(300, 400) != protocols.bucket_of(500, 375)
+    assert protocols.bucket_of(100, 100) == 0 and protocols.bucket_of(100, 1000) == protocols.bucket_of(100, 200)
+    seen = {protocols.bucket_of(h, w) for h in range(100, 401, 7) for w in range(100, 401, 7)}
+    assert seen == set(range(protocols.NUM_BUCKETS)) - {len(protocols.ASPECT_BUCKETS)}  # no "portrait square"
 
 
 def _eval_indices(cfg, split, protocol, global_batch_size, process_count):

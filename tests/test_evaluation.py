@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.data import on_device, sources
-from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, error_counts, summarize
+from resnet_jax import data, evaluation
+from resnet_jax.data import on_device, protocols, sources
+from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, error_counts, multiscale_scores, summarize
 from resnet_jax.models import create_model
 from resnet_jax.sharding import make_mesh
-from tests.conftest import data_config
+from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows
+from tests.nets import noisy_batch_stats, tiny_resnet
 
 
 def test_ten_views_average_softmax_scores_and_padding_is_masked():
@@ -52,3 +54,47 @@ def test_multi_run_results_are_summarised_as_mean_std_and_best():
     )
     assert "runs" not in summarize(results[:1])
     assert describe_summary(summarize(results[:1])) == results[0].describe()
+
+
+@pytest.fixture(scope="module")
+def varied_imagenet(tmp_path_factory):
+    """Real ImageNet images of several aspect ratios and both orientations, prepared as a small dataset."""
+    if not IMAGENET_SAMPLES.exists():
+        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
+    rows = imagenet_sample_rows()
+    kinds = {"portrait": (0, 0.9), "4:3": (1.3, 1.34), "wide": (2.1, 99)}
+    chosen = {}
+    for row in rows:
+        aspect = int(row["width"]) / int(row["height"])
+        kind = next((k for k, (lo, hi) in kinds.items() if lo <= aspect < hi), None)
+        if kind and kind not in chosen and int(row["width"]) * int(row["height"]) < 300_000:
+            chosen[kind] = row
+    root = tmp_path_factory.mktemp("varied_imagenet")
+    source = imagenet_class_folders(root / "source", list(chosen.values()))
+    data.prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
+    return data_config("imagenet2012", root / "tfds"), len(chosen)
+
+
+def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(varied_imagenet, monkeypatch):
+    cfg, count = varied_imagenet
+    # Two of the five scales keep this test to a CPU's seconds; which scales are averaged changes nothing here.
+    monkeypatch.setattr(protocols, "MULTISCALE_SIDES", (224, 384))
+    monkeypatch.setattr(evaluation, "MULTISCALE_SIDES", (224, 384))
+    model = tiny_resnet(num_classes=7)
+    variables = noisy_batch_stats(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    batches = list(data.eval_iterator(cfg, split="validation", protocol="multiscale", global_batch_size=2))
+    assert sum(int(b["mask"].sum()) for b in batches) == count == 3
+    shapes = {tuple(b["image_224"].shape[1:3]) for b in batches}
+    assert len(shapes) == len({protocols.bucket_of(*s) for s in sources.image_sizes(cfg, "validation")}) == 3
+    for batch in batches:
+        scores = np.asarray(multiscale_scores(model, variables, batch))
+        for k in np.flatnonzero(batch["mask"]):
+            posteriors = []
+            for side in protocols.MULTISCALE_SIDES:
+                valid = batch[f"valid_{side}"][k]
+                height, width = valid.sum(0).max(), valid.sum(1).max()
+                image = batch[f"image_{side}"][k, :height, :width][None]
+                for view in (image, image[:, :, ::-1]):  # the image alone, and its mirror
+                    map_, _ = model.apply(variables, view, score_map=True)
+                    posteriors.append(jax.nn.softmax(np.asarray(map_).mean((1, 2))))
+            np.testing.assert_allclose(scores[k], np.mean(posteriors, 0)[0], rtol=1e-4, atol=1e-6)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from resnet_jax.flops import count_multiply_adds
-from resnet_jax.models import MODEL_NAMES, create_model, is_cifar
+from resnet_jax.models import MODEL_NAMES, BottleneckBlock, create_model, is_cifar
+from tests.nets import noisy_batch_stats, tiny_resnet
 
 
 def _init_shapes(model, size):
@@ -237,3 +238,45 @@ def test_remat_changes_memory_not_results():
 def test_bad_names_and_options_list_the_valid_ones(bad, match):
     with pytest.raises(ValueError, match=match):
         create_model(num_classes=10, **bad)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"shortcut": "A"},
+        {"residual": False},
+        {"block_cls": BottleneckBlock},
+        {"block_cls": BottleneckBlock, "stride_on_3x3": True},
+        {"block_cls": BottleneckBlock, "stem": "deep", "avg_down": True, "stride_on_3x3": True},
+    ],
+    ids=["basic_B", "basic_A", "plain", "bottleneck_v1", "bottleneck_v1.5", "v1d"],
+)
+def test_score_map_on_a_canvas_equals_the_image_alone(fields):
+    model = tiny_resnet(**fields)
+    variables = noisy_batch_stats(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    rng = np.random.default_rng(0)
+    canvas_side = 320
+    for height, width in [(224, 224), (231, 300), (300, 205), (320, 320)]:
+        image = rng.normal(size=(1, height, width, 3)).astype(np.float32)
+        canvas = np.zeros((1, canvas_side, canvas_side, 3), np.float32)
+        canvas[:, :height, :width] = image
+        valid = np.zeros((1, canvas_side, canvas_side), bool)
+        valid[:, :height, :width] = True
+        alone, everywhere = model.apply(variables, image, score_map=True)
+        on_canvas, positions = model.apply(variables, canvas, score_map=True, valid=valid)
+        rows, cols = alone.shape[1:3]
+        assert everywhere.all() and positions.sum() == rows * cols and positions[0, :rows, :cols].all()
+        np.testing.assert_allclose(on_canvas[0, :rows, :cols], alone[0], rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+        if (height, width) != (canvas_side, canvas_side):  # the control: without the mask the border shows
+            unmasked, _ = model.apply(variables, canvas, score_map=True)
+            assert np.abs(unmasked[0, :rows, :cols] - alone[0]).max() > 1e-4 * np.abs(alone).max()  # 10x the tolerance
+
+
+def test_the_score_map_of_a_224_image_is_the_forward_pass():
+    model = create_model("resnet50", num_classes=10)
+    x = jax.random.normal(jax.random.key(0), (2, 224, 224, 3))
+    variables = noisy_batch_stats(model.init(jax.random.key(1), x))
+    scores, positions = model.apply(variables, x, score_map=True)
+    assert scores.shape == (2, 1, 1, 10) and positions.all()
+    np.testing.assert_allclose(scores[:, 0, 0], model.apply(variables, x), rtol=1e-5, atol=1e-5)

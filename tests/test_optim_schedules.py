@@ -73,7 +73,7 @@ def test_linear_ramp_reaches_the_scheduled_rate_then_follows_the_steps():
 
 
 def test_plateau_divides_by_ten_when_validation_error_stops_improving():
-    schedule = PlateauSchedule(0.1, patience=2, min_delta=0.001, max_drops=2)
+    schedule = PlateauSchedule(0.1, patience=2, min_delta=0.001, max_drops=2, signal="validation_error")
     for error in (0.5, 0.4, 0.35):
         schedule.observe(0, val_error=error)
     assert schedule(0) == 0.1
@@ -82,8 +82,24 @@ def test_plateau_divides_by_ten_when_validation_error_stops_improving():
     schedule.observe(0, train_error=0.1)  # training errors do not count
     schedule.observe(0, val_error=0.351)
     assert schedule(0) == pytest.approx(0.01)
-    restored = PlateauSchedule(0.1, patience=2, max_drops=2)
+    restored = PlateauSchedule(0.1, patience=2, max_drops=2, signal="validation_error")
     restored.load_state_dict(schedule.state_dict())
     for error in (0.36, 0.37, 0.38, 0.39, 0.4, 0.41):
         restored.observe(0, val_error=error)
     assert restored(0) == pytest.approx(0.001)  # at most max_drops
+
+
+def test_plateau_watches_the_training_error_of_each_interval_unless_asked_for_the_validation_error():
+    on_train = PlateauSchedule(0.1, patience=2, min_delta=0.01)
+    on_validation = PlateauSchedule(0.1, patience=2, min_delta=0.01, signal="validation_error")
+    train_errors = [0.9, 0.7, 0.5, 0.495, 0.494, 0.493, 0.492, 0.491]  # plateaus after the 3rd interval
+    for interval, train_error in enumerate(train_errors):
+        for schedule in (on_train, on_validation):
+            schedule.observe(interval * 10 + 5, train_error=train_error + 0.01)
+            schedule.observe(interval * 10 + 10, train_error=train_error - 0.01)
+            schedule.observe(interval * 10 + 10, val_error=0.9 - 0.1 * interval)  # keeps improving
+    assert on_train(80) == pytest.approx(0.001) and on_validation(80) == 0.1  # two drops: intervals 5 and 7
+    restored = PlateauSchedule(0.1, patience=2, min_delta=0.01)
+    on_train.observe(85, train_error=0.3)
+    restored.load_state_dict(on_train.state_dict())
+    assert restored.state_dict() == on_train.state_dict() and restored.interval_train_errors == [0.3]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import imagenet_r18
 from resnet_jax import train
 from resnet_jax.data import on_device
 from resnet_jax.errors import ModelMismatchError, NonFiniteLossError
@@ -157,7 +158,7 @@ def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_
 
 
 def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):
-    config = small_config(cifar_slice_data_dir, num_steps=2, bn_recompute_examples=64)
+    config = small_config(cifar_slice_data_dir, num_steps=2, bn_statistics="recomputed", bn_recompute_examples=64)
     result = train.train_and_evaluate(config, str(tmp_path))
     assert result["bn_statistics"] == "recomputed over 64 training images"
     _, _, state = load_run(tmp_path)  # the checkpoint keeps the training state's moving averages
@@ -209,3 +210,20 @@ def test_quick_start_prepares_data_and_trains(tmp_path):
     )
     assert "resnet20 test (single): top-1 error" in result.stderr
     assert json.loads((tmp_path / "run" / "result.json").read_text())["examples"] == 10_000
+
+
+def test_the_imagenet_recipe_trains_end_to_end(small_imagenet, tmp_path):
+    """The ImageNet path on a CPU-sized scale: grain with uint8 crops finished in the step, the plateau schedule on
+    the training error, BN statistics recomputed, the 1-crop evaluation during training and 10-crop at the end."""
+    config = imagenet_r18.get_config()
+    config.data.data_dir, config.data.worker_count = str(small_imagenet), 0
+    config.batch_size, config.model.bn_group_size, config.num_steps = 8, 4, 4
+    config.log_every_steps = config.eval.every_steps = config.checkpoint_every_steps = 2
+    config.eval.batch_size, config.bn_recompute_examples = 8, 16
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["protocol"] == "10crop" and result["examples"] == 8
+    assert result["bn_statistics"] == "recomputed over 16 training images"
+    records = RunDir(tmp_path).read_metrics()
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]  # 1-crop, periodic
+    assert [r["protocol"] for r in records if r["kind"] == "eval_10crop"] == ["10crop"]
+    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")

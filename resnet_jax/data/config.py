@@ -9,6 +9,8 @@ from resnet_jax.errors import ConfigError
 
 TRAIN_CROPS = ("paper", "inception")
 CORRUPT_POLICIES = ("skip", "fail")
+NORMALIZATIONS = ("per_pixel_mean", "per_channel")
+PAD_COLOURS = ("mean", "black")
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -24,6 +26,10 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       train_crop: ImageNet only: 'paper' (shorter side in [256, 480], random 224 crop) or
         'inception' (random-resized crop; not the paper's, never the default).
       pca_lighting: alphastd of the AlexNet PCA colour noise (paper: 0.1 on ImageNet, none on CIFAR).
+      normalization: 'per_pixel_mean' (the paper: RGB / 255 minus the per-pixel training mean) or 'per_channel'
+        (minus channel_mean, divided by channel_std, both in 0..255 units: other recipes', e.g. mmpretrain's).
+      pad_with: the colour CIFAR's 4-pixel padding has: 'mean' (the paper: 0 after the mean is subtracted) or
+        'black' (mmpretrain pads the raw image with zeros; needs 'per_channel').
       corrupt_policy: 'fail' (raise, naming the record) or 'skip' (log the record and go on).
       worker_count: grain worker processes decoding in parallel (0: in this process).
       read_threads: threads per worker reading and decoding records (hides storage latency).
@@ -41,6 +47,10 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
             "holdout_val": False,
             "train_crop": "paper",
             "pca_lighting": 0.1 if imagenet else 0.0,
+            "normalization": "per_pixel_mean",
+            "channel_mean": (0.0, 0.0, 0.0),
+            "channel_std": (1.0, 1.0, 1.0),
+            "pad_with": "mean",
             "corrupt_policy": "fail",
             "worker_count": 8 if imagenet else 2,
             "read_threads": 2,
@@ -78,6 +88,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if cfg.on_device and dataset.imagenet_like:
         raise ConfigError(f"data.on_device: {cfg.name} is too large to keep in device memory; set it to False.")
+    if cfg.normalization not in NORMALIZATIONS or cfg.pad_with not in PAD_COLOURS:
+        raise ConfigError(f"data.normalization must be one of {NORMALIZATIONS} and data.pad_with one of {PAD_COLOURS}.")
+    if cfg.pad_with == "black" and cfg.normalization != "per_channel":
+        raise ConfigError(
+            "data.pad_with='black' needs data.normalization='per_channel' (a constant colour to pad with)."
+        )
+    if len(cfg.channel_mean) != 3 or len(cfg.channel_std) != 3 or min(cfg.channel_std) <= 0:
+        raise ConfigError("data.channel_mean and data.channel_std need 3 values each, the std positive.")
     if cfg.pca_lighting < 0 or cfg.worker_count < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:
         raise ConfigError("data.pca_lighting, worker_count and read_threads must be >= 0 and prefetch >= 1.")
     if cfg.retries < 0 or cfg.retry_backoff_seconds < 0:

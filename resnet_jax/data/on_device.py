@@ -55,19 +55,24 @@ def load_split(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, 
 
 @dataclasses.dataclass
 class TrainData:
-    """A training split on the devices: {"images": uint8 [N, H, W, 3], "labels": int32 [N], "mean": f32 [H, W, 3]}."""
+    """A training split on the devices: {"images": uint8 [N, H, W, 3], "labels": int32 [N], and the normalisation
+    (`sources.normalization`): "mean" f32 [H, W, 3], "std" f32 [3] (ones: none), "pad" f32 [3] (0: the mean colour)}."""
 
     arrays: dict[str, jax.Array]
 
     @classmethod
     def load(cls, cfg: ml_collections.ConfigDict, mesh: Mesh, split: str = "train") -> TrainData:
         pixels, labels = load_split(cfg, split)
-        mean = sources.mean_image(cfg)
-        return cls(replicate({"images": pixels, "labels": labels, "mean": mean}, mesh))
+        return cls(replicate({"images": pixels, "labels": labels, **_normalization(cfg)}, mesh))
 
     @property
     def num_examples(self) -> int:
         return self.arrays["labels"].shape[0]
+
+
+def _normalization(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    mean, std, pad = sources.normalization(cfg)
+    return {"mean": mean, "std": np.ones(3, np.float32) if std is None else std, "pad": pad}
 
 
 def epoch_order(seed: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
@@ -75,15 +80,17 @@ def epoch_order(seed: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _ORDER), epoch), n)
 
 
-def augment(pixels: jax.Array, mean: jax.Array, seed: jax.Array, epoch: jax.Array, index: jax.Array) -> jax.Array:
-    """The paper's CIFAR training view of one uint8 image: mean subtracted, padded, randomly cropped and flipped."""
+def augment(pixels: jax.Array, norm: dict, seed: jax.Array, epoch: jax.Array, index: jax.Array) -> jax.Array:
+    """The paper's CIFAR training view of one uint8 image: mean subtracted, padded (`norm["pad"]`: 0, the mean
+    colour), randomly cropped and flipped. `norm` holds "mean", "std" and "pad" (`TrainData`)."""
     key = jax.random.key(seed)
     for value in (_AUGMENT, epoch, index):
         key = jax.random.fold_in(key, value)
     crop_key, flip_key = jax.random.split(key)
     size = pixels.shape[0]
     offsets = jax.random.randint(crop_key, (2,), 0, 2 * CIFAR_PAD + 1)
-    padded = jnp.pad(normalize(pixels, mean), ((CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0)))
+    image = normalize(pixels, norm["mean"], norm["std"]) - norm["pad"]
+    padded = jnp.pad(image, ((CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0))) + norm["pad"]
     image = jax.lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), (size, size, pixels.shape[-1]))
     return jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
 
@@ -105,9 +112,8 @@ def train_batch(
     positions = first_position + step * batch_size + jnp.arange(batch_size)
     epochs = positions // n
     indices = orders[epochs - first_position // n, positions % n]
-    images = jax.vmap(augment, in_axes=(0, None, None, 0, 0))(
-        arrays["images"][indices], arrays["mean"], seed, epochs, indices
-    )
+    norm = {key: arrays[key] for key in ("mean", "std", "pad")}
+    images = jax.vmap(augment, in_axes=(0, None, None, 0, 0))(arrays["images"][indices], norm, seed, epochs, indices)
     return {"image": images, "label": arrays["labels"][indices]}
 
 
@@ -139,7 +145,7 @@ class EvalData:
             "images": pixels.reshape(steps, global_batch_size, *pixels.shape[1:]),
             "labels": labels.reshape(steps, global_batch_size),
             "mask": mask.reshape(steps, global_batch_size),
-            "mean": sources.mean_image(cfg),
+            **_normalization(cfg),
         }
         return cls(replicate(arrays, mesh))
 
@@ -152,7 +158,7 @@ def single_view_batch(arrays: dict, step: jax.Array) -> dict[str, jax.Array]:
     """Batch `step` of an `EvalData` in the 'single' protocol's format (`protocols.py`)."""
     pixels = arrays["images"][step]
     return {
-        "image": normalize(pixels, arrays["mean"])[:, None],
+        "image": normalize(pixels, arrays["mean"], arrays["std"])[:, None],
         "label": arrays["labels"][step],
         "mask": arrays["mask"][step],
     }

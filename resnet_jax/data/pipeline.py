@@ -45,10 +45,11 @@ class _ExampleBatch(grain.transforms.Map):
     Records are fetched with one batched read (a single-record read of an ArrayRecord file costs
     ~20x more). Index -1 is padding (evaluation); epoch -1 means no randomness (test views).
     Training batches lose the records skipped as corrupt (a rebatch refills them); evaluation
-    batches keep them, masked out.
+    batches keep them, masked out, as `padding(bucket)` (the view's empty example of the batch's
+    canvas bucket).
     """
 
-    def __init__(self, source, view, *, seed: int, policy: str, where: str, padding: dict | None = None):
+    def __init__(self, source, view, *, seed: int, policy: str, where: str, padding=None):
         self._source = source
         self._view = view
         self._seed = seed
@@ -100,17 +101,18 @@ class _ExampleBatch(grain.transforms.Map):
         return example
 
     def map(self, batch):
-        epochs, indices = (np.asarray(x).tolist() for x in batch)
+        epochs, indices, *rest = (np.asarray(x).tolist() for x in batch)
+        buckets = rest[0] if rest else [0] * len(indices)
         records = iter(self._records([i for i in indices if i >= 0]))
         examples = []
-        for epoch, index in zip(epochs, indices, strict=True):
+        for epoch, index, bucket in zip(epochs, indices, buckets, strict=True):
             example = self._example(next(records), epoch, index) if index >= 0 else None
             if example is not None:
                 if self._padding is not None:
                     example["mask"] = True
                 examples.append(example)
             elif self._padding is not None:  # padding, or a skipped record, counted nowhere
-                examples.append({**self._padding, "label": np.int32(-1), "index": np.int32(index), "mask": False})
+                examples.append({**self._padding(bucket), "label": np.int32(-1), "index": np.int32(-1), "mask": False})
         if not examples:
             return None
         return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
@@ -126,19 +128,35 @@ class _WithEpoch(grain.transforms.MapWithIndex):
         return position // self._num_records, index
 
 
-class _EvalPosition(grain.transforms.Map):
-    """Local position -> (no epoch, record index), index -1 for padding (see module docstring)."""
+def eval_order(num_records: int, global_batch: int, buckets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(record index, canvas bucket) at each position of an evaluation pass: the records in order, or grouped by
+    bucket, each group padded (index -1) to whole global batches so that every global batch holds one bucket."""
+    if buckets is None:
+        buckets = np.zeros(num_records, np.int64)
+    orders, position_buckets = [], []
+    for bucket in np.unique(buckets):
+        members = np.flatnonzero(buckets == bucket)
+        padded = -(-len(members) // global_batch) * global_batch
+        orders.append(np.concatenate([members, np.full(padded - len(members), -1)]))
+        position_buckets.append(np.full(padded, bucket))
+    if not orders:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(orders), np.concatenate(position_buckets)
 
-    def __init__(self, num_records: int, global_batch: int, process_index: int, local_batch: int):
-        self._num_records = num_records
+
+class _EvalPosition(grain.transforms.Map):
+    """Local position -> (no epoch, record index or -1 for padding, canvas bucket) (see module docstring)."""
+
+    def __init__(self, order: np.ndarray, buckets: np.ndarray, global_batch: int, process_index: int, local_batch: int):
+        self._order, self._buckets = order, buckets
         self._global_batch = global_batch
         self._offset = process_index * local_batch
         self._local_batch = local_batch
 
     def map(self, position):
         step, within = divmod(position, self._local_batch)
-        index = step * self._global_batch + self._offset + within
-        return -1, (index if index < self._num_records else -1)
+        k = step * self._global_batch + self._offset + within
+        return -1, int(self._order[k]), int(self._buckets[k])
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -230,13 +248,27 @@ def train_iterator(
     if datasets.get(cfg.name).imagenet_like:
         view = transforms.ImageNetTrainView(crop=cfg.train_crop, alphastd=cfg.pca_lighting)
     else:
-        view = transforms.CifarTrainView(sources.mean_image(cfg))
+        mean, std, pad = sources.normalization(cfg)
+        view = transforms.CifarTrainView(mean, std, pad)
     ds = train_positions(len(source), seed, local_batch, process_index, process_count)
     ds = ds.map(_ExampleBatch(source, view, seed=seed, policy=cfg.corrupt_policy, where=f"{cfg.name} train"))
     ds = ds.to_iter_dataset(_read_options(cfg))
     if cfg.corrupt_policy == "skip":  # refill batches that lost skipped records
         ds = grain.experimental.RebatchIterDataset(ds, batch_size=local_batch, drop_remainder=True)
     return _loader(ds, cfg, f"{cfg.name} train")
+
+
+def eval_buckets(cfg: ml_collections.ConfigDict, split: str, protocol: str) -> np.ndarray | None:
+    """The canvas bucket of every record of `split` for a bucketed protocol (None for the others)."""
+    if not protocols.bucketed(protocol):
+        return None
+    return np.array([protocols.bucket_of(h, w) for h, w in sources.image_sizes(cfg, split)], np.int64)
+
+
+def eval_steps(cfg: ml_collections.ConfigDict, split: str, protocol: str, global_batch_size: int) -> int:
+    """How many global batches an evaluation pass has (the same on every process)."""
+    order, _ = eval_order(sources.num_examples(cfg, split), global_batch_size, eval_buckets(cfg, split, protocol))
+    return len(order) // global_batch_size
 
 
 def eval_iterator(
@@ -250,26 +282,21 @@ def eval_iterator(
 ) -> ResilientIterator:
     """One pass over `split` with a test protocol; every example is in exactly one batch, once.
 
-    protocol: 'single' (CIFAR), '1crop', '10crop', 'multiscale' (ImageNet). Formats: protocols.py.
+    protocol: 'single' (CIFAR), '1crop', '10crop', 'multiscale' (ImageNet). Formats: protocols.py. Global batch k
+    holds the records at positions [kB, (k+1)B) of `eval_order` (the split in order, or grouped by canvas bucket),
+    and process p the p-th slice of it.
     """
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     datasets.get(cfg.name).check_protocol(protocol)
     source = sources.open_split(cfg, split)
-    view = protocols.VIEWS[protocol](sources.mean_image(cfg))
-    n = len(source)
-    steps = -(-n // global_batch_size)
-    ds = grain.MapDataset.range(steps * local_batch)
-    ds = ds.map(_EvalPosition(n, global_batch_size, process_index, local_batch)).batch(local_batch)
+    mean, std, _ = sources.normalization(cfg)
+    view = protocols.VIEWS[protocol](mean, std)
+    order, buckets = eval_order(len(source), global_batch_size, eval_buckets(cfg, split, protocol))
+    ds = grain.MapDataset.range(len(order) // process_count)
+    ds = ds.map(_EvalPosition(order, buckets, global_batch_size, process_index, local_batch)).batch(local_batch)
     ds = ds.map(
-        _ExampleBatch(
-            source,
-            view,
-            seed=0,
-            policy=cfg.corrupt_policy,
-            where=f"{cfg.name} {split}",
-            padding=view.empty(),
-        )
+        _ExampleBatch(source, view, seed=0, policy=cfg.corrupt_policy, where=f"{cfg.name} {split}", padding=view.empty)
     )
     ds = ds.to_iter_dataset(_read_options(cfg))
     return _loader(ds, cfg, f"{cfg.name} {split}")

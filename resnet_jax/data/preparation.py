@@ -13,18 +13,20 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from resnet_jax import datasets
-from resnet_jax.data import cifar10, imagenet, mean_image, sources
+from resnet_jax.data import cifar, imagenet, mean_image, sources
+from resnet_jax.data import config as config_lib
 
 _TFDS_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+_FROM_FILES = {"cifar10": cifar.Cifar10FromFiles, "cifar100": cifar.Cifar100FromFiles}
 
 
 def _builder(name: str, source: Path | None, data_dir: str | None) -> tuple[tfds.core.DatasetBuilder, Path | None]:
     """The builder that writes `name` from `source`, and the manual dir it needs (if any)."""
     kwargs = {"data_dir": data_dir, "file_format": "array_record"}
-    if name in ("cifar10", "cifar100") and source is None:
+    if name in _FROM_FILES and source is None:
         return tfds.builder(name, **kwargs), None
-    if name == "cifar10":
-        return cifar10.Cifar10FromFiles(source=source, **kwargs), None
+    if name in _FROM_FILES:
+        return _FROM_FILES[name](source=source, **kwargs), None
     if name == "imagenet2012":
         if source is None:
             raise ValueError("imagenet2012 needs --source: class folders or the tfds manual directory.")
@@ -70,4 +72,8 @@ def prepare(name: str, source: str | os.PathLike | None = None, data_dir: str | 
         workers = os.cpu_count() if datasets.get(name).imagenet_like and len(train) > 10_000 else 0
         means = mean_image.compute(train, name, worker_count=workers)
         mean_image.store(builder.data_path, means)
+    if datasets.get(name).imagenet_like and "validation" in builder.info.splits:
+        cfg = config_lib.default_data_config(name)
+        cfg.data_dir = data_dir
+        sources.image_sizes(cfg, "validation")  # for the multi-scale protocol's canvas buckets
     return Path(os.fspath(builder.data_path))

@@ -1,12 +1,13 @@
 """Prepare a dataset once: a tfds ArrayRecord dataset plus its per-pixel training mean.
 
   python -m resnet_jax.data.prepare cifar10 [--source=PATH] [--data_dir=DIR]
-  python -m resnet_jax.data.prepare cifar100 [--data_dir=DIR]
+  python -m resnet_jax.data.prepare cifar100 [--source=PATH] [--data_dir=DIR]
   python -m resnet_jax.data.prepare imagenet2012 --source=PATH [--data_dir=DIR]
 
-cifar10 without --source and cifar100 are downloaded and built by tfds' own builders (these
-need the network and TensorFlow, whose image encoder they use). cifar10 --source is
-`cifar-10-python.tar.gz`, a directory holding it, or class folders (directory or tarball, e.g.
+cifar10 and cifar100 without --source are downloaded and built by tfds' own builders (these
+need the network and TensorFlow, whose image encoder they use). Their --source is the original
+python tarball (`cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`), a directory holding it, or
+class folders train/<class>/, test/<class>/ (directory or tarball, e.g. the JPEG copy
 cifar-10-images-jpg.tar.gz). imagenet2012 --source is a directory of class folders
 (train/<wnid>/, val/<wnid>/), or tfds' manual directory with ILSVRC2012_img_{train,val}.tar
 (built by tfds' builder, which needs TensorFlow). --data_dir defaults to $TFDS_DATA_DIR or

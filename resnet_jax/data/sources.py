@@ -17,6 +17,8 @@ from resnet_jax.data import config as config_lib
 from resnet_jax.errors import DatasetMissingError
 
 MEAN_FILE = "per_pixel_mean.npz"  # in the dataset's version directory; keys are split specs
+SIZES_FILE = "image_sizes.npz"  # beside it: (height, width) of every image of a split, keys are split specs
+_HEADER_CHUNK = 1024
 
 
 def holdout_specs(name: str) -> tuple[str, str]:
@@ -87,6 +89,23 @@ def num_examples(cfg: ml_collections.ConfigDict, split: str) -> int:
     return builder(cfg).info.splits[spec].num_examples
 
 
+def normalization(cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(mean image, per-channel std or None, padding value) that the views apply, in [0, 1] units.
+
+    The paper's ('per_pixel_mean'): the per-pixel training mean, no division, and CIFAR crops padded with 0 after
+    the subtraction, i.e. the mean colour. 'per_channel' (a named option for other recipes): constant channel means
+    and standard deviations from the config, and padding with black (`data.pad_with='black'`, as mmpretrain pads
+    the raw image) or the mean colour.
+    """
+    if cfg.normalization == "per_pixel_mean":
+        return mean_image(cfg), None, np.zeros(3, np.float32)
+    shape = datasets.get(cfg.name).image_shape
+    mean = np.asarray(cfg.channel_mean, np.float32) / 255
+    std = np.asarray(cfg.channel_std, np.float32) / 255
+    pad = (0 - mean) / std if cfg.pad_with == "black" else np.zeros(3, np.float32)
+    return np.broadcast_to(mean, shape).astype(np.float32), std, pad.astype(np.float32)
+
+
 def mean_image(cfg: ml_collections.ConfigDict) -> np.ndarray:
     """float32 per-pixel mean of the training split, in the [0, 1] scale of the pipeline."""
     path = builder(cfg).data_path / MEAN_FILE
@@ -97,3 +116,39 @@ def mean_image(cfg: ml_collections.ConfigDict) -> np.ndarray:
         if spec not in means:
             raise _missing(cfg, f"{path} has no mean for {spec!r}")
         return means[spec].astype(np.float32)
+
+
+def image_sizes(cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
+    """int32 [N, 2]: (height, width) of every image of `split`, read from the JPEG headers.
+
+    Reading every record once costs about a minute for ImageNet's validation set, so the result is kept in
+    image_sizes.npz beside the dataset (written by `prepare`, or here the first time, where the directory can be
+    written).
+    """
+    from resnet_jax.data import images
+
+    path = builder(cfg).data_path / SIZES_FILE
+    spec = split_spec(cfg, split)
+    stored = {}
+    if path.exists():
+        with path.open("rb") as f, np.load(f) as sizes:
+            stored = {key: sizes[key] for key in sizes.files}
+    if spec in stored:
+        return stored[spec]
+    source = open_split(cfg, split)
+    sizes = np.zeros((len(source), 2), np.int32)
+    for start in range(0, len(source), _HEADER_CHUNK):
+        indices = list(range(start, min(start + _HEADER_CHUNK, len(source))))
+        for i, record in zip(indices, source.__getitems__(indices), strict=True):
+            try:
+                sizes[i] = images.jpeg_shape(record["image"])
+            except images.CorruptImageError:
+                sizes[i] = (1, 1)  # any bucket: the evaluation meets the record and applies data.corrupt_policy
+    try:
+        partial = path.parent / f".{SIZES_FILE}.{os.getpid()}.partial"
+        with partial.open("wb") as f:
+            np.savez(f, **stored, **{spec: sizes})
+        partial.replace(path)
+    except OSError:
+        pass  # a read-only dataset: computed again next time
+    return sizes

@@ -16,9 +16,10 @@ import math
 
 import numpy as np
 
+from resnet_jax import datasets
 from resnet_jax.data import images
 
-IMAGENET_CROP = 224
+IMAGENET_CROP = datasets.get("imagenet2012").image_shape[0]  # the training and test crop
 IMAGENET_SCALES = (256, 480)  # shorter side drawn uniformly from this closed range (Section 3.4)
 CIFAR_PAD = 4
 
@@ -105,9 +106,11 @@ def sample_inception_box(
     return (left, top, left + w, top + h)
 
 
-def normalize(pixels: np.ndarray, mean_image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 RGB / 255 minus the per-pixel mean."""
-    return pixels.astype(np.float32) * np.float32(1 / 255) - mean_image
+def normalize(pixels: np.ndarray, mean_image: np.ndarray, std: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB -> float32 RGB / 255 minus the mean (the paper's per-pixel mean), divided by a per-channel standard
+    deviation if one is given (a named option: `data.normalization='per_channel'`). NumPy or jax arrays alike."""
+    centred = pixels.astype(np.float32) * np.float32(1 / 255) - mean_image
+    return centred if std is None else centred / std
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -137,7 +140,7 @@ class ImageNetTrainView:
         return {"image": images.mirror(pixels) if flip else pixels, "flip": np.bool_(flip), "lighting": lighting}
 
 
-def finish_imagenet_batch(batch: dict, mean_image) -> dict:
+def finish_imagenet_batch(batch: dict, mean_image, std=None) -> dict:
     """The device's share of the ImageNet training view, on a batch of `ImageNetTrainView` outputs: float32 RGB / 255
     minus the per-pixel mean (mirrored for mirrored crops: flip(pixels) - flip(mean), as Caffe does), plus the PCA
     lighting offset. Traced into the train step; also callable on NumPy batches (returns jax arrays)."""
@@ -145,24 +148,27 @@ def finish_imagenet_batch(batch: dict, mean_image) -> dict:
 
     flip = jnp.asarray(batch["flip"])[:, None, None, None]
     means = jnp.where(flip, jnp.asarray(mean_image)[:, ::-1], jnp.asarray(mean_image))
-    image = normalize(jnp.asarray(batch["image"]), means) + jnp.asarray(batch["lighting"])[:, None, None, :]
+    image = normalize(jnp.asarray(batch["image"]), means, std) + jnp.asarray(batch["lighting"])[:, None, None, :]
     return {k: v for k, v in batch.items() if k not in ("flip", "lighting")} | {"image": image}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CifarTrainView:
-    """Mean subtraction, 4-pixel zero padding, random 32x32 crop, random flip (Section 4.2).
+    """Mean subtraction, 4-pixel padding, random 32x32 crop, random flip (Section 4.2).
 
-    The padding is added after the mean is subtracted, so padded pixels are the mean colour.
+    The padding is added after the mean is subtracted and is 0 there, so padded pixels are the mean colour; with
+    `pad_value` (the normalised value of another colour, per channel) they are that colour instead.
     """
 
     mean_image: np.ndarray  # float32 [32, 32, 3]
+    std: np.ndarray | None = None
+    pad_value: np.ndarray | float = 0.0
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         pixels = images.decode_png(record["image"])
         size = pixels.shape[0]
-        padded = np.zeros((size + 2 * CIFAR_PAD, size + 2 * CIFAR_PAD, 3), np.float32)
-        padded[CIFAR_PAD:-CIFAR_PAD, CIFAR_PAD:-CIFAR_PAD] = normalize(pixels, self.mean_image)
+        padded = np.zeros((size + 2 * CIFAR_PAD, size + 2 * CIFAR_PAD, 3), np.float32) + self.pad_value
+        padded[CIFAR_PAD:-CIFAR_PAD, CIFAR_PAD:-CIFAR_PAD] = normalize(pixels, self.mean_image, self.std)
         top, left = rng.integers(0, 2 * CIFAR_PAD + 1, size=2)
         image = padded[top : top + size, left : left + size]
         if rng.random() < 0.5:
