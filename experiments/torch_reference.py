@@ -54,12 +54,14 @@ class TvBottleneck(nn.Module):
 
 
 class TorchvisionResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000):
+    """torchvision's ResNet; with `cifar_stem`, mmpretrain's ResNet_CIFAR (conv1 3x3 stride 1, no max pool)."""
+
+    def __init__(self, block, layers, num_classes=1000, cifar_stem=False):
         super().__init__()
         self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False) if cifar_stem else nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, 2, 1)
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], 2)
         self.layer3 = self._make_layer(block, 256, layers[2], 2)

@@ -46,6 +46,10 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     # Local files to prepare the dataset from if it is missing (see `python -m resnet_jax.data.prepare --help`).
     c.prepare_from = ml_collections.config_dict.placeholder(str)
 
+    # Static loss scaling for float16 compute (model.dtype): the loss is multiplied by it before the backward pass and
+    # the gradients divided after (mmpretrain's fp16 recipe: 512). 1: none, as float32 and bfloat16 need.
+    c.loss_scale = 1.0
+
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 1e-4
@@ -164,6 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.log_every_steps, checkpoint_every_steps and eval.every_steps must be positive",
         ),
         (config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1"),
+        (config.loss_scale > 0, "config.loss_scale must be positive (1: no scaling)"),
         (config.bn_statistics in BN_STATISTICS, f"config.bn_statistics must be one of {BN_STATISTICS}"),
         (
             (config.bn_recompute_examples > 0) == (config.bn_statistics == "recomputed"),

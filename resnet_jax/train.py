@@ -172,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for member in members:
             member.path.mkdir(exist_ok=True)
     writer = MetricWriter(members, config.num_steps, step)
-    dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs)
+    dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs, config.loss_scale)
     evaluator = Evaluator(
         model,
         config.data,

@@ -61,6 +61,21 @@ def test_cifar_layout_matches_reference():
     _compare("resnet32", ref.CifarResNet(n=5), 32)
 
 
+@pytest.mark.parametrize(
+    "name,block,layers",
+    [("resnet18_cifar", ref.TvBasicBlock, [2, 2, 2, 2]), ("resnet50_cifar", ref.TvBottleneck, [3, 4, 6, 3])],
+)
+def test_cifar_stem_nets_convert_with_torchvision_names(name, block, layers):
+    """mmpretrain's CIFAR nets: torchvision's names, a 3x3 stride-1 conv1, no max pool, v1.5 bottlenecks."""
+    variables = _compare(name, ref.TorchvisionResNet(block, layers, num_classes=100, cifar_stem=True), 32)
+    assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
+    exported = export_torch_state_dict(name, variables)
+    assert exported["conv1.weight"].shape == (64, 3, 3, 3) and exported["fc.weight"].shape == (
+        100,
+        512 * block.expansion,
+    )
+
+
 def test_export_round_trips():
     torch_model = _randomise(ref.CifarResNet(n=3), 1)
     state = _state_dict(torch_model)
