@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from configs import cifar10
 from experiments import cifar_depth_study as study
@@ -199,3 +201,26 @@ def test_the_independent_pytorch_trainer_builds_the_papers_nets():
         paper_millions = paper.value("Table 6", f"resnet{depth}", "parameters") / 1e6
         assert round(count / 1e6, 2 if count < 1e6 else 1) == paper_millions
     assert counts[20] == 269_722 and set(counts) == {20, 32, 44, 56, 110, 1202}
+
+
+def test_the_data_control_pairs_each_lossless_image_with_its_jpeg_copy(tmp_path):
+    from experiments import data_control
+
+    if not (data_control.SHARED / "cifar-10-images-jpg.tar.gz").exists():
+        pytest.skip("the shared CIFAR-10 files are absent")
+    sources = data_control.build_sources(data_control.SHARED, tmp_path)
+    names = {r: sorted(p.relative_to(s).with_suffix("") for p in s.rglob("*.*g")) for r, s in sources.items()}
+    assert names["lossless"] == names["jpeg"] and len(names["jpeg"]) == 6 * 1017
+    assert sum(1 for n in names["jpeg"] if n.parts[0] == "test") == 1017
+    originals = np.load(data_control.SHARED / "cifar10_original_labels_and_lossless_prefix.npz")
+    png = np.asarray(Image.open(sources["lossless"] / "train" / "frog" / "data_batch_1_0000.png"))
+    np.testing.assert_array_equal(png, originals["data_batch_1_data_prefix"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+    jpeg = np.asarray(Image.open(sources["jpeg"] / "train" / "frog" / "data_batch_1_0000.jpg")).astype(int)
+    assert 2 < np.abs(jpeg - png).mean() < 20  # the same image, re-encoded at q75
+
+    config = data_control.control_config(tmp_path, epochs=164, runs=3)
+    assert config.num_steps == 6500 and config.schedule.boundaries == (3250, 4875) and config.runs == 3
+    config.data.on_device = True
+    from resnet_jax.config import validate
+
+    validate(config)
