@@ -130,6 +130,18 @@ def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
     return last["step"], 100 * last[key]
 
 
+def parameters(net: str) -> int:
+    """The net's parameter count (for runs whose result.json predates recording it)."""
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax.models import create_model, input_shape
+
+    model = create_model(net, num_classes=10)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape(net)))))
+    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))
+
+
 def net_row(net: str, run_dir: RunDir) -> dict:
     """One row of Table 6 from a finished net: final test and training errors over its runs, and the paper's."""
     members = run_dir.members()
@@ -143,7 +155,7 @@ def net_row(net: str, run_dir: RunDir) -> dict:
         "net": net,
         "runs": len(members),
         "steps": finals[0][0][0],
-        "parameters": (run_dir.read_result() or {}).get("parameters", ""),
+        "parameters": (run_dir.read_result() or {}).get("parameters") or parameters(net),
         "test_error_mean": round(float(test.mean()), 2),
         "test_error_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else "",
         "test_error_best": round(float(test.min()), 2),

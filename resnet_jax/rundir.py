@@ -76,7 +76,10 @@ class RunDir:
         return RunDir(self.path / f"seed{seed}")
 
     def members(self) -> list[RunDir]:
-        """[self] for a single run, else each member's directory, in seed order (from config.json)."""
+        """[self] for a single run, else each member's directory, in seed order (from config.json; a run copied
+        without its config.json is taken as a single run)."""
+        if not (self.path / CONFIG).exists():
+            return [self]
         config = self.read_config()
         return [self] if config.runs == 1 else [self.member(config.seed + k) for k in range(config.runs)]
 
