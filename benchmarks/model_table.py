@@ -1,38 +1,34 @@
-"""Parameters and multiply-adds of every named model beside the paper's Table 1 and Table 6.
+"""Parameters and multiply-adds of every named model beside the paper's (docs/paper.md).
 
-    python benchmarks/model_table.py            # Markdown table (the one in the README)
+    python -m benchmarks.model_table            # Markdown table (the one in the README)
 
 Multiply-adds count convolutions and the fully-connected layer for one 224x224 (ImageNet) or 32x32 (CIFAR) image,
-as Table 1 does. The "paper" columns are Table 1's FLOPs, Table 6's parameter counts, and (ImageNet parameters)
-torchvision's option-B counts quoted in PAPER.md.
+as Table 1 does. The "reference" columns are Table 1's multiply-adds, Table 6's parameter counts, torchvision's and
+mmpretrain's option-B counts for the ImageNet nets, and mmpretrain's table for the CIFAR-stem nets (CIFAR-10 rows).
 """
 
 import jax
 import jax.numpy as jnp
 
+from experiments import paper
 from resnet_jax.flops import count_multiply_adds
 from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 
-PAPER_MULTIPLY_ADDS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9, "resnet152": 11.3e9}
-PAPER_PARAMS = {
-    "resnet18": 11.69e6,
-    "resnet34": 21.80e6,
-    "resnet50": 25.56e6,
-    "resnet101": 44.55e6,
-    "resnet152": 60.19e6,
-    "resnet50_v1d": 25.58e6,
-    "resnet101_v1d": 44.57e6,
-    "resnet152_v1d": 60.21e6,
-    "resnet20": 0.27e6,
-    "resnet32": 0.46e6,
-    "resnet44": 0.66e6,
-    "resnet56": 0.85e6,
-    "resnet110": 1.7e6,
-    "resnet1202": 19.4e6,
-}
+
+def reference_parameters() -> dict[str, float]:
+    counts = {net: row["parameters"] for net, row in paper.table("Parameter counts").items()}
+    counts.update({net: row["parameters"] for net, row in paper.table("Table 6").items()})
+    counts.update(
+        {r["model"]: r["parameters"] for r in paper.table("mmpretrain").values() if r["dataset"] == "cifar10"}
+    )
+    return counts
 
 
-def _row(name: str) -> str:
+def _millions(count: float) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e6:.2g}M"
+
+
+def _row(name: str, parameters: dict[str, float], table1: dict[str, dict]) -> str:
     cifar = is_cifar(name)
     model = create_model(name, num_classes=10 if cifar else 1000)
     shape = input_shape(name)
@@ -43,11 +39,11 @@ def _row(name: str) -> str:
         name,
         "CIFAR-10" if cifar else "ImageNet",
         f"{params:,}",
-        f"{PAPER_PARAMS[name] / 1e6:g}M" if name in PAPER_PARAMS else "",
-        f"{macs / 1e9:.3f}e9" if not cifar else f"{macs / 1e6:.1f}e6",
-        f"{PAPER_MULTIPLY_ADDS[name] / 1e9:g}e9" if name in PAPER_MULTIPLY_ADDS else "",
+        _millions(parameters[name]) if name in parameters else "",
+        f"{macs / 1e9:.3f}e9" if not cifar or macs > 1e9 else f"{macs / 1e6:.1f}e6",
+        f"{table1[name]['multiply-adds'] / 1e9:g}e9" if name in table1 else "",
     ]
-    if name in PAPER_MULTIPLY_ADDS:
+    if name in table1:
         v15 = count_multiply_adds(create_model(name, num_classes=1000, stride_on_3x3=True), shape)
         cells.append(f"{v15 / 1e9:.3f}e9")
     else:
@@ -56,10 +52,11 @@ def _row(name: str) -> str:
 
 
 def main() -> None:
-    print("| model | data | parameters | paper | multiply-adds | Table 1 | same net, v1.5 stride |")
+    parameters, table1 = reference_parameters(), paper.table("Table 1")
+    print("| model | data | parameters | reference | multiply-adds | Table 1 | same net, v1.5 stride |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in MODEL_NAMES:
-        print(_row(name), flush=True)
+        print(_row(name, parameters, table1), flush=True)
 
 
 if __name__ == "__main__":

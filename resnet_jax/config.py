@@ -12,6 +12,7 @@ from resnet_jax import datasets, models
 from resnet_jax.data.config import default_data_config
 from resnet_jax.data.config import validate as validate_data_config
 from resnet_jax.errors import ConfigError
+from resnet_jax.train_step import MULTI_RUN_MODES
 
 SCHEDULES = ("steps", "plateau")
 PLATEAU_SIGNALS = ("train_error", "validation_error")
@@ -26,6 +27,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.num_steps = 64_000
     # Independent runs trained together in one program, seeds seed .. seed + runs - 1 (needs data.on_device).
     c.runs = 1
+    # How the runs share the program (train_step.over_runs): "vmap" (batched, for accelerators), "unrolled" (one
+    # after the other, for XLA:CPU), "auto" (by the backend). The runs' results are the same either way.
+    c.multi_run = "auto"
     # Training steps per call into the devices; it must divide the log, evaluation and checkpoint intervals, which
     # are therefore also the granularity of every decision taken on the host (warm-up by training error, plateaus,
     # preemption).
@@ -128,6 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "config.batch_size, config.num_steps and config.eval.batch_size must be positive",
         ),
         (config.runs >= 1, "config.runs must be >= 1"),
+        (config.multi_run in MULTI_RUN_MODES, f"config.multi_run must be one of {MULTI_RUN_MODES}"),
         (
             config.runs == 1 or config.data.on_device,
             "config.runs > 1 trains the runs in one program, each with its own "

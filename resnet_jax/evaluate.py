@@ -35,14 +35,8 @@ def main(argv: list[str]) -> None:
     mesh = make_mesh()
     config, model, state = load_run(run_dir, FLAGS.step, mesh)
     protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
-    evaluator = Evaluator(
-        model,
-        config.data,
-        protocol=protocol,
-        split=FLAGS.split or config.eval.split,
-        batch_size=FLAGS.batch_size or config.eval.batch_size,
-        mesh=mesh,
-        runs=config.runs,
+    evaluator = Evaluator.for_config(
+        config, model, mesh, protocol=protocol, split=FLAGS.split, batch_size=FLAGS.batch_size
     )
     results = evaluator(state.variables())
     summary = summarize(results if isinstance(results, list) else [results])

@@ -25,6 +25,7 @@ from resnet_jax.data.pipeline import eval_steps
 from resnet_jax.data.protocols import MULTISCALE_SIDES
 from resnet_jax.errors import InputPipelineError
 from resnet_jax.sharding import batch_sharded, check_divisible, replicated
+from resnet_jax.train_step import over_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Evaluator:
         batch_size: int,
         mesh: Mesh,
         runs: int = 1,
+        multi_run: str = "auto",
     ):
         datasets.get(data_config.name).check_protocol(protocol)
         check_divisible(batch_size, mesh, "the evaluation batch size (config.eval.batch_size)")
@@ -162,7 +164,7 @@ class Evaluator:
         def evaluation_step(variables, batch):
             return error_counts(model, protocol, variables, batch)
 
-        step = evaluation_step if runs == 1 else jax.vmap(evaluation_step, in_axes=(0, None))
+        step = over_runs(evaluation_step, runs, (0, None), multi_run)
         self._on_device = data_config.on_device
         if self._on_device:
             self._data = on_device.EvalData.load(data_config, split, batch_size, mesh)
@@ -182,6 +184,29 @@ class Evaluator:
             self._step = jax.jit(
                 step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh)
             )
+
+    @classmethod
+    def for_config(
+        cls,
+        config: ml_collections.ConfigDict,
+        model: nn.Module,
+        mesh: Mesh,
+        *,
+        protocol: str | None = None,
+        split: str | None = None,
+        batch_size: int | None = None,
+    ) -> Evaluator:
+        """The evaluator of a run's config: its periodic protocol, split and batch size unless others are given."""
+        return cls(
+            model,
+            config.data,
+            protocol=protocol or config.eval.protocol,
+            split=split or config.eval.split,
+            batch_size=batch_size or config.eval.batch_size,
+            mesh=mesh,
+            runs=config.runs,
+            multi_run=config.multi_run,
+        )
 
     def __call__(self, variables: Any) -> EvalResult | list[EvalResult]:
         totals = self._evaluate_split(variables, self._data.arrays) if self._on_device else self._stream(variables)

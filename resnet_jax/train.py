@@ -37,7 +37,7 @@ from resnet_jax.plots import plot_training_curves
 from resnet_jax.rundir import RunDir
 from resnet_jax.schedules import PlateauSchedule, StepSchedule
 from resnet_jax.sharding import check_divisible, make_mesh, replicated
-from resnet_jax.train_step import TrainState, create_train_state, make_dispatch
+from resnet_jax.train_step import TrainState, create_train_state, make_dispatch, over_runs
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> StepSchedule | PlateauSchedule:
@@ -125,7 +125,7 @@ def recompute_batch_stats(config: ml_collections.ConfigDict, state: TrainState, 
         return jax.lax.scan(body, zeros, jnp.arange(per_dispatch))[0]  # forward passes only: no XLA:CPU slowdown
 
     run = jax.jit(
-        one_run if config.runs == 1 else jax.vmap(one_run, in_axes=(0, None, feed.inputs_run_axes, 0)),
+        over_runs(one_run, config.runs, (0, None, feed.inputs_run_axes, 0), config.multi_run),
         out_shardings=replicated(mesh),
     )
     first = config.seed + 1
@@ -172,16 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for member in members:
             member.path.mkdir(exist_ok=True)
     writer = MetricWriter(members, config.num_steps, step)
-    dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs, config.loss_scale)
-    evaluator = Evaluator(
-        model,
-        config.data,
-        protocol=config.eval.protocol,
-        split=config.eval.split,
-        batch_size=config.eval.batch_size,
-        mesh=mesh,
-        runs=runs,
-    )
+    dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs, config.loss_scale, config.multi_run)
+    evaluator = Evaluator.for_config(config, model, mesh)
     all_finite = jax.jit(lambda t: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)])))
     seeds = np.int32(config.seed) if runs == 1 else np.arange(config.seed, config.seed + runs, dtype=np.int32)
     preemption = _Preemption()
@@ -283,15 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.wait()
         final_evaluator = evaluator
         if config.eval.final_protocol not in (None, config.eval.protocol):
-            final_evaluator = Evaluator(
-                model,
-                config.data,
-                protocol=config.eval.final_protocol,
-                split=config.eval.split,
-                batch_size=config.eval.batch_size,
-                mesh=mesh,
-                runs=runs,
-            )
+            final_evaluator = Evaluator.for_config(config, model, mesh, protocol=config.eval.final_protocol)
         recompute = config.bn_statistics == "recomputed"
         if recompute:
             state = state.replace(batch_stats=recompute_batch_stats(config, state, mesh))

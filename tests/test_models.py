@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import paper
 from resnet_jax.flops import count_multiply_adds
 from resnet_jax.models import MODEL_NAMES, BottleneckBlock, create_model, is_cifar
 from tests.nets import noisy_batch_stats, tiny_resnet
@@ -18,60 +19,50 @@ def _num_params(variables):
     return sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 
-# torchvision / mmpretrain counts (option B).
-@pytest.mark.parametrize(
-    "name,expected",
-    [
-        ("resnet18", 11_689_512),
-        ("resnet34", 21_797_672),
-        ("resnet50", 25_557_032),
-        ("resnet101", 44_549_160),
-        ("resnet152", 60_192_808),
-    ],
-)
-def test_imagenet_parameter_counts(name, expected):
-    assert _num_params(_init_shapes(create_model(name, num_classes=1000), 224)) == expected
+PARAMETERS = paper.table("Parameter counts")  # torchvision's and mmpretrain's option-B counts
+TABLE6 = paper.table("Table 6")
+TABLE1 = paper.table("Table 1")
 
 
-# mmpretrain's ResNetV1D: 25.58M / 44.57M / 60.21M.
-@pytest.mark.parametrize("name,millions", [("resnet50_v1d", 25.58), ("resnet101_v1d", 44.57), ("resnet152_v1d", 60.21)])
-def test_v1d_parameter_counts(name, millions):
-    assert round(_num_params(_init_shapes(create_model(name, num_classes=1000), 224)) / 1e6, 2) == millions
+@pytest.mark.parametrize("name", PARAMETERS)
+def test_imagenet_parameter_counts(name):
+    count = _num_params(_init_shapes(create_model(name, num_classes=1000), 224))
+    expected = PARAMETERS[name]["parameters"]
+    assert (
+        count == expected
+        if expected == int(expected) and expected > 1e7 and "v1d" not in name
+        else round(count / 1e6, 2) == round(expected / 1e6, 2)
+    )  # exact counts where given, else millions to 2 decimals
 
 
 # Table 6 gives millions to two significant figures; the public weights give the exact counts for 20..56.
-@pytest.mark.parametrize(
-    "depth,millions,exact",
-    [
-        (20, 0.27, 269_722),
-        (32, 0.46, 464_154),
-        (44, 0.66, 658_586),
-        (56, 0.85, 853_018),
-        (110, 1.7, None),
-        (1202, 19.4, None),
-    ],
-)
-def test_cifar_parameter_counts(depth, millions, exact):
-    count = _num_params(_init_shapes(create_model(f"resnet{depth}", num_classes=10), 32))
+@pytest.mark.parametrize("net", TABLE6)
+def test_cifar_parameter_counts(net):
+    count = _num_params(_init_shapes(create_model(net, num_classes=10), 32))
+    millions = TABLE6[net]["parameters"] / 1e6
     assert round(count / 1e6, 2 if count < 1e6 else 1) == millions
-    if exact is not None:
-        assert count == exact
-    if depth != 1202:  # option A adds no parameters, so plain and residual nets are the same size
-        assert _num_params(_init_shapes(create_model(f"plain{depth}", num_classes=10), 32)) == count
+    exact = {"resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018}  # public weights
+    if net in exact:
+        assert count == exact[net]
+    if net != "resnet1202":  # option A adds no parameters, so plain and residual nets are the same size
+        assert _num_params(_init_shapes(create_model(net.replace("resnet", "plain"), num_classes=10), 32)) == count
 
 
-@pytest.mark.parametrize(
-    "name,paper",
-    [("resnet18", 1.8e9), ("resnet34", 3.6e9), ("resnet50", 3.8e9), ("resnet101", 7.6e9), ("resnet152", 11.3e9)],
-)
-def test_multiply_adds_match_table1(name, paper):
+@pytest.mark.parametrize("name", TABLE1)
+def test_multiply_adds_match_table1(name):
     v1 = count_multiply_adds(create_model(name, num_classes=1000), (224, 224, 3))
-    assert abs(v1 / paper - 1) < 0.02
+    assert abs(v1 / TABLE1[name]["multiply-adds"] - 1) < 0.02
     v15 = count_multiply_adds(create_model(name, num_classes=1000, stride_on_3x3=True), (224, 224, 3))
-    if name in ("resnet18", "resnet34"):
+    if TABLE1[name]["block"] == "basic":
         assert v15 == v1  # basic blocks have no 1x1 to move the stride from
     else:
         assert v15 > v1 * 1.02  # the 3x3 runs at the higher resolution in v1.5
+
+
+def test_stage_sizes_are_table1s():
+    for name, row in TABLE1.items():
+        model = create_model(name, num_classes=1000)
+        assert tuple(model.stage_sizes) == tuple(int(row[f"conv{i}_x"]) for i in range(2, 6))
 
 
 def test_cifar_multiply_adds():
