@@ -198,9 +198,8 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
     ]
     for r in rows:
         spread = f" +- {r['test_error_std']:.2f}" if r["test_error_std"] != "" else ""
-        parameters = f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] else ""
         lines.append(
-            f"| {r['net']} | {parameters} | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
+            f"| {r['net']} | {r['parameters'] / 1e6:.2f}M | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
             f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
         )
     (workdir / "table6.md").write_text("\n".join(lines) + "\n")
