@@ -23,11 +23,10 @@ import statistics
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
+from benchmarks.bare_step import time_train_step
 from benchmarks.machine import describe
 from configs import cifar10
 from resnet_jax import cli, train
@@ -35,8 +34,6 @@ from resnet_jax.config import model_from_config
 from resnet_jax.models import input_shape
 from resnet_jax.optim import make_optimizer
 from resnet_jax.rundir import RunDir
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, make_train_step
 
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
 flags.DEFINE_list("nets", ["resnet20", "resnet56"], "CIFAR nets to measure.")
@@ -55,24 +52,9 @@ STUDY = [f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 
 
 def bare_images_per_sec(net: str) -> float:
     config = cifar10.get_config(net)
-    model, mesh = model_from_config(config.model), make_mesh()
-    optimizer = make_optimizer(**config.optimizer)
-    state = create_train_state(model, optimizer, input_shape(net), 0, mesh)
-    step = make_train_step(model, optimizer, mesh)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(128, *input_shape(net))), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 10, 128), jnp.int32),
-    }
-    lr = jnp.float32(0.1)
-    for _ in range(3):
-        state, metrics = step(state, batch, lr)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(FLAGS.bare_steps):
-        state, metrics = step(state, batch, lr)
-    jax.block_until_ready((state, metrics))
-    return 128 * FLAGS.bare_steps / (time.perf_counter() - start)
+    model, optimizer = model_from_config(config.model), make_optimizer(**config.optimizer)
+    seconds, _ = time_train_step(model, optimizer, input_shape(net), 10, config.batch_size, FLAGS.bare_steps)
+    return config.batch_size / seconds
 
 
 def loop(net: str, runs: int, on_device: bool) -> dict:

@@ -1,11 +1,13 @@
-"""Why CPU dispatches run as separate calls: a convolution's gradients inside a `lax.scan` body, against outside one.
+"""Why CPU dispatches run step by step and CPU multi-runs member by member: two XLA:CPU measurements.
 
     python -m benchmarks.cpu_loop_gradients
 
-Times, on whatever backend JAX uses, a 3x3 convolution's kernel gradient and input gradient (batch 128 of 32x32x16,
-CIFAR's first stage) and the ResNet-20 train step, each jitted alone and jitted as the body of a one-iteration
-`lax.scan`. On XLA:CPU the scanned versions run many times slower (benchmarks/RESULTS.md), which is why
-`train_step.make_dispatch` runs its k steps as k calls there. Prints one JSON line per figure.
+1. A 3x3 convolution's kernel and input gradients (batch 128 of 32x32x16, CIFAR's first stage) and the ResNet-20
+   train step, each jitted alone and jitted as the body of a one-iteration `lax.scan`. XLA:CPU runs the scanned ones
+   many times slower, which is why `train_step.make_dispatch` runs its k steps as k calls there.
+2. The ResNet-20 train step of three members in one jitted program, `vmap`ped (grouped convolutions) against unrolled
+   (one member after another), beside one member alone: why `config.multi_run='auto'` unrolls on the CPU.
+Prints one JSON line per figure (on whatever backend JAX uses).
 """
 
 import json
@@ -20,7 +22,7 @@ from benchmarks.machine import describe
 from resnet_jax.models import create_model
 from resnet_jax.optim import make_optimizer
 from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, sgd_step
+from resnet_jax.train_step import create_train_state, over_runs, sgd_step
 
 
 def _seconds(function, *args, repeats: int = 3) -> float:
@@ -71,6 +73,26 @@ def main(argv):
                     "alone_sec": seconds_alone,
                     "in_scan_sec": seconds_scanned,
                     "slowdown": seconds_scanned / seconds_alone,
+                    **machine,
+                }
+            ),
+            flush=True,
+        )
+
+    def step(state, batch):
+        return sgd_step(model, optimizer, state, batch, 0.1)[0].params
+
+    one = _seconds(jax.jit(step), state, batch)
+    members = create_train_state(model, optimizer, (32, 32, 3), 0, make_mesh(), runs=3)
+    for mode in ("vmap", "unrolled"):
+        seconds = _seconds(jax.jit(over_runs(step, 3, (0, None), mode)), members, batch)
+        print(
+            json.dumps(
+                {
+                    "name": f"multi_run/resnet20/3_members/{mode}",
+                    "sec": seconds,
+                    "one_member_sec": one,
+                    "vs_three_single_steps": seconds / (3 * one),
                     **machine,
                 }
             ),

@@ -1,6 +1,6 @@
 """Throughput of the full train step (forward, backward, SGD update, BN statistics) on synthetic batches.
 
-    python benchmarks/train_step.py --model=resnet50 --batch_size=32 --dtype=float32 --steps=10
+    python -m benchmarks.train_step --model=resnet50 --batch_size=32 --dtype=float32 --steps=10
 
 Prints one JSON line per figure; the last line holds images_per_sec, compile_sec, mfu (model multiply-adds x 2 x 3
 for forward and backward, per second, over the peak FLOP/s that a large jitted matrix product reaches in the same run)
@@ -13,15 +13,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
+from benchmarks.bare_step import time_train_step
 from benchmarks.machine import describe
 from resnet_jax.flops import count_multiply_adds
 from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, make_train_step
 
 flags.DEFINE_enum("model", "resnet50", MODEL_NAMES, "Model name.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
@@ -61,27 +59,8 @@ def main(argv):
     if FLAGS.v15:
         options["stride_on_3x3"] = True
     model = create_model(name, num_classes=num_classes, **options)
-    mesh = make_mesh()
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    state = create_train_state(model, optimizer, shape, 0, mesh)
-    step = make_train_step(model, optimizer, mesh)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(FLAGS.batch_size, *shape)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, num_classes, FLAGS.batch_size), jnp.int32),
-    }
-    lr = jnp.float32(0.1)
-
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, lr).compile()
-    compile_sec = time.perf_counter() - start
-    state, metrics = compiled(state, batch, lr)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        state, metrics = compiled(state, batch, lr)
-    jax.block_until_ready((state, metrics))
-    seconds = (time.perf_counter() - start) / FLAGS.steps
+    seconds, compile_sec = time_train_step(model, optimizer, shape, num_classes, FLAGS.batch_size, FLAGS.steps)
 
     macs = count_multiply_adds(model, shape)
     peak = matmul_peak_flops(FLAGS.dtype)
