@@ -70,17 +70,22 @@ def cifar10_data_dir(tmp_path_factory):
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def imagenet_samples_data_dir(tmp_path_factory):
-    """The 1000 real ImageNet images as a class-folder dataset (the same images as train and val), prepared."""
+def prepared_imagenet(root, rows):
+    """The sample images of `rows` as a class-folder ImageNet (the same images as train and val) prepared under
+    `root`; returns its tfds data dir."""
     if not IMAGENET_SAMPLES.exists():
         pytest.skip(f"{IMAGENET_SAMPLES} is absent")
     from resnet_jax.data.preparation import prepare
 
-    root = tmp_path_factory.mktemp("imagenet_samples")
-    source = imagenet_class_folders(root / "source", imagenet_sample_rows())
+    source = imagenet_class_folders(root / "source", rows)
     prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
     return root / "tfds"
+
+
+@pytest.fixture(scope="session")
+def imagenet_samples_data_dir(tmp_path_factory):
+    """The 1000 real ImageNet images, prepared."""
+    return prepared_imagenet(tmp_path_factory.mktemp("imagenet_samples"), imagenet_sample_rows())
 
 
 def data_config(name, data_dir, **overrides):
@@ -95,13 +100,6 @@ def data_config(name, data_dir, **overrides):
 
 
 @pytest.fixture(scope="session")
-def small_imagenet(tmp_path_factory):
-    """Eight real ImageNet images of eight classes, as both training and validation split, prepared."""
-    if not IMAGENET_SAMPLES.exists():
-        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
-    from resnet_jax.data.preparation import prepare
-
-    root = tmp_path_factory.mktemp("small_imagenet")
-    source = imagenet_class_folders(root / "source", imagenet_sample_rows()[::125])
-    prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
-    return root / "tfds"
+def eight_imagenet_data_dir(tmp_path_factory):
+    """Eight real ImageNet images of eight classes, prepared."""
+    return prepared_imagenet(tmp_path_factory.mktemp("eight_imagenet"), imagenet_sample_rows()[::125])

@@ -10,7 +10,7 @@ from resnet_jax.data import on_device, protocols, sources
 from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, error_counts, multiscale_scores, summarize
 from resnet_jax.models import create_model
 from resnet_jax.sharding import make_mesh
-from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows
+from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_sample_rows, prepared_imagenet
 from tests.nets import noisy_batch_stats, tiny_resnet
 
 
@@ -69,10 +69,8 @@ def varied_imagenet(tmp_path_factory):
         kind = next((k for k, (lo, hi) in kinds.items() if lo <= aspect < hi), None)
         if kind and kind not in chosen and int(row["width"]) * int(row["height"]) < 300_000:
             chosen[kind] = row
-    root = tmp_path_factory.mktemp("varied_imagenet")
-    source = imagenet_class_folders(root / "source", list(chosen.values()))
-    data.prepare("imagenet2012", source=str(source), data_dir=str(root / "tfds"))
-    return data_config("imagenet2012", root / "tfds"), len(chosen)
+    data_dir = prepared_imagenet(tmp_path_factory.mktemp("varied_imagenet"), list(chosen.values()))
+    return data_config("imagenet2012", data_dir), len(chosen)
 
 
 def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(varied_imagenet, monkeypatch):

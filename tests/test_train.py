@@ -18,7 +18,7 @@ from resnet_jax import train
 from resnet_jax.data import on_device
 from resnet_jax.errors import ModelMismatchError, NonFiniteLossError
 from resnet_jax.rundir import RunDir, load_run
-from tests.training import REPO, checkpoint_leaves, command, env, free_port, run, small_config, train_losses
+from tests.training import REPO, checkpoint_leaves, command, env, run, run_two_processes, small_config, train_losses
 
 
 def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data_dir, tmp_path, caplog):
@@ -57,21 +57,8 @@ def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, 
     np.testing.assert_allclose(train_losses(eight), train_losses(one), rtol=2e-4)
 
     two = tmp_path / "two"
-    port = free_port()
-    processes = [
-        subprocess.Popen(
-            command(cifar_slice_data_dir, two, num_steps=4)
-            + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO,
-            env=env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+    codes, outputs = run_two_processes(command(cifar_slice_data_dir, two, num_steps=4))
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     np.testing.assert_allclose(train_losses(two), train_losses(one), rtol=2e-4)
 
 
@@ -212,11 +199,11 @@ def test_quick_start_prepares_data_and_trains(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["examples"] == 10_000
 
 
-def test_the_imagenet_recipe_trains_end_to_end(small_imagenet, tmp_path):
+def test_the_imagenet_recipe_trains_end_to_end(eight_imagenet_data_dir, tmp_path):
     """The ImageNet path on a CPU-sized scale: grain with uint8 crops finished in the step, the plateau schedule on
     the training error, BN statistics recomputed, the 1-crop evaluation during training and 10-crop at the end."""
     config = imagenet_r18.get_config()
-    config.data.data_dir, config.data.worker_count = str(small_imagenet), 0
+    config.data.data_dir, config.data.worker_count = str(eight_imagenet_data_dir), 0
     config.batch_size, config.model.bn_group_size, config.num_steps = 8, 4, 4
     config.log_every_steps = config.eval.every_steps = config.checkpoint_every_steps = 2
     config.eval.batch_size, config.bn_recompute_examples = 8, 16

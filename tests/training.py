@@ -87,3 +87,21 @@ def _leaves(tree):
     if isinstance(tree, (list, tuple)):
         return [leaf for v in tree for leaf in _leaves(v)]
     return [tree]
+
+
+def run_two_processes(argv: list[str], timeout: int = 600) -> tuple[list[int], list[str]]:
+    """`argv` as two jax.distributed processes on localhost (one CPU device each): their exit codes and outputs."""
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            argv + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO,
+            env=env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+    return [p.returncode for p in processes], outputs
