@@ -12,7 +12,7 @@ import errno
 from absl import flags
 
 from resnet_jax import cli, main
-from tests.faults import flaky_pipeline
+from resnet_jax.faults import flaky_pipeline
 
 flags.DEFINE_enum("fault", "transient", ["transient", "permanent"], "The fault to inject.")
 flags.DEFINE_integer("fault_process", 1, "The process whose pipeline fails.")

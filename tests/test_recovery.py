@@ -9,7 +9,6 @@ import errno
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,9 +21,9 @@ import pytest
 
 from resnet_jax import train
 from resnet_jax.errors import CheckpointSaveError, NoRestorableCheckpointError
+from resnet_jax.faults import flaky_pipeline
 from resnet_jax.rundir import DAMAGED_CHECKPOINTS
-from tests.faults import flaky_pipeline
-from tests.training import REPO, checkpoint_leaves, command, env, free_port, run, small_config, train_losses
+from tests.training import checkpoint_leaves, command, run, run_two_processes, small_config, train_losses
 
 GRAIN = {"data.on_device": False, "data.worker_count": 1, "data.retry_backoff_seconds": 0.1, "num_steps": 10}
 
@@ -128,24 +127,9 @@ def test_a_save_that_fails_for_a_full_disk_then_a_rerun(cifar_slice_data_dir, tm
 
 
 def _two_processes(data_dir, workdir, *fault_flags, **overrides):
-    port = free_port()
     module = "tests.faulty_main" if fault_flags else "resnet_jax.main"
     grain = {**GRAIN, "data.worker_count": 0, **overrides}
-    processes = [
-        subprocess.Popen(
-            command(data_dir, workdir, module=module, **grain)
-            + list(fault_flags)
-            + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO,
-            env=env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    return [p.returncode for p in processes], outputs
+    return run_two_processes(command(data_dir, workdir, module=module, **grain) + list(fault_flags))
 
 
 def test_two_processes_recover_stop_and_fall_back_together(cifar_slice_data_dir, tmp_path, reference):

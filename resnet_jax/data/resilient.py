@@ -43,9 +43,10 @@ class ResilientIterator(Iterator):
         self._backoff = backoff_seconds
         self._iterator = make_iterator()
         self._state = self._iterator.get_state()
-        self.recoveries: list[str] = []  # the cause of each recovery, in order
+        self.recoveries: list[dict[str, Any]] = []  # {"cause", "seconds" from the fault to the next batch}
 
     def __next__(self):
+        failed_at = None
         for attempt in range(self._retries + 1):
             try:
                 batch = next(self._iterator)
@@ -60,9 +61,16 @@ class ResilientIterator(Iterator):
                         "same command once the cause is fixed (a full /dev/shm or disk, a lost mount): it resumes "
                         "from the latest checkpoint."
                     ) from error
+                failed_at = failed_at or time.perf_counter()
+                self.recoveries.append({"cause": repr(error), "seconds": None})
                 self._rebuild(error, attempt)
                 continue
             self._state = self._iterator.get_state()
+            if failed_at is not None:
+                self.recoveries[-1]["seconds"] = time.perf_counter() - failed_at
+                logging.warning(
+                    "The %s input pipeline recovered in %.1f s.", self._what, self.recoveries[-1]["seconds"]
+                )
             return batch
         raise AssertionError("unreachable")
 
@@ -76,7 +84,6 @@ class ResilientIterator(Iterator):
             attempt + 1,
             self._retries,
         )
-        self.recoveries.append(repr(error))
         try:
             self._iterator.close()
         except Exception as close_error:  # noqa: BLE001 - a broken iterator may fail to close; it is dropped anyway

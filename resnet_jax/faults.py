@@ -1,4 +1,5 @@
-"""Faults injected into a real run, for the recovery tests."""
+"""Faults injected into a real run's input pipeline: for the recovery tests, and for measuring what a recovery costs
+(benchmarks/recovery.py). Nothing in a normal run imports this module."""
 
 import jax
 

@@ -1,0 +1,148 @@
+"""What the faults a run heals by itself cost, in seconds, on the quick CIFAR config fed by grain.
+
+    python -m benchmarks.recovery --data_dir=workdirs/tfds [--steps=50]
+
+Runs `configs/cifar10.py:resnet20,quick` for --steps steps on the grain pipeline (2 worker processes, a checkpoint
+every half of the run) several times in one process: uninterrupted; with an OSError injected into the training
+pipeline; with a grain worker killed with SIGKILL; and resumed after its newest checkpoint was truncated. For the
+two pipeline faults it reports the pipeline's own recovery time (from the fault to the next batch) and the run's
+wall time against the uninterrupted one; for the damaged checkpoint, the resumed run's wall time against a resume
+from an intact checkpoint (the difference is the steps redone and the failed restore). Each run ends with the same
+parameters as the uninterrupted one (tests/test_recovery.py proves it; here it is checked again). One JSON line per
+figure.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import psutil
+from absl import app, flags, logging
+
+from benchmarks.machine import describe
+from configs import cifar10
+from resnet_jax import data, faults, train
+from resnet_jax.rundir import RunDir
+
+flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
+flags.DEFINE_integer("steps", 50, "Training steps per run (even).")
+FLAGS = flags.FLAGS
+
+
+def _config():
+    config = cifar10.get_config("resnet20,quick")
+    config.data.data_dir, config.data.on_device, config.data.worker_count = FLAGS.data_dir, False, 2
+    config.num_steps, config.steps_per_dispatch, config.log_every_steps = FLAGS.steps, 1, 5
+    config.checkpoint_every_steps = config.eval.every_steps = FLAGS.steps // 2
+    return config
+
+
+def _params(workdir: Path) -> list[np.ndarray]:
+    state = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(FLAGS.steps) / "state")
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def _run(workdir: Path) -> float:
+    start = time.perf_counter()
+    train.train_and_evaluate(_config(), str(workdir))
+    return time.perf_counter() - start
+
+
+def _capture_iterators() -> list:
+    """Records the training iterators the runs build, to read their recoveries."""
+    built, real = [], data.train_iterator
+
+    def capturing(*args, **kwargs):
+        iterator = real(*args, **kwargs)
+        built.append(iterator)
+        return iterator
+
+    data.train_iterator = capturing
+    return built
+
+
+def main(argv):
+    del argv
+    machine = describe()
+    work = Path(tempfile.mkdtemp())
+    iterators = _capture_iterators()
+    figures = []
+    reference_seconds = _run(work / "uninterrupted")
+    reference = _params(work / "uninterrupted")
+
+    def record(name: str, seconds: float, workdir: Path, baseline: float, **extra):
+        same = all(np.array_equal(a, b) for a, b in zip(_params(workdir), reference, strict=True))
+        figures.append(
+            {
+                "name": f"recovery/{name}",
+                "wall_sec": seconds,
+                "baseline_wall_sec": baseline,
+                "extra_sec": seconds - baseline,
+                "bit_identical": same,
+                **extra,
+                **machine,
+            }
+        )
+        print(json.dumps(figures[-1]), flush=True)
+
+    # An OSError in the middle of the run.
+    real_loader = data.pipeline._loader
+    faults.flaky_pipeline(FLAGS.steps // 2 + 3, OSError(errno.EBADF, "Bad file descriptor (injected)"))
+    seconds = _run(work / "oserror")
+    data.pipeline._loader = real_loader
+    record("oserror", seconds, work / "oserror", reference_seconds, recoveries=iterators[-1].recoveries)
+
+    # A grain worker killed once the run has logged a fifth of its steps.
+    def kill_a_worker(workdir: Path):
+        while not (workdir / "metrics.jsonl").exists() or len(RunDir(workdir).read_metrics()) < FLAGS.steps // 25:
+            time.sleep(0.05)
+        for child in psutil.Process().children(recursive=True):
+            if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline()):
+                os.kill(child.pid, signal.SIGKILL)
+                logging.info("Killed grain worker %d.", child.pid)
+                return
+
+    killer = threading.Thread(target=kill_a_worker, args=(work / "killed",))
+    killer.start()
+    seconds = _run(work / "killed")
+    killer.join()
+    record("worker_killed", seconds, work / "killed", reference_seconds, recoveries=iterators[-1].recoveries)
+
+    # The newest checkpoint truncated: the resume falls back to the one before. Baseline: the same resume intact.
+    for name in ("intact", "truncated"):
+        shutil.copytree(work / "uninterrupted", work / name)
+        (work / name / "result.json").unlink()
+        newest = work / name / "checkpoints" / str(FLAGS.steps)
+        if name == "truncated":
+            for path in newest.rglob("*"):
+                if path.is_file() and path.stat().st_size > 100:
+                    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:  # resume from the middle checkpoint, as the truncated run will, by removing the newest
+            shutil.rmtree(newest)
+    intact = _run(work / "intact")
+    truncated = _run(work / "truncated")
+    # Both redo the steps after the middle checkpoint; the truncated one also tries, fails and moves aside the newest.
+    record(
+        "newest_checkpoint_truncated",
+        truncated,
+        work / "truncated",
+        intact,
+        steps_redone=FLAGS.steps - FLAGS.steps // 2,
+        uninterrupted_wall_sec=reference_seconds,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
