@@ -10,12 +10,7 @@ Collect the runs with `python -m experiments.imagenet_tables`.
 
 from configs.imagenet_recipe import Row, table_config
 
-ROWS = {
-    "plain18": Row("plain18", "A"),
-    "resnet18": Row("resnet18", "A"),
-    "plain34": Row("plain34", "A"),
-    "resnet34": Row("resnet34", "A"),
-}
+ROWS = {net: Row(net, "A") for net in ("plain18", "resnet18", "plain34", "resnet34")}  # option A throughout
 
 
 def get_config(arg: str = "resnet34"):

@@ -47,27 +47,23 @@ class Dataset:
             raise ConfigError(f"Test protocol {protocol!r} does not apply to {self.name}; use one of {self.protocols}.")
 
 
+def _cifar(name: str, classes: int) -> Dataset:
+    tarball = f"cifar-{classes}-python.tar.gz"
+    return Dataset(
+        name,
+        classes,
+        (32, 32, 3),
+        ("train", "test"),
+        "test",
+        ("single",),
+        holdout=5000,
+        sources=f"[--source={tarball} or class folders]  # no source: tfds download",
+    )
+
+
 DATASETS: dict[str, Dataset] = {
-    "cifar10": Dataset(
-        "cifar10",
-        10,
-        (32, 32, 3),
-        ("train", "test"),
-        "test",
-        ("single",),
-        holdout=5000,
-        sources="[--source=cifar-10-python.tar.gz or class folders]  # no source: tfds download",
-    ),
-    "cifar100": Dataset(
-        "cifar100",
-        100,
-        (32, 32, 3),
-        ("train", "test"),
-        "test",
-        ("single",),
-        holdout=5000,
-        sources="[--source=cifar-100-python.tar.gz or class folders]  # no source: tfds download",
-    ),
+    "cifar10": _cifar("cifar10", 10),
+    "cifar100": _cifar("cifar100", 100),
     "imagenet2012": Dataset(
         "imagenet2012",
         1000,

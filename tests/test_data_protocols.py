@@ -1,4 +1,4 @@
-"""Test-time protocols of PAPER.md: view geometry on real images, and every example counted exactly once."""
+"""Test-time protocols (docs/paper.md): view geometry on real images, and every example counted exactly once."""
 
 import io
 import math

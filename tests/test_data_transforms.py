@@ -1,4 +1,4 @@
-"""Training augmentation against PAPER.md, on the real images of ../shared/data."""
+"""Training augmentation against the paper (docs/paper.md), on the real images of ../shared/data."""
 
 import io
 

@@ -1,4 +1,4 @@
-"""Training augmentation of PAPER.md, one example at a time.
+"""Training augmentation of the paper (docs/paper.md, "Training"), one example at a time.
 
 Each view is a small picklable callable `view(record, rng) -> {"image": float32 [H, W, 3]}` (grain
 ships it to its worker processes). `record` is a tfds example whose "image" is still encoded, so
