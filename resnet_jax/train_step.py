@@ -77,7 +77,7 @@ def over_runs(f: Callable, runs: int, in_axes: tuple, mode: str = "auto") -> Cal
 
     'vmap' batches the members into one computation (a convolution's kernels become one grouped convolution), which
     fills an accelerator that one CIFAR net leaves mostly idle; 'unrolled' computes them one after the other in the
-    same program, which XLA:CPU runs 3.6x faster than its grouped convolutions (benchmarks/RESULTS.md). 'auto' picks
+    same program, which XLA:CPU runs about 4x faster than its grouped convolutions (benchmarks/RESULTS.md). 'auto' picks
     'unrolled' on the CPU and 'vmap' elsewhere. The members' results are the same either way, to float rounding.
     """
     if runs == 1:
@@ -171,7 +171,7 @@ def make_dispatch(
     `inputs` (`resnet_jax.data.feeds.Feed`). The metric sums cover the `steps` steps (per run). `state` is donated.
 
     On accelerators the steps run in one `lax.scan`. On the CPU they run as `steps` calls of one jitted step: XLA:CPU
-    runs convolution gradients inside a loop body about 30x slower than outside one (benchmarks/RESULTS.md), and a
+    runs convolution gradients inside a loop body 7-50x slower than outside one (benchmarks/RESULTS.md), and a
     CPU step is long enough that dispatching costs nothing anyway. Both compute the same steps on the same batches.
     """
 
