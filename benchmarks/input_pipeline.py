@@ -86,16 +86,25 @@ def single_core_config(name: str, data_dir: Path):
     return cfg
 
 
-def imagenet_figures(shared: Path, work: Path, rounds: int) -> list[dict]:
-    work.mkdir(parents=True)
+def prepare_imagenet_samples(shared: Path, work: Path, splits: tuple[str, ...] = ("train",)) -> tuple[Path, list]:
+    """The 1000 real ImageNet sample images of `shared` as an ImageNet-format tfds dataset under `work` (the same
+    images in each class-folder split of `splits`: "train", "val"); returns its data dir and the label rows."""
+    work.mkdir(parents=True, exist_ok=True)
     samples = shared / "imagenet_samples"
     rows = [line.split("\t") for line in (samples / "labels.tsv").read_text().splitlines()[1:]]
     source = work / "imagenet_source"
     for _, wnid, filename, *_ in rows:
-        (source / "train" / wnid).mkdir(parents=True, exist_ok=True)
-        (source / "train" / wnid / filename).symlink_to(samples / "images" / filename)
+        for split in splits:
+            (source / split / wnid).mkdir(parents=True, exist_ok=True)
+            (source / split / wnid / filename).symlink_to(samples / "images" / filename)
     data.prepare("imagenet2012", source=str(source), data_dir=str(work / "tfds"))
-    cfg = single_core_config("imagenet2012", work / "tfds")
+    return work / "tfds", rows
+
+
+def imagenet_figures(shared: Path, work: Path, rounds: int) -> list[dict]:
+    data_dir, rows = prepare_imagenet_samples(shared, work)
+    samples = shared / "imagenet_samples"
+    cfg = single_core_config("imagenet2012", data_dir)
     mean = sources.mean_image(cfg)
     jpegs = [(samples / "images" / filename).read_bytes() for _, _, filename, *_ in rows]
     view = transforms.ImageNetTrainView()
