@@ -120,8 +120,8 @@ class ShortcutBranch(nn.Module):
         return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+class _Block(nn.Module):
+    """What every residual (or plain) block is given: its width, stride, layer factories and shortcut."""
 
     features: int
     strides: int
@@ -129,6 +129,11 @@ class BasicBlock(nn.Module):
     norm: ModuleDef
     shortcut: ModuleDef | None  # a ShortcutBranch factory; None for plain nets
     zero_init_last: bool = False
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+
     expansion = 1
 
     @nn.compact
@@ -140,19 +145,13 @@ class BasicBlock(nn.Module):
         return _keep(nn.relu(y if self.shortcut is None else y + self.shortcut(name="downsample")(x, valid)), valid)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
     """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152).
 
     `stride_on_3x3` False is the authors' release ("v1": the stride sits on the first 1x1); True is torchvision's
     and NVIDIA's "v1.5" (about +0.5% top-1 and 5% more multiply-adds).
     """
 
-    features: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    shortcut: ModuleDef | None  # a ShortcutBranch factory; None for plain nets
-    zero_init_last: bool = False
     stride_on_3x3: bool = False
     expansion = 4
 

@@ -78,11 +78,15 @@ def one_crop_pixels(data: bytes) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class CifarSingleView:
-    """The 32x32 test image itself."""
+class _View:
+    """A test view: `view(record)` gives one example's views, normalised; `empty(bucket)` a padding example."""
 
-    mean_image: np.ndarray  # float32 [32, 32, 3]
+    mean_image: np.ndarray  # float32: [32, 32, 3] for CIFAR; for ImageNet [224, 224, 3], the 1-crop view's mean
     std: np.ndarray | None = None
+
+
+class CifarSingleView(_View):
+    """The 32x32 test image itself."""
 
     def __call__(self, record: dict) -> dict:
         return {"image": normalize(images.decode_png(record["image"]), self.mean_image, self.std)[None]}
@@ -91,12 +95,8 @@ class CifarSingleView:
         return {"image": np.zeros((1, *self.mean_image.shape), np.float32)}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class OneCropView:
+class OneCropView(_View):
     """Shorter side 256, centre 224 crop."""
-
-    mean_image: np.ndarray  # float32 [224, 224, 3]
-    std: np.ndarray | None = None
 
     def __call__(self, record: dict) -> dict:
         return {"image": normalize(one_crop_pixels(record["image"]), self.mean_image, self.std)[None]}
@@ -105,12 +105,8 @@ class OneCropView:
         return {"image": np.zeros((1, IMAGENET_CROP, IMAGENET_CROP, 3), np.float32)}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TenCropView:
+class TenCropView(_View):
     """Shorter side 256; the four corner and the centre 224 crops, and their mirrors."""
-
-    mean_image: np.ndarray  # float32 [224, 224, 3]
-    std: np.ndarray | None = None
 
     def __call__(self, record: dict) -> dict:
         data = record["image"]
@@ -129,12 +125,8 @@ class TenCropView:
         return {"image": np.zeros((10, IMAGENET_CROP, IMAGENET_CROP, 3), np.float32)}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class MultiScaleView:
+class MultiScaleView(_View):
     """The whole image at each shorter side of MULTISCALE_SIDES, on its bucket's canvases (see above)."""
-
-    mean_image: np.ndarray  # float32 [224, 224, 3]
-    std: np.ndarray | None = None
 
     def __call__(self, record: dict) -> dict:
         data = record["image"]
