@@ -184,6 +184,7 @@ class Evaluator:
             self._step = jax.jit(
                 step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh)
             )
+            self._steps = eval_steps(data_config, split, protocol, batch_size)  # global batches per pass
 
     @classmethod
     def for_config(
@@ -227,13 +228,12 @@ class Evaluator:
     def _stream(self, variables: Any) -> dict[str, jax.Array]:
         """Sums the counts over one pass of the grain pipeline. A process whose pipeline fails for good goes on with
         masked-out batches to the end of the pass, so that no process waits alone; then all stop together."""
-        steps = eval_steps(self._data_config, self.split, self.protocol, self._batch_size)
         batches = data.eval_iterator(
             self._data_config, split=self.split, protocol=self.protocol, global_batch_size=self._batch_size
         )
         totals, failure, last = None, None, None
         try:
-            for _ in range(steps):
+            for _ in range(self._steps):
                 if failure is None:
                     try:
                         last = next(batches)

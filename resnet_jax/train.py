@@ -27,7 +27,7 @@ from absl import logging
 from resnet_jax import data, datasets, multihost
 from resnet_jax.checkpoints import Checkpointer, model_signature
 from resnet_jax.config import model_from_config, validate
-from resnet_jax.data import feeds, on_device, preparation, sources
+from resnet_jax.data import feeds, on_device, preparation
 from resnet_jax.errors import ConfigError, InputPipelineError, NonFiniteLossError
 from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, summarize
 from resnet_jax.metric_writer import MetricWriter
@@ -78,7 +78,8 @@ def make_feed(
         return feeds.DeviceFeed(train_data, batch_size, mesh, seed if runs == 1 else list(range(seed, seed + runs)))
     iterator = data.train_iterator(data_config, global_batch_size=batch_size, seed=seed)
     finish = datasets.get(data_config.name).imagenet_like  # uint8 crops, finished on the devices
-    return feeds.HostFeed(iterator, mesh, steps, normalization=sources.normalization(data_config) if finish else None)
+    normalization = on_device.normalization_arrays(data_config) if finish else None
+    return feeds.HostFeed(iterator, mesh, steps, normalization=normalization)
 
 
 class _Preemption:
@@ -301,9 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "model": config.model.name,
         "parameters": sum(x.size for x in jax.tree.leaves(state.params)) // runs,
         "bn_statistics": (
-            f"recomputed over {config.bn_recompute_examples} training images"
-            if config.bn_statistics == "recomputed"
-            else "moving averages"
+            f"recomputed over {config.bn_recompute_examples} training images" if recompute else "moving averages"
         ),
     }
     if multihost.is_main():

@@ -164,21 +164,17 @@ class DevicePrefetchIterator(Iterator):
 class HostFeed(Feed):
     """Batches from a host iterator (grain's), k stacked per dispatch and prefetched to the devices.
 
-    With `normalization` ((mean, std, pad) of `sources.normalization`), batches are ImageNet training crops as uint8
-    with their flips and lighting offsets, finished on the devices (`transforms.finish_imagenet_batch`).
+    With `normalization` (`on_device.normalization_arrays`), batches are ImageNet training crops as uint8 with their
+    flips and lighting offsets, finished on the devices (`transforms.finish_imagenet_batch`).
 
     If the iterator fails for good (`InputPipelineError`) in a multi-host run, the feed keeps the step going with
     all-zero batches and records the error in `failure`, so that no process is left waiting in a collective; the loop
     stops every process together at its next agreement point, before anything computed from those batches is saved.
     """
 
-    def __init__(self, iterator, mesh: Mesh, steps: int, prefetch: int = 2, normalization: tuple | None = None):
+    def __init__(self, iterator, mesh: Mesh, steps: int, prefetch: int = 2, normalization: dict | None = None):
         self._iterator = iterator
-        if normalization is None:
-            self.data = None
-        else:
-            mean, std, _ = normalization
-            self.data = replicate({"mean": mean, "std": np.ones(3, np.float32) if std is None else std}, mesh)
+        self.data = None if normalization is None else replicate(normalization, mesh)
         self._batches = DevicePrefetchIterator(_Stacked(iterator, steps), mesh, prefetch, P(None, DATA_AXIS))
         self.failure: Exception | None = None
         self._last = None

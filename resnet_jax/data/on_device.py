@@ -63,14 +63,15 @@ class TrainData:
     @classmethod
     def load(cls, cfg: ml_collections.ConfigDict, mesh: Mesh, split: str = "train") -> TrainData:
         pixels, labels = load_split(cfg, split)
-        return cls(replicate({"images": pixels, "labels": labels, **_normalization(cfg)}, mesh))
+        return cls(replicate({"images": pixels, "labels": labels, **normalization_arrays(cfg)}, mesh))
 
     @property
     def num_examples(self) -> int:
         return self.arrays["labels"].shape[0]
 
 
-def _normalization(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def normalization_arrays(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """`sources.normalization` as the arrays a jitted step reads: {"mean", "std" (ones for none), "pad"}."""
     mean, std, pad = sources.normalization(cfg)
     return {"mean": mean, "std": np.ones(3, np.float32) if std is None else std, "pad": pad}
 
@@ -145,7 +146,7 @@ class EvalData:
             "images": pixels.reshape(steps, global_batch_size, *pixels.shape[1:]),
             "labels": labels.reshape(steps, global_batch_size),
             "mask": mask.reshape(steps, global_batch_size),
-            **_normalization(cfg),
+            **normalization_arrays(cfg),
         }
         return cls(replicate(arrays, mesh))
 
