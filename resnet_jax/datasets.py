@@ -25,6 +25,7 @@ class Dataset:
       holdout: examples held out of the training split as split 'val' with `data.holdout_val` (0: not offered).
       imagenet_like: variable-sized JPEGs with the ImageNet augmentation (scale, crop, PCA lighting); otherwise small
         fixed-size images with the CIFAR augmentation (pad, crop, flip).
+      archive: the file of the dataset's original release that `prepare --source` reads (CIFAR's python tarball).
       sources: what `python -m resnet_jax.data.prepare NAME --source=...` accepts, for messages.
     """
 
@@ -36,6 +37,7 @@ class Dataset:
     protocols: tuple[str, ...]
     holdout: int = 0
     imagenet_like: bool = False
+    archive: str = ""
     sources: str = ""
 
     def split_names(self, holdout_val: bool) -> tuple[str, ...]:
@@ -57,6 +59,7 @@ def _cifar(name: str, classes: int) -> Dataset:
         "test",
         ("single",),
         holdout=5000,
+        archive=tarball,
         sources=f"[--source={tarball} or class folders]  # no source: tfds download",
     )
 

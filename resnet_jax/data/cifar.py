@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-_IMAGE_SHAPE = (32, 32, 3)
+from resnet_jax import datasets
 
 # CIFAR-100's 20 superclasses and their classes, as on the dataset's page; both lists are in label order when sorted.
 _SUPERCLASSES = {
@@ -56,11 +56,19 @@ _SUPERCLASSES = {
 class Layout:
     """How one CIFAR dataset's original files are laid out."""
 
-    tarball: str
+    dataset: str  # its name in `resnet_jax.datasets`, which knows its release's tarball and image shape
     batches: dict[str, tuple[str, ...]]  # split -> pickle file names
     label_key: bytes
     labels: tuple[str, ...]  # class names in label order
     coarse_labels: tuple[str, ...] = ()  # superclass names in label order (CIFAR-100)
+
+    @property
+    def tarball(self) -> str:
+        return datasets.get(self.dataset).archive
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return datasets.get(self.dataset).image_shape
 
     def coarse_label(self, label: int) -> int:
         fine = self.labels[label]
@@ -68,13 +76,13 @@ class Layout:
 
 
 CIFAR10 = Layout(
-    "cifar-10-python.tar.gz",
+    "cifar10",
     {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
     b"labels",
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 )
 CIFAR100 = Layout(
-    "cifar-100-python.tar.gz",
+    "cifar100",
     {"train": ("train",), "test": ("test",)},
     b"fine_labels",
     tuple(sorted(c for members in _SUPERCLASSES.values() for c in members)),
@@ -107,7 +115,8 @@ def python_batches(tarball: Path, layout: Layout, split: str) -> Iterator[tuple[
             if batch_name not in members:
                 raise FileNotFoundError(f"{tarball} has no {batch_name}; is it {layout.tarball}?")
             batch = _NumpyOnlyUnpickler(archive.extractfile(members[batch_name]), encoding="bytes").load()
-            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            height, width, channels = layout.image_shape  # the batch files store channel-major rows
+            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
             yield from zip(data, batch[layout.label_key], strict=True)
 
 
@@ -150,10 +159,10 @@ def _class_folder_files(source: Path, layout: Layout) -> dict[str, list[tuple[st
     return files
 
 
-def _decoded(image_bytes: bytes, name: str) -> Image.Image:
+def _decoded(image_bytes: bytes, name: str, shape: tuple[int, int, int]) -> Image.Image:
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-    if (image.height, image.width, 3) != _IMAGE_SHAPE:
-        raise ValueError(f"{name} is {image.width}x{image.height}, not a 32x32 CIFAR image")
+    if (image.height, image.width, 3) != shape:
+        raise ValueError(f"{name} is {image.width}x{image.height}, not a {shape[1]}x{shape[0]} CIFAR image")
     return image
 
 
@@ -199,7 +208,7 @@ class _FromFiles:
     def _from_class_folders(self, examples: list[tuple[str, bytes]]):
         for index, (example_id, image_bytes) in enumerate(examples):
             label = self.layout.labels.index(example_id.split("/")[1])
-            yield index, self._example(example_id, _decoded(image_bytes, example_id), label)
+            yield index, self._example(example_id, _decoded(image_bytes, example_id, self.layout.image_shape), label)
 
 
 class Cifar10FromFiles(_FromFiles, tfds.image_classification.Cifar10, skip_registration=True):
