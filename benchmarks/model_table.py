@@ -7,11 +7,8 @@ as Table 1 does. The "reference" columns are Table 1's multiply-adds, Table 6's 
 mmpretrain's option-B counts for the ImageNet nets, and mmpretrain's table for the CIFAR-stem nets (CIFAR-10 rows).
 """
 
-import jax
-import jax.numpy as jnp
-
 from experiments import paper
-from resnet_jax.flops import count_multiply_adds
+from resnet_jax.flops import count_multiply_adds, count_parameters
 from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
 
 
@@ -32,8 +29,7 @@ def _row(name: str, parameters: dict[str, float], table1: dict[str, dict]) -> st
     cifar = is_cifar(name)
     model = create_model(name, num_classes=10 if cifar else 1000)
     shape = input_shape(name)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
-    params = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+    params = count_parameters(model, shape)
     macs = count_multiply_adds(model, shape)
     cells = [
         name,

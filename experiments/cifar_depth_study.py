@@ -132,14 +132,10 @@ def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
 
 def parameters(net: str) -> int:
     """The net's parameter count (for runs whose result.json predates recording it)."""
-    import jax
-    import jax.numpy as jnp
-
+    from resnet_jax.flops import count_parameters
     from resnet_jax.models import create_model, input_shape
 
-    model = create_model(net, num_classes=10)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape(net)))))
-    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))
+    return count_parameters(create_model(net, num_classes=10), input_shape(net))
 
 
 def net_row(net: str, run_dir: RunDir) -> dict:

@@ -1,4 +1,5 @@
-"""Multiply-adds of a network, counted the way Table 1 counts them: convolutions and the fully-connected layer."""
+"""What a network costs: its parameters, and its multiply-adds counted the way Table 1 counts them (convolutions and
+the fully-connected layer). Both from an abstract (shape-only) evaluation: nothing is computed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def count_parameters(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """The number of parameters (BN statistics excluded) of `model` built for examples of shape `input_shape`."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32)))
+    return int(sum(x.size for x in jax.tree.leaves(shapes["params"])))
 
 
 def count_multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
