@@ -46,8 +46,8 @@ flags.DEFINE_integer("worker_count", 2, "grain worker processes, with --grain.")
 flags.DEFINE_integer("study_runs", 3, "Runs per net in the projected study (ResNet-110: at least 5).")
 FLAGS = flags.FLAGS
 
-SCHEDULE_IMAGES = 64_000 * 128
-STUDY = [f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110)]
+_PAPER = cifar10.get_config()
+SCHEDULE_IMAGES = _PAPER.num_steps * _PAPER.batch_size  # the paper's schedule: 64k iterations of 128
 
 
 def bare_images_per_sec(net: str) -> float:
@@ -81,7 +81,7 @@ def project(measured: dict[tuple[int, int], float]) -> dict[str, float]:
     """Device seconds of the study, per net, from measured seconds per image per run at (depth, runs)."""
     depths = sorted({d for d, _ in measured})
     seconds = {}
-    for net in STUDY:
+    for net in cifar10.DEPTH_STUDY:
         depth = int(net.removeprefix("plain").removeprefix("resnet"))
         runs = max(FLAGS.study_runs, 5) if net == "resnet110" else FLAGS.study_runs
         measured_runs = min({r for _, r in measured}, key=lambda r: abs(r - runs))

@@ -20,19 +20,9 @@ minutes on the grain pipeline; a 2-core CPU trains ResNet-20 at about 220 images
 
 from resnet_jax.config import base_config
 
-CIFAR_MODELS = (
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "resnet1202",
-    "plain20",
-    "plain32",
-    "plain44",
-    "plain56",
-    "plain110",
-)
+DEPTH_STUDY = tuple(f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
+"""The nets of Table 6 and Figure 6 that the depth study trains by default (ResNet-1202 only on request)."""
+CIFAR_MODELS = (*DEPTH_STUDY, "resnet1202")
 
 
 def get_config(arg: str = "resnet20"):

@@ -32,18 +32,7 @@ from experiments import paper
 from resnet_jax import cli
 from resnet_jax.rundir import RunDir
 
-DEFAULT_NETS = (
-    "plain20",
-    "plain32",
-    "plain44",
-    "plain56",
-    "plain110",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-)
+DEFAULT_NETS = cifar10.DEPTH_STUDY
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
 flags.DEFINE_string("workdir", None, "Directory holding one run directory per net.", required=True)
