@@ -79,9 +79,7 @@ def main(argv):
             flush=True,
         )
 
-    def step(state, batch):
-        return sgd_step(model, optimizer, state, batch, 0.1)[0].params
-
+    step = cases["resnet20_train_step"][0]
     one = _seconds(jax.jit(step), state, batch)
     members = create_train_state(model, optimizer, (32, 32, 3), 0, make_mesh(), runs=3)
     for mode in ("vmap", "unrolled"):

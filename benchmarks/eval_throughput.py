@@ -40,8 +40,8 @@ flags.DEFINE_string("images_dir", str(SHARED_IMAGES), "Folder of ImageNet JPEGs 
 FLAGS = flags.FLAGS
 
 
-def _batched(examples: list[dict], batch_size: int, empty: Any) -> list[dict]:
-    """Examples grouped into batches of `batch_size` of one shape each, padded with `empty()` (masked out)."""
+def _batched(examples: list[dict], batch_size: int) -> list[dict]:
+    """Examples grouped into batches of `batch_size` of one shape each, padded with zeros (masked out)."""
     by_shape: dict[tuple, list[dict]] = {}
     for example in examples:
         by_shape.setdefault(tuple(v.shape for v in example.values()), []).append(example)
@@ -112,7 +112,7 @@ def main(argv):
         host_rate, examples = host_images_per_sec(view, records)
         if protocol != "multiscale":  # one shape: full batches of it
             examples = [view.empty()] * FLAGS.batch_size
-        figures = device_figures(model, variables, protocol, _batched(examples, FLAGS.batch_size, view.empty), mesh)
+        figures = device_figures(model, variables, protocol, _batched(examples, FLAGS.batch_size), mesh)
         rates[protocol] = figures["device_images_per_sec"]
         pixels = np.mean([sum(v.size // 3 for k, v in e.items() if k.startswith("image")) for e in examples])
         result = {
