@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, make_train_step
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.recipe.members import Members
+from resnet_jax.run.state import create_train_state, member
+from resnet_jax.train.step import make_train_step
 
 
 def time_train_step(model, optimizer, shape, num_classes: int, batch_size: int, steps: int) -> tuple[float, float]:
@@ -16,7 +18,7 @@ def time_train_step(model, optimizer, shape, num_classes: int, batch_size: int, 
     The bare step: no input pipeline, no host round trip between steps. Other benchmarks divide by it.
     """
     mesh = make_mesh()
-    state = create_train_state(model, optimizer, shape, 0, mesh)
+    state = member(create_train_state(model, optimizer, shape, Members(), mesh))
     step = make_train_step(model, optimizer, mesh)
     rng = np.random.default_rng(0)
     batch = {

@@ -5,8 +5,8 @@
 
 For each net and number of runs it reports:
   bare       images/s of one jitted SGD step on a batch already on the device (benchmarks/train_step.py's figure);
-  loop       images/s of the real training loop (`resnet_jax.train.train_and_evaluate` on the paper's config, data on
-             the devices, `--steps_per_dispatch` steps per call), evaluations on the 10,000 test images and
+  loop       images/s of the real training loop (`resnet_jax.train.loop.train_and_evaluate` on the paper's config,
+             data on the devices, `--steps_per_dispatch` steps per call), evaluations on the 10,000 test images and
              checkpoints included: the median of its logged windows after the first (which holds the compilation);
   loop/bare  the share of the bare step's speed the loop keeps (runs count: N runs of 128 images per step);
   schedule   the wall time the paper's 64k-iteration schedule would take at that speed.
@@ -29,11 +29,12 @@ from absl import flags, logging
 from benchmarks.bare_step import time_train_step
 from benchmarks.machine import describe
 from configs import cifar10
-from resnet_jax import cli, train
-from resnet_jax.config import model_from_config
-from resnet_jax.models import input_shape
-from resnet_jax.optim import make_optimizer
-from resnet_jax.rundir import RunDir
+from resnet_jax import models
+from resnet_jax.core import cli
+from resnet_jax.recipe.config import model_from_config
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.rundir import RunDir
+from resnet_jax.train.loop import train_and_evaluate
 
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
 flags.DEFINE_list("nets", ["resnet20", "resnet56"], "CIFAR nets to measure.")
@@ -53,7 +54,9 @@ SCHEDULE_IMAGES = _PAPER.num_steps * _PAPER.batch_size  # the paper's schedule: 
 def bare_images_per_sec(net: str) -> float:
     config = cifar10.get_config(net)
     model, optimizer = model_from_config(config.model), make_optimizer(**config.optimizer)
-    seconds, _ = time_train_step(model, optimizer, input_shape(net), 10, config.batch_size, FLAGS.bare_steps)
+    seconds, _ = time_train_step(
+        model, optimizer, models.spec(net).input_shape, 10, config.batch_size, FLAGS.bare_steps
+    )
     return config.batch_size / seconds
 
 
@@ -70,7 +73,7 @@ def loop(net: str, runs: int, on_device: bool) -> dict:
     config.eval.every_steps = config.checkpoint_every_steps = FLAGS.steps // 2
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        train.train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir)
         wall = time.perf_counter() - start
         members = RunDir(workdir).members()
         windows = [r["images_per_sec"] for r in members[0].read_metrics() if r["kind"] == "train"][1:]

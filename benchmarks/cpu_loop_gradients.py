@@ -19,10 +19,12 @@ import numpy as np
 from absl import app
 
 from benchmarks.machine import describe
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model
-from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, over_runs, sgd_step
+from resnet_jax.recipe.members import Members
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.state import create_train_state, member
+from resnet_jax.train.step import sgd_step
 
 
 def _seconds(function, *args, repeats: int = 3) -> float:
@@ -55,7 +57,7 @@ def main(argv):
 
     model = create_model("resnet20", num_classes=10, bn_group_size=64)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    state = create_train_state(model, optimizer, (32, 32, 3), 0, make_mesh())
+    state = member(create_train_state(model, optimizer, (32, 32, 3), Members(), make_mesh()))
     batch = {"image": jnp.asarray(rng.normal(size=(128, 32, 32, 3)), jnp.float32), "label": jnp.zeros(128, jnp.int32)}
     cases = {
         "conv_kernel_gradient": (jax.grad(loss), (w, x)),
@@ -81,9 +83,10 @@ def main(argv):
 
     step = cases["resnet20_train_step"][0]
     one = _seconds(jax.jit(step), state, batch)
-    members = create_train_state(model, optimizer, (32, 32, 3), 0, make_mesh(), runs=3)
     for mode in ("vmap", "unrolled"):
-        seconds = _seconds(jax.jit(over_runs(step, 3, (0, None), mode)), members, batch)
+        members = Members(count=3, mode=mode)
+        stacked = create_train_state(model, optimizer, (32, 32, 3), members, make_mesh())
+        seconds = _seconds(jax.jit(members.over(step, (0, None))), stacked, batch)
         print(
             json.dumps(
                 {

@@ -15,12 +15,16 @@ from absl import app, flags
 
 from benchmarks.machine import describe
 from configs import cifar10
-from resnet_jax import data
-from resnet_jax.config import model_from_config
-from resnet_jax.models import input_shape
-from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, make_train_step
+from resnet_jax import models
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data.feeds import DevicePrefetchIterator
+from resnet_jax.data.pipeline import train_iterator
+from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.recipe.config import model_from_config
+from resnet_jax.recipe.members import Members
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.state import create_train_state, member
+from resnet_jax.train.step import make_train_step
 
 flags.DEFINE_string("model", "resnet20", "A CIFAR model name.")
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.")
@@ -50,11 +54,12 @@ def main(argv):
     model = model_from_config(config.model)
     mesh = make_mesh()
     optimizer = make_optimizer(**config.optimizer)
-    state = create_train_state(model, optimizer, input_shape(FLAGS.model), 0, mesh)
+    state = member(create_train_state(model, optimizer, models.spec(FLAGS.model).input_shape, Members(), mesh))
     step = make_train_step(model, optimizer, mesh)
 
-    real = data.DevicePrefetchIterator(
-        data.train_iterator(config.data, global_batch_size=FLAGS.batch_size, seed=0), mesh
+    dataset = PreparedDataset.open(config.data)
+    real = DevicePrefetchIterator(
+        train_iterator(dataset, config.data, global_batch_size=FLAGS.batch_size, seed=0), mesh
     )
     first = next(real)
     state, real_rate = _time(step, state, real, FLAGS.steps)

@@ -24,12 +24,14 @@ from absl import app, flags
 from jax.sharding import Mesh
 
 from benchmarks.machine import describe
+from resnet_jax.core.sharding import batch_sharded, make_mesh, replicated
 from resnet_jax.data import protocols, put_on_mesh
-from resnet_jax.evaluation import error_counts
-from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
-from resnet_jax.sharding import batch_sharded, make_mesh, replicated
+from resnet_jax.eval.scores import error_counts
+from resnet_jax.models import MODEL_NAMES, create_model, spec
 
-flags.DEFINE_enum("model", "resnet50", [n for n in MODEL_NAMES if not is_cifar(n)], "An ImageNet model name.")
+flags.DEFINE_enum(
+    "model", "resnet50", [n for n in MODEL_NAMES if spec(n).dataset == "imagenet2012"], "An ImageNet model name."
+)
 flags.DEFINE_integer("batch_size", 8, "Images per evaluation step (10-crop: 10 views each).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
 flags.DEFINE_integer("steps", 3, "Timed passes per protocol (after one compile-and-warm-up pass).")
@@ -96,7 +98,7 @@ def main(argv):
     del argv
     model = create_model(FLAGS.model, num_classes=1000, dtype=FLAGS.dtype)
     mesh = make_mesh()
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *input_shape(FLAGS.model)), jnp.float32))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *spec(FLAGS.model).input_shape), jnp.float32))
     mean_image = np.full((224, 224, 3), 0.45, np.float32)
     files = sorted(pathlib.Path(FLAGS.images_dir).glob("*.JPEG"))[: FLAGS.images]
     if not files:

@@ -6,7 +6,7 @@ Prepares the 1000 real ImageNet images of ../shared/data as an ImageNet-format d
 and validation split), then, for each of --dtypes, measures ResNet-50 with the paper's recipe
 (configs/imagenet_r50.py):
   bare       images/s of the jitted train step on a float batch already on the devices (benchmarks/bare_step.py);
-  loop       images/s of the real training loop (`resnet_jax.train.train_and_evaluate`: grain with --worker_count
+  loop       images/s of the real training loop (`resnet_jax.train.loop.train_and_evaluate`: grain with --worker_count
              processes decoding and augmenting the JPEGs, uint8 crops finished inside the step), the median of its
              logged windows after the first (which holds the compilation);
   loop/bare  1 when the input pipeline keeps up; below 1 by the share of time the step waited for its input.
@@ -32,11 +32,13 @@ from benchmarks.bare_step import time_train_step
 from benchmarks.input_pipeline import DEFAULT_DATA, prepare_imagenet_samples
 from benchmarks.machine import describe
 from configs import imagenet_r50
-from resnet_jax import cli, train
-from resnet_jax.config import model_from_config
-from resnet_jax.models import create_model, input_shape
-from resnet_jax.optim import make_optimizer
-from resnet_jax.rundir import RunDir
+from resnet_jax import models
+from resnet_jax.core import cli
+from resnet_jax.models import create_model
+from resnet_jax.recipe.config import model_from_config
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.rundir import RunDir
+from resnet_jax.train.loop import train_and_evaluate
 
 flags.DEFINE_string("data", str(DEFAULT_DATA), "The shared data folder (imagenet_samples/).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
@@ -63,14 +65,16 @@ def _config(data_dir: Path, dtype: str):
 
 def loop_images_per_sec(data_dir: Path, dtype: str) -> float:
     with tempfile.TemporaryDirectory() as workdir:
-        train.train_and_evaluate(_config(data_dir, dtype), workdir)
+        train_and_evaluate(_config(data_dir, dtype), workdir)
         windows = [r["images_per_sec"] for r in RunDir(workdir).read_metrics() if r["kind"] == "train"][1:]
     return statistics.median(windows)
 
 
 def bare_images_per_sec(model) -> float:
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    seconds, _ = time_train_step(model, optimizer, input_shape("resnet50"), 1000, FLAGS.batch_size, FLAGS.bare_steps)
+    seconds, _ = time_train_step(
+        model, optimizer, models.spec("resnet50").input_shape, 1000, FLAGS.batch_size, FLAGS.bare_steps
+    )
     return FLAGS.batch_size / seconds
 
 

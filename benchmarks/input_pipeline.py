@@ -31,8 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resnet_jax import data
-from resnet_jax.data import sources, transforms
+from resnet_jax.data import transforms
+from resnet_jax.data.options import default_data_config
+from resnet_jax.data.pipeline import train_iterator
+from resnet_jax.data.prepare import prepare
+from resnet_jax.data.prepared import PreparedDataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -72,7 +75,8 @@ def interleaved(functions: dict, items, rounds: int) -> dict[str, float]:
 
 
 def pipeline_images_per_second(cfg, batch_size: int, batches: int) -> float:
-    iterator = data.train_iterator(cfg, global_batch_size=batch_size, seed=0, process_index=0, process_count=1)
+    dataset = PreparedDataset.open(cfg)
+    iterator = train_iterator(dataset, cfg, global_batch_size=batch_size, seed=0, process_index=0, process_count=1)
     next(iterator)  # opening files, first reads
     start = time.perf_counter()
     for _ in range(batches):
@@ -81,7 +85,7 @@ def pipeline_images_per_second(cfg, batch_size: int, batches: int) -> float:
 
 
 def single_core_config(name: str, data_dir: Path):
-    cfg = data.default_data_config(name)
+    cfg = default_data_config(name)
     cfg.data_dir, cfg.worker_count, cfg.read_threads = str(data_dir), 0, 0
     return cfg
 
@@ -97,7 +101,7 @@ def prepare_imagenet_samples(shared: Path, work: Path, splits: tuple[str, ...] =
         for split in splits:
             (source / split / wnid).mkdir(parents=True, exist_ok=True)
             (source / split / wnid / filename).symlink_to(samples / "images" / filename)
-    data.prepare("imagenet2012", source=str(source), data_dir=str(work / "tfds"))
+    prepare("imagenet2012", source=str(source), data_dir=str(work / "tfds"))
     return work / "tfds", rows
 
 
@@ -105,7 +109,7 @@ def imagenet_figures(shared: Path, work: Path, rounds: int) -> list[dict]:
     data_dir, rows = prepare_imagenet_samples(shared, work)
     samples = shared / "imagenet_samples"
     cfg = single_core_config("imagenet2012", data_dir)
-    mean = sources.mean_image(cfg)
+    mean = PreparedDataset.open(cfg).mean_image
     jpegs = [(samples / "images" / filename).read_bytes() for _, _, filename, *_ in rows]
     view = transforms.ImageNetTrainView()
     rng = np.random.default_rng(0)
@@ -148,11 +152,12 @@ def cifar_figures(shared: Path, work: Path, rounds: int, count: int = 10_000) ->
             if split and kept[split] < (count if split == "train" else 100):
                 kept[split] += 1
                 dst.addfile(member, io.BytesIO(src.extractfile(member).read()))
-    data.prepare("cifar10", source=str(tarball), data_dir=str(work / "tfds"))
+    prepare("cifar10", source=str(tarball), data_dir=str(work / "tfds"))
     cfg = single_core_config("cifar10", work / "tfds")
-    records = sources.open_split(cfg, "train")
+    dataset = PreparedDataset.open(cfg)
+    records = dataset.source("train")
     records = records.__getitems__(list(range(len(records))))
-    view = transforms.CifarTrainView(sources.mean_image(cfg))
+    view = transforms.CifarTrainView(dataset.mean_image)
     rng = np.random.default_rng(0)
     rate = max(images_per_second(lambda record: view(record, rng), records, rounds))
     return [

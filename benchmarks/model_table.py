@@ -8,8 +8,8 @@ mmpretrain's option-B counts for the ImageNet nets, and mmpretrain's table for t
 """
 
 from experiments import paper
-from resnet_jax.flops import count_multiply_adds, count_parameters
-from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
+from resnet_jax.models import MODEL_NAMES, create_model, spec
+from resnet_jax.models.flops import count_multiply_adds, count_parameters
 
 
 def reference_parameters() -> dict[str, float]:
@@ -26,9 +26,10 @@ def _millions(count: float) -> str:
 
 
 def _row(name: str, parameters: dict[str, float], table1: dict[str, dict]) -> str:
-    cifar = is_cifar(name)
-    model = create_model(name, num_classes=10 if cifar else 1000)
-    shape = input_shape(name)
+    entry = spec(name)
+    cifar = entry.dataset == "cifar10"
+    model = create_model(name, num_classes=entry.num_classes)
+    shape = entry.input_shape
     params = count_parameters(model, shape)
     macs = count_multiply_adds(model, shape)
     cells = [

@@ -32,8 +32,9 @@ from absl import app, flags, logging
 
 from benchmarks.machine import describe
 from configs import cifar10
-from resnet_jax import data, faults, train
-from resnet_jax.rundir import RunDir
+from resnet_jax.run.rundir import RunDir
+from resnet_jax.train.loop import Trainer
+from tests.support.faults import FlakyInput
 
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
 flags.DEFINE_integer("steps", 50, "Training steps per run (even).")
@@ -49,36 +50,24 @@ def _config():
 
 
 def _params(workdir: Path) -> list[np.ndarray]:
-    state = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(FLAGS.steps) / "state")
+    state = ocp.PyTreeCheckpointer().restore(RunDir(workdir).checkpoint(FLAGS.steps) / "state")
     return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
 
 
-def _run(workdir: Path) -> float:
+def _run(workdir: Path, input_hook=None) -> tuple[float, list[dict]]:
+    """(wall seconds, the input pipeline's recoveries) of one run of the config in `workdir`."""
     start = time.perf_counter()
-    train.train_and_evaluate(_config(), str(workdir))
-    return time.perf_counter() - start
-
-
-def _capture_iterators() -> list:
-    """Records the training iterators the runs build, to read their recoveries."""
-    built, real = [], data.train_iterator
-
-    def capturing(*args, **kwargs):
-        iterator = real(*args, **kwargs)
-        built.append(iterator)
-        return iterator
-
-    data.train_iterator = capturing
-    return built
+    trainer = Trainer(_config(), str(workdir), input_hook=input_hook)
+    trainer.run()
+    return time.perf_counter() - start, trainer.feed.recoveries
 
 
 def main(argv):
     del argv
     machine = describe()
     work = Path(tempfile.mkdtemp())
-    iterators = _capture_iterators()
     figures = []
-    reference_seconds = _run(work / "uninterrupted")
+    reference_seconds, _ = _run(work / "uninterrupted")
     reference = _params(work / "uninterrupted")
 
     def record(name: str, seconds: float, workdir: Path, baseline: float, **extra):
@@ -97,15 +86,13 @@ def main(argv):
         print(json.dumps(figures[-1]), flush=True)
 
     # An OSError in the middle of the run.
-    real_loader = data.pipeline._loader
-    faults.flaky_pipeline(FLAGS.steps // 2 + 3, OSError(errno.EBADF, "Bad file descriptor (injected)"))
-    seconds = _run(work / "oserror")
-    data.pipeline._loader = real_loader
-    record("oserror", seconds, work / "oserror", reference_seconds, recoveries=iterators[-1].recoveries)
+    flaky = FlakyInput(FLAGS.steps // 2 + 3, OSError(errno.EBADF, "Bad file descriptor (injected)"))
+    seconds, recoveries = _run(work / "oserror", flaky)
+    record("oserror", seconds, work / "oserror", reference_seconds, recoveries=recoveries)
 
     # A grain worker killed once the run has logged a fifth of its steps.
     def kill_a_worker(workdir: Path):
-        while not (workdir / "metrics.jsonl").exists() or len(RunDir(workdir).read_metrics()) < FLAGS.steps // 25:
+        while not RunDir(workdir).metrics_path.exists() or len(RunDir(workdir).read_metrics()) < FLAGS.steps // 25:
             time.sleep(0.05)
         for child in psutil.Process().children(recursive=True):
             if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline()):
@@ -115,23 +102,23 @@ def main(argv):
 
     killer = threading.Thread(target=kill_a_worker, args=(work / "killed",))
     killer.start()
-    seconds = _run(work / "killed")
+    seconds, recoveries = _run(work / "killed")
     killer.join()
-    record("worker_killed", seconds, work / "killed", reference_seconds, recoveries=iterators[-1].recoveries)
+    record("worker_killed", seconds, work / "killed", reference_seconds, recoveries=recoveries)
 
     # The newest checkpoint truncated: the resume falls back to the one before. Baseline: the same resume intact.
     for name in ("intact", "truncated"):
         shutil.copytree(work / "uninterrupted", work / name)
-        (work / name / "result.json").unlink()
-        newest = work / name / "checkpoints" / str(FLAGS.steps)
+        RunDir(work / name).result_path.unlink()
+        newest = Path(RunDir(work / name).checkpoint(FLAGS.steps))
         if name == "truncated":
             for path in newest.rglob("*"):
                 if path.is_file() and path.stat().st_size > 100:
                     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         else:  # resume from the middle checkpoint, as the truncated run will, by removing the newest
             shutil.rmtree(newest)
-    intact = _run(work / "intact")
-    truncated = _run(work / "truncated")
+    intact, _ = _run(work / "intact")
+    truncated, _ = _run(work / "truncated")
     # Both redo the steps after the middle checkpoint; the truncated one also tries, fails and moves aside the newest.
     record(
         "newest_checkpoint_truncated",

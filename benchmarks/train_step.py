@@ -17,9 +17,9 @@ from absl import app, flags
 
 from benchmarks.bare_step import time_train_step
 from benchmarks.machine import describe
-from resnet_jax.flops import count_multiply_adds
-from resnet_jax.models import MODEL_NAMES, create_model, input_shape, is_cifar
-from resnet_jax.optim import make_optimizer
+from resnet_jax.models import MODEL_NAMES, create_model, spec
+from resnet_jax.models.flops import count_multiply_adds
+from resnet_jax.recipe.optim import make_optimizer
 
 flags.DEFINE_enum("model", "resnet50", MODEL_NAMES, "Model name.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
@@ -53,8 +53,7 @@ def peak_memory_bytes() -> int:
 def main(argv):
     del argv
     name = FLAGS.model
-    shape = input_shape(name)
-    num_classes = 10 if is_cifar(name) else 1000
+    shape, num_classes = spec(name).input_shape, spec(name).num_classes
     options = {"dtype": FLAGS.dtype, "bn_group_size": FLAGS.bn_group_size}
     if FLAGS.v15:
         options["stride_on_3x3"] = True

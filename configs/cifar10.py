@@ -18,7 +18,7 @@ steps per call into them; --config.runs=N trains N seeds in one program. Hardwar
 minutes on the grain pipeline; a 2-core CPU trains ResNet-20 at about 220 images/s (benchmarks/RESULTS.md).
 """
 
-from resnet_jax.config import base_config
+from resnet_jax.recipe.config import base_config
 
 DEPTH_STUDY = tuple(f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
 """The nets of Table 6 and Figure 6 that the depth study trains by default (ResNet-1202 only on request)."""

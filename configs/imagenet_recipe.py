@@ -21,9 +21,10 @@ Where the paper is silent, these choices:
 
 from typing import NamedTuple
 
-from resnet_jax.config import base_config
+from resnet_jax.data import datasets
+from resnet_jax.recipe.config import base_config
 
-STEPS_PER_EPOCH = 1_281_167 // 256
+STEPS_PER_EPOCH = datasets.get("imagenet2012").train_examples // 256
 
 
 class Row(NamedTuple):

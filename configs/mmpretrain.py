@@ -30,9 +30,10 @@ Hardware: a CIFAR row is ~2.7x the paper's ResNet-110 per step (ResNet-18: 0.56 
 is the paper's recipe's cost for 100 epochs.
 """
 
-from resnet_jax.config import base_config
+from resnet_jax.data import datasets
+from resnet_jax.recipe.config import base_config
 
-CIFAR_TRAIN, IMAGENET_TRAIN = 50_000, 1_281_167
+IMAGENET_TRAIN = datasets.get("imagenet2012").train_examples
 
 _CIFAR = {  # dataset: (mean, std, weight decay, milestones in epochs, gamma)
     "cifar10": ((125.307, 122.961, 113.8575), (51.5865, 50.847, 51.255), 1e-4, (100, 150), 0.1),
@@ -72,7 +73,7 @@ def get_config(arg: str = "cifar10_resnet18"):
     c = base_config(dataset, model)
     if dataset in _CIFAR:
         mean, std, weight_decay, milestones, gamma = _CIFAR[dataset]
-        _common(c, 128, CIFAR_TRAIN, 200, milestones, gamma)
+        _common(c, 128, datasets.get(dataset).train_examples, 200, milestones, gamma)
         c.model.bn_group_size = 16  # 8 GPUs x 16
         c.optimizer.weight_decay = weight_decay
         c.data.channel_mean, c.data.channel_std, c.data.pad_with = mean, std, "black"

@@ -29,8 +29,8 @@ from absl import flags, logging
 
 from configs import cifar10
 from experiments import paper
-from resnet_jax import cli
-from resnet_jax.rundir import RunDir
+from resnet_jax.core import cli
+from resnet_jax.run.rundir import RunDir
 
 DEFAULT_NETS = cifar10.DEPTH_STUDY
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
@@ -121,10 +121,10 @@ def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
 
 def parameters(net: str) -> int:
     """The net's parameter count (for runs whose result.json predates recording it)."""
-    from resnet_jax.flops import count_parameters
-    from resnet_jax.models import create_model, input_shape
+    from resnet_jax.models import create_model, spec
+    from resnet_jax.models.flops import count_parameters
 
-    return count_parameters(create_model(net, num_classes=10), input_shape(net))
+    return count_parameters(create_model(net, num_classes=10), spec(net).input_shape)
 
 
 def net_row(net: str, run_dir: RunDir) -> dict:
@@ -198,7 +198,7 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
     """Figure 6's panels: plain nets and ResNets (and ResNet-110 against 1202 when it ran), mean curves over runs."""
     from matplotlib.figure import Figure
 
-    from resnet_jax.plots import draw_curves, save_figure
+    from resnet_jax.run.plots import draw_curves, save_figure
 
     panels = [
         ("plain nets", [n for n in nets if n.startswith("plain")]),
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> None:
             print(net_command(net, sys.argv))
         return
     if not FLAGS.collect:
-        from resnet_jax.train import train_and_evaluate
+        from resnet_jax.train.loop import train_and_evaluate
 
         cli.initialize()
 

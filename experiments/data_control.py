@@ -26,10 +26,10 @@ from absl import flags, logging
 from PIL import Image
 
 from configs import cifar10
-from resnet_jax import cli
+from resnet_jax.core import cli
 from resnet_jax.data import cifar
-from resnet_jax.data.preparation import prepare
-from resnet_jax.rundir import RunDir
+from resnet_jax.data.prepare import prepare
+from resnet_jax.run.rundir import RunDir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 PREFIX = 1017  # lossless images per batch file
@@ -124,7 +124,7 @@ def report(workdir: Path, runs: int, epochs: float) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     cli.initialize()
-    from resnet_jax.train import train_and_evaluate
+    from resnet_jax.train.loop import train_and_evaluate
 
     workdir = Path(FLAGS.workdir)
     sources = build_sources(Path(FLAGS.shared), workdir)

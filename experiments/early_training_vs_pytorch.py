@@ -15,11 +15,13 @@ from absl import flags, logging
 
 from configs import cifar10
 from experiments.torch_reference import he_initialised_cifar_resnet
-from resnet_jax import cli, data
+from resnet_jax.core import cli
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data.pipeline import train_iterator
+from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.models import create_model
-from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import make_train_step
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.train.step import make_train_step
 
 flags.DEFINE_string("model", "resnet56", "A residual CIFAR net (resnet20..1202).")
 flags.DEFINE_integer("steps", 60, "Training steps.")
@@ -39,7 +41,7 @@ def main(argv):
 
     config = cifar10.get_config(FLAGS.model)
     config.data.data_dir, config.data.worker_count, config.data.on_device = FLAGS.data_dir, 0, False
-    batches = data.train_iterator(config.data, global_batch_size=128, seed=0)
+    batches = train_iterator(PreparedDataset.open(config.data), config.data, global_batch_size=128, seed=0)
     for i in range(1, FLAGS.steps + 1):
         batch = next(batches)
         state, metrics = step(

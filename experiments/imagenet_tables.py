@@ -18,8 +18,8 @@ from etils import epath
 from configs import imagenet_table2, imagenet_table3, imagenet_table4
 from configs.imagenet_recipe import Row
 from experiments import paper
-from resnet_jax import cli
-from resnet_jax.rundir import RunDir
+from resnet_jax.core import cli
+from resnet_jax.run.rundir import RunDir
 
 TABLES = [
     ("Table 2", imagenet_table2.ROWS, "10crop"),

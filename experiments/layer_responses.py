@@ -21,10 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from resnet_jax import cli, data
-from resnet_jax.batch_norm import GroupedBatchNorm
-from resnet_jax.errors import UserError
-from resnet_jax.rundir import load_run
+from resnet_jax.core import cli
+from resnet_jax.core.errors import UserError
+from resnet_jax.data.pipeline import eval_iterator
+from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.models.batch_norm import GroupedBatchNorm
+from resnet_jax.run.load import load_run
+from resnet_jax.run.state import member
 
 flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
 flags.DEFINE_list(
@@ -46,9 +49,7 @@ def _is_3x3_response(path: tuple[str, ...]) -> bool:
 def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, float]]:
     """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split`."""
     config, model, state = load_run(workdir)
-    variables = state.variables()
-    if config.runs > 1:
-        variables = jax.tree.map(lambda x: x[0], variables)
+    variables = member(state.variables(), 0)
 
     @jax.jit
     def moments(images, mask):
@@ -74,7 +75,9 @@ def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, fl
         return out
 
     totals = None
-    batches = data.eval_iterator(config.data, split=split, protocol="single", global_batch_size=500)
+    batches = eval_iterator(
+        PreparedDataset.open(config.data), config.data, split=split, protocol="single", global_batch_size=500
+    )
     try:
         for batch in batches:
             m = moments(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"]))
@@ -99,7 +102,7 @@ def _layer_order(name: str) -> tuple:
 def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     from matplotlib.figure import Figure
 
-    from resnet_jax.plots import save_figure
+    from resnet_jax.run.plots import save_figure
 
     fig = Figure(figsize=(7, 6.5))
     top, bottom = fig.subplots(2, 1)

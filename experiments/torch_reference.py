@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet_jax.convert import load_torch_state_dict
-from resnet_jax.train_step import TrainState
+from resnet_jax.run.state import TrainState
 
 
 class TvBasicBlock(nn.Module):

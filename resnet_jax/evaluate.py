@@ -8,10 +8,15 @@ Writes evaluations/<protocol>_<split>_<step>.json into the workdir and logs the 
 import numpy as np
 from absl import app, flags, logging
 
-from resnet_jax import cli, datasets, multihost
-from resnet_jax.evaluation import Evaluator, describe_summary, summarize
-from resnet_jax.rundir import RunDir, load_run
-from resnet_jax.sharding import make_mesh
+from resnet_jax.core import cli, multihost
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data import datasets
+from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.eval.evaluator import make_evaluator
+from resnet_jax.eval.results import describe_summary, summarize
+from resnet_jax.recipe.members import Members
+from resnet_jax.run.load import load_run
+from resnet_jax.run.rundir import RunDir
 
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
 flags.DEFINE_enum(
@@ -35,11 +40,18 @@ def main(argv: list[str]) -> None:
     mesh = make_mesh()
     config, model, state = load_run(run_dir, FLAGS.step, mesh)
     protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
-    evaluator = Evaluator.for_config(
-        config, model, mesh, protocol=protocol, split=FLAGS.split, batch_size=FLAGS.batch_size
+    dataset = PreparedDataset.open(config.data)
+    evaluator = make_evaluator(
+        config,
+        model,
+        dataset,
+        mesh,
+        Members.from_config(config),
+        protocol=protocol,
+        split=FLAGS.split,
+        batch_size=FLAGS.batch_size,
     )
-    results = evaluator(state.variables())
-    summary = summarize(results if isinstance(results, list) else [results])
+    summary = summarize(evaluator(state.variables()))
     step = int(np.asarray(state.step).reshape(-1)[0])
     if multihost.is_main():
         path = run_dir.write_evaluation(step, summary)

@@ -10,8 +10,9 @@ Rerunning the same command on the same workdir resumes it. Any config key can be
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import cli, multihost, train
-from resnet_jax.evaluation import describe_summary
+from resnet_jax.core import cli, multihost
+from resnet_jax.eval.results import describe_summary
+from resnet_jax.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally with :ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory (local or gs://) for checkpoints, logs and results.", required=True)
@@ -19,13 +20,14 @@ cli.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, input_hook=None) -> None:
+    """The command; `input_hook` is for the recovery tests (`Trainer`'s)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = cli.config_flag()
     cli.initialize()
     logging.info("Workdir %s.", FLAGS.workdir)
-    result = train.train_and_evaluate(config, FLAGS.workdir)
+    result = train_and_evaluate(config, FLAGS.workdir, input_hook=input_hook)
     if result and multihost.is_main():  # no result: preempted, the checkpoint is saved
         logging.info("%s", describe_summary(result, config.model.name))
 

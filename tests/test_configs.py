@@ -18,9 +18,9 @@ from configs import (
     imagenet_table4,
 )
 from experiments import paper
-from resnet_jax import datasets
-from resnet_jax.config import model_from_config, validate
-from resnet_jax.errors import ConfigError
+from resnet_jax.core.errors import ConfigError
+from resnet_jax.data import datasets
+from resnet_jax.recipe.config import model_from_config, validate
 
 CIFAR = [cifar10.get_config(m) for m in cifar10.CIFAR_MODELS]
 TABLES = {"Table 2": imagenet_table2, "Table 3": imagenet_table3, "Table 4": imagenet_table4}

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from resnet_jax.data import images, on_device, sources
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data import images, on_device
 from resnet_jax.data.transforms import CIFAR_PAD, normalize
-from resnet_jax.sharding import make_mesh
-from tests.conftest import data_config
-from tests.training import REPO, env
+from tests.support.data import opened
+from tests.support.training import REPO, env
 
 N, B = 1000, 96  # 96 does not divide 1000: batches span epoch boundaries
 
@@ -85,10 +85,10 @@ def test_every_example_once_per_epoch_in_a_new_order_each_epoch():
 
 
 def test_the_training_split_and_its_mean_are_the_grain_pipelines(cifar_slice_data_dir):
-    cfg = data_config("cifar10", cifar_slice_data_dir)
-    train = on_device.TrainData.load(cfg, make_mesh())
-    np.testing.assert_array_equal(np.asarray(train.arrays["mean"]), sources.mean_image(cfg))
-    source = sources.open_split(cfg, "train")
+    dataset, cfg = opened("cifar10", cifar_slice_data_dir)
+    train = on_device.TrainData.load(dataset, cfg, make_mesh())
+    np.testing.assert_array_equal(np.asarray(train.arrays["mean"]), dataset.mean_image)
+    source = dataset.source("train")
     assert train.num_examples == len(source) == 1280
     for index in (0, 641, 1279):
         record = source[index]
@@ -101,7 +101,7 @@ def test_the_global_batch_is_the_same_on_one_and_eight_devices(tmp_path):
     code = f"""
 import jax, jax.numpy as jnp, numpy as np
 from resnet_jax.data import on_device
-from resnet_jax.sharding import make_mesh, replicate
+from resnet_jax.core.sharding import make_mesh, replicate
 from tests.test_data_on_device import _arrays, B
 mesh = make_mesh()
 arrays = replicate(_arrays(), mesh)

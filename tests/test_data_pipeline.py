@@ -6,10 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import data
-from resnet_jax.data import pipeline, sources
-from resnet_jax.sharding import make_mesh
-from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data import pipeline
+from resnet_jax.data.feeds import DevicePrefetchIterator
+from resnet_jax.data.options import validate
+from resnet_jax.data.pipeline import CorruptRecordError, eval_iterator, train_iterator
+from resnet_jax.data.prepare import prepare
+from tests.support.data import IMAGENET_SAMPLES, data_config, imagenet_class_folders, imagenet_sample_rows, opened
 
 
 def _take(iterator, count):
@@ -25,8 +28,8 @@ def _assert_same_batches(first, second):
 
 
 def test_train_batches_have_the_contracted_format(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
-    batch = next(data.train_iterator(cfg, global_batch_size=256, seed=0))
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
+    batch = next(train_iterator(dataset, cfg, global_batch_size=256, seed=0))
     assert batch["image"].shape == (256, 32, 32, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and set(batch["label"].tolist()) <= set(range(10))
     assert batch["index"].dtype == np.int32 and len(set(batch["index"].tolist())) == 256
@@ -51,10 +54,10 @@ def test_two_processes_read_every_example_exactly_once_per_epoch():
 
 
 def test_processes_together_build_the_same_global_batches_as_one(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
-    whole = _take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=0, process_count=1), 3)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
+    whole = _take(train_iterator(dataset, cfg, global_batch_size=64, seed=5, process_index=0, process_count=1), 3)
     parts = [
-        _take(data.train_iterator(cfg, global_batch_size=64, seed=5, process_index=p, process_count=2), 3)
+        _take(train_iterator(dataset, cfg, global_batch_size=64, seed=5, process_index=p, process_count=2), 3)
         for p in range(2)
     ]
     for step, batch in enumerate(whole):
@@ -66,12 +69,12 @@ def test_processes_together_build_the_same_global_batches_as_one(cifar10_data_di
 
 @pytest.mark.parametrize("worker_count", [0, 2])
 def test_resumed_iteration_equals_uninterrupted_iteration(cifar10_data_dir, worker_count):
-    cfg = data_config("cifar10", cifar10_data_dir, worker_count=worker_count)
-    iterator = data.train_iterator(cfg, global_batch_size=64, seed=11)
+    dataset, cfg = opened("cifar10", cifar10_data_dir, worker_count=worker_count)
+    iterator = train_iterator(dataset, cfg, global_batch_size=64, seed=11)
     _take(iterator, 4)
     state = iterator.get_state()
     uninterrupted = _take(iterator, 3)
-    resumed = data.train_iterator(cfg, global_batch_size=64, seed=11)
+    resumed = train_iterator(dataset, cfg, global_batch_size=64, seed=11)
     resumed.set_state(state)
     _assert_same_batches(_take(resumed, 3), uninterrupted)
     if worker_count:
@@ -80,31 +83,31 @@ def test_resumed_iteration_equals_uninterrupted_iteration(cifar10_data_dir, work
 
 
 def test_resumption_across_an_epoch_boundary(imagenet_samples_data_dir):
-    cfg = data_config("imagenet2012", imagenet_samples_data_dir, pca_lighting=0.0)
-    iterator = data.train_iterator(cfg, global_batch_size=100, seed=0)
+    dataset, cfg = opened("imagenet2012", imagenet_samples_data_dir, pca_lighting=0.0)
+    iterator = train_iterator(dataset, cfg, global_batch_size=100, seed=0)
     _take(iterator, 9)
     state = iterator.get_state()
     uninterrupted = _take(iterator, 2)  # the 10th batch ends epoch 0, the 11th starts epoch 1
-    resumed = data.train_iterator(cfg, global_batch_size=100, seed=0)
+    resumed = train_iterator(dataset, cfg, global_batch_size=100, seed=0)
     resumed.set_state(state)
     _assert_same_batches(_take(resumed, 2), uninterrupted)
 
 
 def test_bad_batch_sizes_and_configs_say_what_is_wrong(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
-        data.train_iterator(cfg, global_batch_size=128, seed=0, process_index=0, process_count=3)
+        train_iterator(dataset, cfg, global_batch_size=128, seed=0, process_index=0, process_count=3)
     with pytest.raises(AttributeError):
         cfg.shuffle_buffer = 10  # locked: unknown keys are errors
     unlocked = data_config("cifar10", cifar10_data_dir)
     unlocked.unlock()
     unlocked.shuffle_buffer = 10
     with pytest.raises(ValueError, match="shuffle_buffer"):
-        data.num_examples(unlocked, "train")
+        validate(unlocked)
     with pytest.raises(ValueError, match="pca_lighting"):
-        data.num_examples(data_config("cifar10", cifar10_data_dir, pca_lighting=0.1), "train")
+        validate(data_config("cifar10", cifar10_data_dir, pca_lighting=0.1))
     with pytest.raises(ValueError, match="train_crop"):
-        data.num_examples(data_config("imagenet2012", cifar10_data_dir, train_crop="random"), "train")
+        validate(data_config("imagenet2012", cifar10_data_dir, train_crop="random"))
 
 
 @pytest.fixture
@@ -119,48 +122,48 @@ def imagenet_with_a_corrupt_image(tmp_path):
         content = damaged.read_bytes()
         damaged.unlink()
         damaged.write_bytes(content[: len(content) // 2])
-    data.prepare("imagenet2012", source=str(source), data_dir=str(tmp_path / "tfds"))
-    cfg = data_config("imagenet2012", tmp_path / "tfds")
+    prepare("imagenet2012", source=str(source), data_dir=str(tmp_path / "tfds"))
+    dataset, cfg = opened("imagenet2012", tmp_path / "tfds")
 
     def corrupt_index(split):
-        source = sources.open_split(cfg, split)
+        source = dataset.source(split)
         return next(i for i in range(len(source)) if source[i]["file_name"].decode() == rows[3]["filename"])
 
-    return cfg, corrupt_index("train"), corrupt_index("validation")
+    return dataset, cfg, corrupt_index("train"), corrupt_index("validation")
 
 
 def test_corrupt_records_fail_with_their_id_by_default(imagenet_with_a_corrupt_image):
-    cfg, corrupt, _ = imagenet_with_a_corrupt_image
-    with pytest.raises(data.CorruptRecordError, match=f"Record {corrupt} of imagenet2012 train"):
-        _take(data.train_iterator(cfg, global_batch_size=8, seed=0), 2)
+    dataset, cfg, corrupt, _ = imagenet_with_a_corrupt_image
+    with pytest.raises(CorruptRecordError, match=f"Record {corrupt} of imagenet2012 train"):
+        _take(train_iterator(dataset, cfg, global_batch_size=8, seed=0), 2)
 
 
 def test_corrupt_records_can_be_skipped_and_are_logged(imagenet_with_a_corrupt_image, caplog):
-    cfg, corrupt, corrupt_validation = imagenet_with_a_corrupt_image
+    dataset, cfg, corrupt, corrupt_validation = imagenet_with_a_corrupt_image
     cfg.corrupt_policy = "skip"
     with caplog.at_level(logging.WARNING):
-        batches = _take(data.train_iterator(cfg, global_batch_size=8, seed=0), 3)  # 3 epochs of 7 good images
+        batches = _take(train_iterator(dataset, cfg, global_batch_size=8, seed=0), 3)  # 3 epochs of 7 good images
     for batch in batches:
         assert batch["image"].shape == (8, 224, 224, 3) and corrupt not in batch["index"]
         assert np.isfinite(batch["image"]).all() and (batch["image"].std((1, 2, 3)) > 0.01).all()
     assert f"Skipping corrupt record {corrupt} of imagenet2012 train" in caplog.text
-    (evaluation,) = list(data.eval_iterator(cfg, split="validation", protocol="1crop", global_batch_size=8))
+    (evaluation,) = list(eval_iterator(dataset, cfg, split="validation", protocol="1crop", global_batch_size=8))
     assert evaluation["mask"].sum() == 7 and not evaluation["mask"][evaluation["index"] == corrupt_validation].any()
 
 
 def test_device_prefetch_yields_global_arrays_and_resumable_state(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
     mesh = make_mesh()
-    host = data.train_iterator(cfg, global_batch_size=32, seed=2)
-    reference = _take(data.train_iterator(cfg, global_batch_size=32, seed=2), 5)
-    prefetched = data.DevicePrefetchIterator(host, mesh, size=2)
+    host = train_iterator(dataset, cfg, global_batch_size=32, seed=2)
+    reference = _take(train_iterator(dataset, cfg, global_batch_size=32, seed=2), 5)
+    prefetched = DevicePrefetchIterator(host, mesh, size=2)
     first = _take(prefetched, 2)
     for batch, expected in zip(first, reference, strict=False):
         assert isinstance(batch["image"], jax.Array) and batch["image"].shape == (32, 32, 32, 3)
         assert batch["image"].sharding.spec[0] == "data"
         np.testing.assert_array_equal(np.asarray(batch["image"]), expected["image"])
     state = prefetched.get_state()  # after 2 batches, although 4 have been fetched
-    resumed = data.train_iterator(cfg, global_batch_size=32, seed=2)
+    resumed = train_iterator(dataset, cfg, global_batch_size=32, seed=2)
     resumed.set_state(state)
     _assert_same_batches([next(resumed)], [reference[2]])
     prefetched.set_state(state)

@@ -13,31 +13,30 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from resnet_jax import data
-from resnet_jax.data import cifar, imagenet, sources
+from resnet_jax.core.errors import DatasetMissingError
+from resnet_jax.data import cifar, imagenet, prepared
 from resnet_jax.data.images import decode_png
-from tests.conftest import CIFAR_INDEX, CIFAR_TARBALL, imagenet_class_folders, imagenet_sample_rows
-from tests.paths import SHARED_DATA
+from resnet_jax.data.pipeline import train_iterator
+from resnet_jax.data.prepare import prepare
+from resnet_jax.data.prepared import PreparedDataset
+from tests.support.data import CIFAR_INDEX, CIFAR_TARBALL, data_config, imagenet_class_folders, imagenet_sample_rows
+from tests.support.paths import SHARED_DATA
 
 
-def _config(name, data_dir, **overrides):
-    cfg = data.default_data_config(name)
-    cfg.data_dir = str(data_dir)
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+def _open(name, data_dir, holdout_val=False):
+    return PreparedDataset(name, str(data_dir), holdout_val)
 
 
-def _records_by_id(cfg, split):
-    source = sources.open_split(cfg, split)
+def _records_by_id(dataset, split):
+    source = dataset.source(split)
     records = source.__getitems__(list(range(len(source))))
     return {r["id"].decode(): r for r in records}
 
 
 def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir)
-    assert data.num_examples(cfg, "train") == 50_000
-    assert data.num_examples(cfg, "test") == 10_000
+    dataset = _open("cifar10", cifar10_data_dir)
+    assert dataset.num_examples("train") == 50_000
+    assert dataset.num_examples("test") == 10_000
     with open(SHARED_DATA / "cifar10" / "batches.meta", "rb") as f:
         assert [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]] == list(cifar.CIFAR10.labels)
 
@@ -47,7 +46,7 @@ def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_da
     with tarfile.open(CIFAR_TARBALL) as archive:
         jpegs = {m.name.split("/", 1)[1]: archive.extractfile(m).read() for m in archive if m.name in wanted}
     for split in ("train", "test"):
-        records = _records_by_id(cfg, split)
+        records = _records_by_id(dataset, split)
         labels = np.array([r["label"] for r in records.values()])
         assert np.bincount(labels).tolist() == [len(records) // 10] * 10
         for row in (r for r in sample if r["split"] == split):
@@ -58,10 +57,7 @@ def test_cifar10_has_50000_10000_examples_and_the_labels_of_the_index(cifar10_da
 
 
 def test_cifar10_per_pixel_mean_is_stored_for_train_and_the_45k_split(cifar10_data_dir):
-    means = {
-        holdout: sources.mean_image(_config("cifar10", cifar10_data_dir, holdout_val=holdout))
-        for holdout in (False, True)
-    }
+    means = {holdout: _open("cifar10", cifar10_data_dir, holdout_val=holdout).mean_image for holdout in (False, True)}
     for mean in means.values():
         assert mean.shape == (32, 32, 3) and mean.dtype == np.float32
         # The well-known CIFAR-10 channel means, up to the JPEG re-encoding.
@@ -70,12 +66,12 @@ def test_cifar10_per_pixel_mean_is_stored_for_train_and_the_45k_split(cifar10_da
 
 
 def test_cifar10_holdout_split_is_45k_plus_5k_disjoint(cifar10_data_dir):
-    cfg = _config("cifar10", cifar10_data_dir, holdout_val=True)
-    assert data.num_examples(cfg, "train") == 45_000 and data.num_examples(cfg, "val") == 5_000
-    train_ids, val_ids = _records_by_id(cfg, "train").keys(), _records_by_id(cfg, "val").keys()
+    dataset = _open("cifar10", cifar10_data_dir, holdout_val=True)
+    assert dataset.num_examples("train") == 45_000 and dataset.num_examples("val") == 5_000
+    train_ids, val_ids = _records_by_id(dataset, "train").keys(), _records_by_id(dataset, "val").keys()
     assert len(train_ids | val_ids) == 50_000
     with pytest.raises(ValueError, match="holdout_val"):
-        data.num_examples(_config("cifar10", cifar10_data_dir), "val")
+        _open("cifar10", cifar10_data_dir).num_examples("val")
 
 
 @pytest.fixture
@@ -101,14 +97,14 @@ def python_tarball(tmp_path):
 
 def test_cifar10_from_the_python_tarball_keeps_tfds_ids_and_lossless_pixels(tmp_path, python_tarball):
     path, originals = python_tarball
-    data.prepare("cifar10", source=str(path.parent), data_dir=str(tmp_path / "tfds"))
-    cfg = _config("cifar10", tmp_path / "tfds")
-    assert data.num_examples(cfg, "train") == 100 and data.num_examples(cfg, "test") == 20
+    prepare("cifar10", source=str(path.parent), data_dir=str(tmp_path / "tfds"))
+    dataset = _open("cifar10", tmp_path / "tfds")
+    assert dataset.num_examples("train") == 100 and dataset.num_examples("test") == 20
     for split, batches in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
         images = np.concatenate([originals[f"{b}_data_prefix"][:20] for b in batches])
         images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.concatenate([originals[f"{b}_labels"][:20] for b in batches])
-        for example_id, record in _records_by_id(cfg, split).items():
+        for example_id, record in _records_by_id(dataset, split).items():
             index = int(example_id.removeprefix(f"{split}_"))
             assert record["label"] == labels[index]
             np.testing.assert_array_equal(decode_png(record["image"]), images[index])
@@ -126,14 +122,14 @@ def test_cifar10_batches_may_not_unpickle_code(tmp_path):
 
 
 def test_imagenet_class_folders_keep_the_files_and_the_sorted_wnid_labels(imagenet_samples_data_dir):
-    cfg = _config("imagenet2012", imagenet_samples_data_dir)
+    dataset = _open("imagenet2012", imagenet_samples_data_dir)
     rows = {r["filename"]: r for r in imagenet_sample_rows()}
     assert [r["wnid"] for r in sorted(rows.values(), key=lambda r: int(r["label"]))] == sorted(
         r["wnid"] for r in rows.values()
     )
     for split in ("train", "validation"):
-        source = sources.open_split(cfg, split)
-        assert len(source) == data.num_examples(cfg, split) == 1000
+        source = dataset.source(split)
+        assert len(source) == dataset.num_examples(split) == 1000
         for record in source.__getitems__(list(range(0, 1000, 7))):
             row = rows[record["file_name"].decode()]
             assert record["label"] == int(row["label"])
@@ -171,16 +167,13 @@ def test_tfds_own_builders_say_they_need_tensorflow(tmp_path):
         info.size = 4
         archive.addfile(info, io.BytesIO(b"JPEG"))
     with pytest.raises(ModuleNotFoundError, match="pip install tensorflow-cpu"):
-        data.prepare("imagenet2012", source=str(manual), data_dir=str(tmp_path / "tfds"))
+        prepare("imagenet2012", source=str(manual), data_dir=str(tmp_path / "tfds"))
 
 
 def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
     for name in ("cifar10", "imagenet2012"):
-        cfg = _config(name, tmp_path)
-        with pytest.raises(data.DatasetMissingError, match=f"python -m resnet_jax.data.prepare {name}"):
-            data.num_examples(cfg, "train")
-        with pytest.raises(data.DatasetMissingError):
-            data.train_iterator(cfg, global_batch_size=8, seed=0)
+        with pytest.raises(DatasetMissingError, match=f"python -m resnet_jax.data.prepare {name}"):
+            _open(name, tmp_path)
 
 
 def _small_imagenet_source(tmp_path):
@@ -200,30 +193,30 @@ def test_the_prepare_command_line_makes_a_readable_dataset(tmp_path):
         f"--data_dir={tmp_path / 'tfds'}",
     ]
     assert subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().endswith("5.1.0")
-    cfg = _config("imagenet2012", tmp_path / "tfds", worker_count=0)
-    assert data.num_examples(cfg, "train") == data.num_examples(cfg, "validation") == 8
-    assert next(data.train_iterator(cfg, global_batch_size=4, seed=0))["image"].shape == (4, 224, 224, 3)
+    dataset, cfg = _open("imagenet2012", tmp_path / "tfds"), data_config("imagenet2012", tmp_path / "tfds")
+    assert dataset.num_examples("train") == dataset.num_examples("validation") == 8
+    assert next(train_iterator(dataset, cfg, global_batch_size=4, seed=0))["image"].shape == (4, 224, 224, 3)
 
 
 @pytest.fixture
 def small_imagenet(tmp_path):
-    data.prepare("imagenet2012", source=str(_small_imagenet_source(tmp_path)), data_dir=str(tmp_path / "tfds"))
-    cfg = _config("imagenet2012", tmp_path / "tfds", worker_count=0)
-    return cfg, sources.builder(cfg).data_path
+    prepare("imagenet2012", source=str(_small_imagenet_source(tmp_path)), data_dir=str(tmp_path / "tfds"))
+    return data_config("imagenet2012", tmp_path / "tfds"), _open("imagenet2012", tmp_path / "tfds").path
 
 
 @pytest.mark.parametrize("damage", ["mean file", "shard file", "unfinished write"])
 def test_a_half_written_dataset_names_the_command_that_prepares_it(small_imagenet, damage):
     cfg, path = small_imagenet
     if damage == "mean file":
-        (path / sources.MEAN_FILE).unlink()
+        (path / prepared.MEAN_FILE).unlink()
     elif damage == "shard file":
         next(path.glob("imagenet2012-train.array_record-*")).unlink()
     else:  # tfds writes into incomplete.* and renames at the very end
         shutil.move(path, path.parent / f"incomplete.ABC123_{path.name}")
-    with pytest.raises(data.DatasetMissingError, match="python -m resnet_jax.data.prepare imagenet2012"):
-        data.train_iterator(cfg, global_batch_size=4, seed=0)
-        sources.normalization(cfg)  # what training subtracts (on the devices, for ImageNet)
+    with pytest.raises(DatasetMissingError, match="python -m resnet_jax.data.prepare imagenet2012"):
+        dataset = PreparedDataset.open(cfg)
+        train_iterator(dataset, cfg, global_batch_size=4, seed=0)
+        dataset.normalization(cfg)  # what training subtracts (on the devices, for ImageNet)
 
 
 def _cifar100_tarball(path, images_per_split, seed=0):
@@ -255,17 +248,17 @@ def _cifar100_tarball(path, images_per_split, seed=0):
 def test_cifar100_from_the_python_tarball_and_from_class_folders(tmp_path):
     tarball = tmp_path / cifar.CIFAR100.tarball
     contents = _cifar100_tarball(tarball, {"train": 30, "test": 10})
-    data.prepare("cifar100", source=str(tarball), data_dir=str(tmp_path / "tfds"))
-    cfg = _config("cifar100", tmp_path / "tfds")
-    assert data.num_examples(cfg, "train") == 30 and data.num_examples(cfg, "test") == 10
+    prepare("cifar100", source=str(tarball), data_dir=str(tmp_path / "tfds"))
+    dataset = _open("cifar100", tmp_path / "tfds")
+    assert dataset.num_examples("train") == 30 and dataset.num_examples("test") == 10
     for split in ("train", "test"):
         pixels = contents[split][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        for example_id, record in _records_by_id(cfg, split).items():
+        for example_id, record in _records_by_id(dataset, split).items():
             index = int(example_id.removeprefix(f"{split}_"))
             assert record["label"] == contents[split][b"fine_labels"][index]
             assert record["coarse_label"] == contents[split][b"coarse_labels"][index]
             np.testing.assert_array_equal(decode_png(record["image"]), pixels[index])
-    assert sources.mean_image(cfg).shape == (32, 32, 3)
+    assert dataset.mean_image.shape == (32, 32, 3)
 
     # The same images as class folders: labels from the folder names, coarse labels from the superclasses.
     folders = tmp_path / "folders"
@@ -275,8 +268,8 @@ def test_cifar100_from_the_python_tarball_and_from_class_folders(tmp_path):
             path = folders / split / cifar.CIFAR100.labels[label] / f"{index:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels[index]).save(path)
-    data.prepare("cifar100", source=str(folders), data_dir=str(tmp_path / "tfds_folders"))
-    records = _records_by_id(_config("cifar100", tmp_path / "tfds_folders"), "train")
+    prepare("cifar100", source=str(folders), data_dir=str(tmp_path / "tfds_folders"))
+    records = _records_by_id(_open("cifar100", tmp_path / "tfds_folders"), "train")
     for example_id, record in records.items():
         _, label_name, file_name = example_id.split("/")
         index = int(file_name.removesuffix(".png"))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data
-from resnet_jax.data import images, protocols, sources
+from resnet_jax.data import images, protocols
+from resnet_jax.data.pipeline import eval_iterator
 from resnet_jax.data.transforms import ScaleCrop
-from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_sample_rows
+from tests.support.data import IMAGENET_SAMPLES, imagenet_sample_rows, opened
 
 
 def _blocks(pixels):
@@ -100,12 +100,13 @@ def test_buckets_cover_every_aspect_and_orientation_once():
     assert seen == set(range(protocols.NUM_BUCKETS)) - {len(protocols.ASPECT_BUCKETS)}  # no "portrait square"
 
 
-def _eval_indices(cfg, split, protocol, global_batch_size, process_count):
+def _eval_indices(dataset, cfg, split, protocol, global_batch_size, process_count):
     """{process: [batch index arrays]} and the masked-in labels, for every process of a simulated job."""
     per_process, labels = {}, {}
     for process in range(process_count):
         batches = list(
-            data.eval_iterator(
+            eval_iterator(
+                dataset,
                 cfg,
                 split=split,
                 protocol=protocol,
@@ -125,14 +126,14 @@ def _eval_indices(cfg, split, protocol, global_batch_size, process_count):
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
 def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, process_count):
-    cfg = data_config("cifar10", cifar10_data_dir)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
     global_batch_size = 384  # does not divide 10,000
-    per_process, labels = _eval_indices(cfg, "test", "single", global_batch_size, process_count)
+    per_process, labels = _eval_indices(dataset, cfg, "test", "single", global_batch_size, process_count)
     counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
     assert sorted(counted.tolist()) == list(range(10_000))
     assert len({len(batches) for batches in per_process.values()}) == 1  # SPMD: same number of steps everywhere
     assert len(per_process[0]) == math.ceil(10_000 / global_batch_size)
-    source = sources.open_split(cfg, "test")
+    source = dataset.source("test")
     for index in range(0, 10_000, 97):
         assert labels[index] == source[index]["label"]
     batch = per_process[0][0]
@@ -140,12 +141,18 @@ def test_every_cifar_test_example_is_counted_exactly_once(cifar10_data_dir, proc
 
 
 def test_global_eval_batches_are_in_record_order_across_processes(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
     parts = [
         next(
             iter(
-                data.eval_iterator(
-                    cfg, split="test", protocol="single", global_batch_size=12, process_index=p, process_count=3
+                eval_iterator(
+                    dataset,
+                    cfg,
+                    split="test",
+                    protocol="single",
+                    global_batch_size=12,
+                    process_index=p,
+                    process_count=3,
                 )
             )
         )
@@ -155,8 +162,8 @@ def test_global_eval_batches_are_in_record_order_across_processes(cifar10_data_d
 
 
 def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir):
-    cfg = data_config("imagenet2012", imagenet_samples_data_dir)
-    per_process, _ = _eval_indices(cfg, "validation", "1crop", 96, 2)  # 1000 = 10 x 96 + 40
+    dataset, cfg = opened("imagenet2012", imagenet_samples_data_dir)
+    per_process, _ = _eval_indices(dataset, cfg, "validation", "1crop", 96, 2)  # 1000 = 10 x 96 + 40
     counted = np.concatenate([b["index"][b["mask"]] for batches in per_process.values() for b in batches])
     assert sorted(counted.tolist()) == list(range(1000))
     assert per_process[1][-1]["image"].shape == (48, 1, 224, 224, 3)
@@ -164,8 +171,10 @@ def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir)
 
 
 def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
-    cfg = data_config("cifar10", cifar10_data_dir)
+    dataset, cfg = opened("cifar10", cifar10_data_dir)
     with pytest.raises(ValueError, match="10crop"):
-        data.eval_iterator(cfg, split="test", protocol="10crop", global_batch_size=8)
+        eval_iterator(dataset, cfg, split="test", protocol="10crop", global_batch_size=8)
     with pytest.raises(ValueError, match="multiple"):
-        data.eval_iterator(cfg, split="test", protocol="single", global_batch_size=9, process_index=0, process_count=2)
+        eval_iterator(
+            dataset, cfg, split="test", protocol="single", global_batch_size=9, process_index=0, process_count=2
+        )

@@ -7,9 +7,9 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from resnet_jax import data
-from resnet_jax.data import images, sources, transforms
-from tests.conftest import IMAGENET_SAMPLES, imagenet_sample_rows
+from resnet_jax.data import images, transforms
+from resnet_jax.data.pipeline import train_iterator
+from tests.support.data import IMAGENET_SAMPLES, imagenet_sample_rows, opened
 
 
 def _blocks(pixels):
@@ -65,11 +65,10 @@ def test_crops_are_taken_at_the_drawn_scale_and_position():
 
 
 def test_imagenet_train_pipeline_follows_the_scale_law_with_flips_and_pca_lighting(imagenet_samples_data_dir):
-    cfg = data.default_data_config("imagenet2012")
-    cfg.data_dir, cfg.worker_count = str(imagenet_samples_data_dir), 0
-    source = sources.open_split(cfg, "train")
-    mean = sources.mean_image(cfg)
-    iterator = data.train_iterator(cfg, global_batch_size=32, seed=7)
+    dataset, cfg = opened("imagenet2012", imagenet_samples_data_dir)
+    source = dataset.source("train")
+    mean = dataset.mean_image
+    iterator = train_iterator(dataset, cfg, global_batch_size=32, seed=7)
     scales, flips = [], []
     for _ in range(4):  # 128 of the 1000 examples: all from epoch 0
         batch = next(iterator)
@@ -136,11 +135,10 @@ def test_inception_crops_have_the_documented_area_and_aspect():
 
 
 def test_cifar_train_view_is_a_flipped_window_of_the_padded_mean_subtracted_image(cifar10_data_dir):
-    cfg = data.default_data_config("cifar10")
-    cfg.data_dir = str(cifar10_data_dir)
-    mean = sources.mean_image(cfg)
+    dataset, _ = opened("cifar10", cifar10_data_dir)
+    mean = dataset.mean_image
     view = transforms.CifarTrainView(mean)
-    source = sources.open_split(cfg, "train")
+    source = dataset.source("train")
     offsets, flips = set(), []
     for index in range(200):
         record = source[index]

@@ -5,21 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import data, evaluation
-from resnet_jax.data import on_device, protocols, sources
-from resnet_jax.evaluation import EvalResult, Evaluator, describe_summary, error_counts, multiscale_scores, summarize
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.data import on_device, protocols
+from resnet_jax.data.pipeline import eval_iterator
+from resnet_jax.eval import scores
+from resnet_jax.eval.device import DeviceEvaluator
+from resnet_jax.eval.results import EvalResult, describe_summary, summarize
+from resnet_jax.eval.scores import error_counts, multiscale_scores
+from resnet_jax.eval.streamed import StreamedEvaluator
 from resnet_jax.models import create_model
-from resnet_jax.sharding import make_mesh
-from tests.conftest import IMAGENET_SAMPLES, data_config, imagenet_sample_rows, prepared_imagenet
-from tests.nets import noisy_batch_stats, tiny_resnet
+from resnet_jax.recipe.members import Members
+from tests.support.data import IMAGENET_SAMPLES, imagenet_sample_rows, opened, prepared_imagenet
+from tests.support.nets import noisy_batch_stats, tiny_resnet
 
 
 def test_ten_views_average_softmax_scores_and_padding_is_masked():
     model = create_model("resnet18", num_classes=7)
     x = jax.random.normal(jax.random.key(0), (3, 10, 64, 64, 3))
     variables = model.init(jax.random.key(1), x[:, 0])
-    scores = jax.nn.softmax(model.apply(variables, x.reshape(30, 64, 64, 3))).reshape(3, 10, 7).mean(1)
-    ranked = np.argsort(-np.asarray(scores), axis=1)
+    softmax = jax.nn.softmax(model.apply(variables, x.reshape(30, 64, 64, 3))).reshape(3, 10, 7).mean(1)
+    ranked = np.argsort(-np.asarray(softmax), axis=1)
     # example 0: label = its top class; 1: its 3rd (top-5 right, top-1 wrong); 2: padding with a wrong label
     labels = jnp.array([ranked[0, 0], ranked[1, 2], ranked[2, 6]], jnp.int32)
     batch = {"image": x, "label": labels, "mask": jnp.array([True, True, False])}
@@ -29,15 +34,18 @@ def test_ten_views_average_softmax_scores_and_padding_is_masked():
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_evaluator_counts_every_example_once_and_agrees_with_a_direct_count(cifar_slice_data_dir, in_memory):
-    cfg = data_config("cifar10", cifar_slice_data_dir, on_device=in_memory)
+    dataset, cfg = opened("cifar10", cifar_slice_data_dir, on_device=in_memory)
     model = create_model("resnet20", num_classes=10, bn_momentum=0.0)
-    pixels, labels = on_device.load_split(cfg, "test")
-    images = pixels.astype(np.float32) / 255 - sources.mean_image(cfg)
+    pixels, labels = on_device.load_split(dataset, "test")
+    images = pixels.astype(np.float32) / 255 - dataset.mean_image
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     # BN statistics of the images themselves, so that an untrained net's predictions differ between images.
     _, stats = model.apply(variables, images, train=True, mutable=["batch_stats"])
     variables = {"params": variables["params"], **stats}
-    result = Evaluator(model, cfg, protocol="single", split="test", batch_size=96, mesh=make_mesh())(variables)
+    evaluator = (DeviceEvaluator if in_memory else StreamedEvaluator)(
+        model, dataset, cfg, protocol="single", split="test", batch_size=96, mesh=make_mesh(), members=Members()
+    )
+    (result,) = evaluator(jax.tree.map(lambda x: x[None], variables))  # one member
     assert result.examples == 500 and result.protocol == "single" and result.split == "test"  # 96 does not divide it
     predictions = np.argmax(np.asarray(model.apply(variables, images)), -1)
     assert len(set(predictions.tolist())) > 2
@@ -70,22 +78,22 @@ def varied_imagenet(tmp_path_factory):
         if kind and kind not in chosen and int(row["width"]) * int(row["height"]) < 300_000:
             chosen[kind] = row
     data_dir = prepared_imagenet(tmp_path_factory.mktemp("varied_imagenet"), list(chosen.values()))
-    return data_config("imagenet2012", data_dir), len(chosen)
+    return (*opened("imagenet2012", data_dir), len(chosen))
 
 
 def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(varied_imagenet, monkeypatch):
-    cfg, count = varied_imagenet
+    dataset, cfg, count = varied_imagenet
     # Two of the five scales keep this test to a CPU's seconds; which scales are averaged changes nothing here.
     monkeypatch.setattr(protocols, "MULTISCALE_SIDES", (224, 384))
-    monkeypatch.setattr(evaluation, "MULTISCALE_SIDES", (224, 384))
+    monkeypatch.setattr(scores, "MULTISCALE_SIDES", (224, 384))
     model = tiny_resnet(num_classes=7)
     variables = noisy_batch_stats(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
-    batches = list(data.eval_iterator(cfg, split="validation", protocol="multiscale", global_batch_size=2))
+    batches = list(eval_iterator(dataset, cfg, split="validation", protocol="multiscale", global_batch_size=2))
     assert sum(int(b["mask"].sum()) for b in batches) == count == 3
     shapes = {tuple(b["image_224"].shape[1:3]) for b in batches}
-    assert len(shapes) == len({protocols.bucket_of(*s) for s in sources.image_sizes(cfg, "validation")}) == 3
+    assert len(shapes) == len({protocols.bucket_of(*s) for s in dataset.image_sizes("validation")}) == 3
     for batch in batches:
-        scores = np.asarray(multiscale_scores(model, variables, batch))
+        ours = np.asarray(multiscale_scores(model, variables, batch))
         for k in np.flatnonzero(batch["mask"]):
             posteriors = []
             for side in protocols.MULTISCALE_SIDES:
@@ -95,4 +103,4 @@ def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(var
                 for view in (image, image[:, :, ::-1]):  # the image alone, and its mirror
                     map_, _ = model.apply(variables, view, score_map=True)
                     posteriors.append(jax.nn.softmax(np.asarray(map_).mean((1, 2))))
-            np.testing.assert_allclose(scores[k], np.mean(posteriors, 0)[0], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(ours[k], np.mean(posteriors, 0)[0], rtol=1e-4, atol=1e-6)

@@ -13,7 +13,7 @@ from PIL import Image
 from configs import cifar10
 from experiments import cifar_depth_study as study
 from experiments import imagenet_tables, paper
-from resnet_jax.rundir import RunDir
+from resnet_jax.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,29 +30,15 @@ def _fake_run(
 ) -> None:
     """A workdir as resnet_jax.main leaves it: metrics.jsonl, config.json and result.json."""
     run_dir.mkdir(parents=True)
-    with open(run_dir / "metrics.jsonl", "w") as f:
-        for step, error in evals:
-            f.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "kind": "train",
-                        "loss": 1.0,
-                        "error": train_error + step * 1e-6,
-                        "learning_rate": 0.1,
-                        "images_per_sec": 1.0,
-                    }
-                )
-                + "\n"
-            )
-            f.write(
-                json.dumps(
-                    {"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5, "examples": 10000}
-                )
-                + "\n"
-            )
-    (run_dir / "config.json").write_text(json.dumps(config or _CONFIG))
-    (run_dir / "result.json").write_text(json.dumps(result or {"top1_error": evals[-1][1]}))
+    records = []
+    for step, error in evals:
+        train = {"loss": 1.0, "error": train_error + step * 1e-6, "learning_rate": 0.1, "images_per_sec": 1.0}
+        records.append({"step": step, "kind": "train", **train})
+        records.append({"step": step, "kind": "eval", "top1_error": error, "top5_error": error / 5, "examples": 10000})
+    written = RunDir(run_dir)
+    written.write_metrics(records)
+    written.config_path.write_text(json.dumps(config or _CONFIG))
+    written.write_result(result or {"top1_error": evals[-1][1]})
 
 
 def test_jobs_split_the_nets_exactly_once():
@@ -70,7 +56,7 @@ def test_jobs_split_the_nets_exactly_once():
 
 def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
     _fake_run(tmp_path / "plain20", [(100, 0.5)])
-    (tmp_path / "resnet20" / "checkpoints" / "50").mkdir(parents=True)  # interrupted: checkpoints, no result
+    RunDir(tmp_path / "resnet20").checkpoint(50).mkdir(parents=True)  # interrupted: checkpoints, no result
     calls = []
 
     def fake_train(config, workdir):
@@ -96,8 +82,8 @@ def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_runs(t
     _fake_run(tmp_path / "resnet20", [(100, 0.30), (200, 0.08), (300, 0.09)], result={"parameters": 269_722})
     _fake_run(tmp_path / "plain20", [(100, 0.40), (300, 0.12)], train_error=0.1)
     (tmp_path / "resnet110").mkdir()  # three runs in one program, one folder each
-    (tmp_path / "resnet110" / "config.json").write_text(json.dumps({**_CONFIG, "runs": 3, "seed": 0}))
-    (tmp_path / "resnet110" / "result.json").write_text("{}")
+    RunDir(tmp_path / "resnet110").config_path.write_text(json.dumps({**_CONFIG, "runs": 3, "seed": 0}))
+    RunDir(tmp_path / "resnet110").write_result({})
     for seed, error in enumerate((0.07, 0.065, 0.08)):
         _fake_run(tmp_path / "resnet110" / f"seed{seed}", [(300, error)])
     rows = study.collect(tmp_path, ["plain20", "resnet20", "resnet56", "resnet110"])
@@ -222,6 +208,6 @@ def test_the_data_control_pairs_each_lossless_image_with_its_jpeg_copy(tmp_path)
     config = data_control.control_config(tmp_path, epochs=164, runs=3)
     assert config.num_steps == 6500 and config.schedule.boundaries == (3250, 4875) and config.runs == 3
     config.data.on_device = True
-    from resnet_jax.config import validate
+    from resnet_jax.recipe.config import validate
 
     validate(config)

@@ -5,9 +5,9 @@ import pytest
 
 from configs import mmpretrain
 from experiments import paper
-from resnet_jax import datasets
-from resnet_jax.config import model_from_config, validate
-from resnet_jax.flops import count_multiply_adds, count_parameters
+from resnet_jax.data import datasets
+from resnet_jax.models.flops import count_multiply_adds, count_parameters
+from resnet_jax.recipe.config import model_from_config, validate
 
 TABLE = paper.table("mmpretrain")
 
@@ -75,14 +75,14 @@ def test_rows_are_named_options_never_paper_defaults():
 def test_a_cifar_row_trains_on_the_slice_with_black_padding_and_float16_loss_scaling(cifar_slice_data_dir, tmp_path):
     """A few steps of the CIFAR recipe's code paths (per-channel normalisation, black padding on the devices,
     zero-initialised residual branches, PyTorch momentum), in float16 with mmpretrain's static loss scale."""
-    from resnet_jax import train
-    from resnet_jax.rundir import RunDir
+    from resnet_jax.run.rundir import RunDir
+    from resnet_jax.train.loop import train_and_evaluate
 
     c = mmpretrain.get_config("cifar10_resnet18")
     c.data.data_dir, c.batch_size, c.num_steps = str(cifar_slice_data_dir), 32, 4
     c.steps_per_dispatch = c.log_every_steps = c.checkpoint_every_steps = c.eval.every_steps = 2
     c.model.dtype, c.loss_scale = "float16", 512.0
-    result = train.train_and_evaluate(c, str(tmp_path))
+    result = train_and_evaluate(c, str(tmp_path))
     losses = [r["loss"] for r in RunDir(tmp_path).read_metrics() if r["kind"] == "train"]
     assert len(losses) == 2 and all(2.0 < loss < 3.0 for loss in losses)  # chance is ln 10 = 2.3
     assert result["examples"] == 500 and result["parameters"] == 11_173_962

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from experiments import paper
-from resnet_jax.flops import count_multiply_adds
-from resnet_jax.models import MODEL_NAMES, BottleneckBlock, create_model, is_cifar
-from tests.nets import noisy_batch_stats, tiny_resnet
+from resnet_jax.models import MODEL_NAMES, BottleneckBlock, create_model, spec
+from resnet_jax.models.flops import count_multiply_adds
+from tests.support.nets import noisy_batch_stats, tiny_resnet
 
 
 def _init_shapes(model, size):
@@ -95,7 +95,7 @@ def test_shortcut_options_parameter_differences():
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_output_shapes(name):
     if name in ("resnet1202", "resnet152_v1d", "plain152", "resnet152", "resnet101_v1d", "plain101", "resnet101"):
-        size = 32 if is_cifar(name) else 224
+        size = spec(name).input_shape[0]
         out = jax.eval_shape(
             lambda: create_model(name, num_classes=7).init_with_output(
                 jax.random.key(0), jnp.zeros((2, size, size, 3))
@@ -103,7 +103,7 @@ def test_output_shapes(name):
         )
         assert out.shape == (2, 7)
         return
-    size = 32 if is_cifar(name) else 64  # ImageNet nets are fully convolutional up to the pool: small inputs work
+    size = min(spec(name).input_shape[0], 64)  # ImageNet nets are fully convolutional up to the pool: small inputs work
     model = create_model(name, num_classes=7)
     variables = model.init(jax.random.key(0), jnp.zeros((2, size, size, 3)))
     logits = model.apply(variables, jnp.ones((2, size, size, 3)), train=False)

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax.optim import make_optimizer
-from resnet_jax.schedules import PlateauSchedule, StepSchedule
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.recipe.schedules import PlateauSchedule, StepSchedule
 
 
 def _run(form, learning_rates, weight_decay=0.0, weight_decay_on="all"):

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from tests.training import REPO
+from tests.support.training import REPO
 
 TRAINING_STACK = (
     "tensorflow_datasets",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from resnet_jax.convert import load_torch_state_dict, read_state_dict
 from resnet_jax.models import create_model
-from tests.paths import SHARED_DATA, requires_shared_data
+from tests.support.paths import SHARED_DATA, requires_shared_data
 
 pytestmark = requires_shared_data
 

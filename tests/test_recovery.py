@@ -19,11 +19,11 @@ import orbax.checkpoint as ocp
 import psutil
 import pytest
 
-from resnet_jax import train
-from resnet_jax.errors import CheckpointSaveError, NoRestorableCheckpointError
-from resnet_jax.faults import flaky_pipeline
-from resnet_jax.rundir import DAMAGED_CHECKPOINTS
-from tests.training import checkpoint_leaves, command, run, run_two_processes, small_config, train_losses
+from resnet_jax.core.errors import CheckpointSaveError, NoRestorableCheckpointError
+from resnet_jax.run.rundir import DAMAGED_CHECKPOINTS, RunDir
+from resnet_jax.train.loop import train_and_evaluate
+from tests.support.faults import FlakyInput
+from tests.support.training import checkpoint_leaves, command, run, run_two_processes, small_config, train_losses
 
 GRAIN = {"data.on_device": False, "data.worker_count": 1, "data.retry_backoff_seconds": 0.1, "num_steps": 10}
 
@@ -32,7 +32,7 @@ GRAIN = {"data.on_device": False, "data.worker_count": 1, "data.retry_backoff_se
 def reference(cifar_slice_data_dir, tmp_path_factory):
     """An uninterrupted 10-step run: (its workdir, the state it saved at step 10)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(workdir))
+    train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(workdir))
     return workdir, checkpoint_leaves(workdir, 10)
 
 
@@ -54,7 +54,7 @@ def test_a_grain_worker_killed_mid_run(cifar_slice_data_dir, tmp_path, reference
     def kill_a_worker_after_step_3():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            metrics = tmp_path / "metrics.jsonl"
+            metrics = RunDir(tmp_path).metrics_path
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
                 for worker in _grain_workers():
                     os.kill(worker.pid, signal.SIGKILL)
@@ -64,45 +64,46 @@ def test_a_grain_worker_killed_mid_run(cifar_slice_data_dir, tmp_path, reference
     killer = threading.Thread(target=kill_a_worker_after_step_3)
     killer.start()
     with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
+        train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
     killer.join()
     assert killed, "no grain worker was running after step 3"
     assert "terminated unexpectedly with exit code -9" in caplog.text and "rebuilding it" in caplog.text
     _assert_ends_as(tmp_path, reference)
 
 
-def test_an_oserror_at_a_random_step(cifar_slice_data_dir, tmp_path, reference, monkeypatch, caplog):
+def test_an_oserror_at_a_random_step(cifar_slice_data_dir, tmp_path, reference, caplog):
     batch = int(np.random.default_rng().integers(2, 10))
-    requests = flaky_pipeline(batch, OSError(errno.EBADF, "Bad file descriptor"), monkeypatch=monkeypatch)
+    flaky = FlakyInput(batch, OSError(errno.EBADF, "Bad file descriptor"))
     with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
-    assert requests["count"] > batch and "Bad file descriptor" in caplog.text, f"batch {batch}"
+        train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path), input_hook=flaky)
+    assert flaky.requests["count"] > batch and "Bad file descriptor" in caplog.text, f"batch {batch}"
     _assert_ends_as(tmp_path, reference)
 
 
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
     cifar_slice_data_dir, tmp_path, reference, caplog
 ):
-    train.train_and_evaluate(small_config(cifar_slice_data_dir, **{**GRAIN, "num_steps": 6}), str(tmp_path))
+    train_and_evaluate(small_config(cifar_slice_data_dir, **{**GRAIN, "num_steps": 6}), str(tmp_path))
     damaged = {}
-    for path in sorted((tmp_path / "checkpoints" / "6").rglob("*")):
+    run_dir = RunDir(tmp_path)
+    for path in sorted(Path(run_dir.checkpoint(6)).rglob("*")):
         if path.is_file() and path.stat().st_size > 100:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
-            damaged[path.relative_to(tmp_path / "checkpoints")] = path.read_bytes()
+            damaged[path.relative_to(Path(run_dir.checkpoints))] = path.read_bytes()
     with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
+        train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
     assert "Checkpoint 6" in caplog.text and "Resuming from checkpoint 4" in caplog.text
     _assert_ends_as(tmp_path, reference)
     (moved_to,) = (tmp_path / DAMAGED_CHECKPOINTS).iterdir()  # moved aside once, untouched, under its own name
     assert all((moved_to / path).read_bytes() == content for path, content in damaged.items())
 
     for step in (6, 8, 10):  # when none restores, the run stops and names each checkpoint
-        for path in (tmp_path / "checkpoints" / str(step)).rglob("*"):
+        for path in Path(run_dir.checkpoint(step)).rglob("*"):
             if path.is_file() and path.stat().st_size > 100:
                 path.write_bytes(b"")
     with pytest.raises(NoRestorableCheckpointError, match="step 10: .*step 8: .*step 6: .*new --workdir"):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
-    assert len(list((tmp_path / DAMAGED_CHECKPOINTS).iterdir())) == 4 and not list((tmp_path / "checkpoints").iterdir())
+        train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
+    assert len(list((tmp_path / DAMAGED_CHECKPOINTS).iterdir())) == 4 and not list(run_dir.checkpoints.iterdir())
 
 
 def test_a_save_that_fails_for_a_full_disk_then_a_rerun(cifar_slice_data_dir, tmp_path, reference, monkeypatch):
@@ -119,15 +120,15 @@ def test_a_save_that_fails_for_a_full_disk_then_a_rerun(cifar_slice_data_dir, tm
         match=r"step 6 .*No space left on device.*needs about [\d,]+ MiB, and "
         r"[\d,]+ MiB are free there.*resumes from step 4",
     ):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
-    assert ocp.CheckpointManager(tmp_path / "checkpoints").all_steps() == [2, 4]  # the earlier ones, intact
+        train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
+    assert ocp.CheckpointManager(RunDir(tmp_path).checkpoints).all_steps() == [2, 4]  # the earlier ones, intact
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-    train.train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
+    train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
     _assert_ends_as(tmp_path, reference)
 
 
 def _two_processes(data_dir, workdir, *fault_flags, **overrides):
-    module = "tests.faulty_main" if fault_flags else "resnet_jax.main"
+    module = "tests.support.faulty_main" if fault_flags else "resnet_jax.main"
     grain = {**GRAIN, "data.worker_count": 0, **overrides}
     return run_two_processes(command(data_dir, workdir, module=module, **grain) + list(fault_flags))
 
@@ -149,11 +150,11 @@ def test_two_processes_recover_stop_and_fall_back_together(cifar_slice_data_dir,
     )
     assert codes == [1, 1], outputs[0][-3000:] + outputs[1][-3000:]
     assert all("Process 1's training input pipeline failed for good" in output for output in outputs)
-    saved = ocp.CheckpointManager(workdir / "checkpoints").all_steps()
+    saved = ocp.CheckpointManager(RunDir(workdir).checkpoints).all_steps()
     assert saved[-1] == 6, saved
 
     # its newest checkpoint damaged, the rerun falls back to the previous one on both processes, and finishes
-    for path in Path(workdir / "checkpoints" / "6").rglob("*"):
+    for path in Path(RunDir(workdir).checkpoint(6)).rglob("*"):
         if path.is_file() and path.stat().st_size > 100:
             path.write_bytes(b"")
     codes, outputs = _two_processes(cifar_slice_data_dir, workdir)

@@ -1,12 +1,12 @@
 """Training end to end on a real slice of CIFAR-10: learning, data parallelism, multi-host, multi-runs, preemption,
 resume, and the errors a person sees."""
 
-import json
 import logging
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +14,25 @@ import numpy as np
 import pytest
 
 from configs import imagenet_r18
-from resnet_jax import train
+from resnet_jax.core.errors import ModelMismatchError, NonFiniteLossError
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data import on_device
-from resnet_jax.errors import ModelMismatchError, NonFiniteLossError
-from resnet_jax.rundir import RunDir, load_run
-from tests.training import REPO, checkpoint_leaves, command, env, run, run_two_processes, small_config, train_losses
+from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.recipe.members import Members
+from resnet_jax.run.load import load_run
+from resnet_jax.run.rundir import RunDir
+from resnet_jax.train.bn_stats import recompute_batch_stats
+from resnet_jax.train.loop import train_and_evaluate
+from tests.support.training import (
+    REPO,
+    checkpoint_leaves,
+    command,
+    env,
+    run,
+    run_two_processes,
+    small_config,
+    train_losses,
+)
 
 
 def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data_dir, tmp_path, caplog):
@@ -34,7 +48,7 @@ def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level(logging.WARNING):
-            result = train.train_and_evaluate(config, str(tmp_path))
+            result = train_and_evaluate(config, str(tmp_path))
     finally:
         jax.config.update("jax_log_compiles", False)
     # three periodic evaluations (steps 20, 40, 60; the last is the final one) and one compilation of their step
@@ -46,8 +60,8 @@ def test_short_training_learns_and_compiles_its_evaluation_once(cifar_slice_data
     assert result["examples"] == 500  # every test image of the slice, counted once
     assert result["top1_error"] < 0.8  # chance is 0.9; 500 images make 0.8 a > 7 sigma margin
     assert result["parameters"] == 269_722 and result["bn_statistics"] == "moving averages"
-    assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert list((tmp_path / "tensorboard").iterdir())
+    assert Path(RunDir(tmp_path).curves).stat().st_size > 10_000
+    assert list(RunDir(tmp_path).tensorboard.iterdir())
 
 
 def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, tmp_path):
@@ -64,8 +78,8 @@ def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, 
 
 def test_member_k_of_a_multi_run_follows_the_single_run_of_seed_k(cifar_slice_data_dir, tmp_path):
     steps = {"num_steps": 4, "log_every_steps": 1, "checkpoint_every_steps": 4}
-    multi = train.train_and_evaluate(small_config(cifar_slice_data_dir, runs=2, **steps), str(tmp_path / "multi"))
-    single = train.train_and_evaluate(small_config(cifar_slice_data_dir, seed=1, **steps), str(tmp_path / "single"))
+    multi = train_and_evaluate(small_config(cifar_slice_data_dir, runs=2, **steps), str(tmp_path / "multi"))
+    single = train_and_evaluate(small_config(cifar_slice_data_dir, seed=1, **steps), str(tmp_path / "single"))
     members = RunDir(tmp_path / "multi").members()
     assert [m.name for m in members] == ["seed0", "seed1"]
     # The same computation, batched: the first step agrees to float32 rounding, later ones to its amplification.
@@ -76,7 +90,7 @@ def test_member_k_of_a_multi_run_follows_the_single_run_of_seed_k(cifar_slice_da
     assert multi["runs"][1]["top1_error"] == pytest.approx(single["top1_error"], abs=0.01)  # 500 images: 5 flips
     assert multi["top1_error"] == pytest.approx(np.mean([r["top1_error"] for r in multi["runs"]]))
     assert multi["top1_error_std"] == pytest.approx(np.std([r["top1_error"] for r in multi["runs"]], ddof=1))
-    assert json.loads((members[1].path / "result.json").read_text())["seed"] == 1
+    assert members[1].read_result()["seed"] == 1
     _, _, state = load_run(tmp_path / "multi")  # one checkpoint holds both members
     assert state.params["conv1"]["kernel"].shape[0] == 2
 
@@ -93,11 +107,11 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "4").is_dir() and time.time() < deadline and process.poll() is None:
+    while not RunDir(killed).checkpoint(4).is_dir() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.kill()
     process.wait()
-    assert not (killed / "checkpoints" / "8").exists(), "the run finished before it could be killed"
+    assert not RunDir(killed).checkpoint(8).exists(), "the run finished before it could be killed"
     run(command(cifar_slice_data_dir, killed, num_steps=8))
 
     # the standalone evaluation of the final checkpoint agrees with the run's own final evaluation
@@ -124,7 +138,7 @@ def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
     )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        metrics = tmp_path / "metrics.jsonl"
+        metrics = RunDir(tmp_path).metrics_path
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.1)
@@ -132,27 +146,28 @@ def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 0, output[-3000:]
     assert "Preempted: saved step" in output
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
     assert saved and 3 <= saved[-1] < 1000
 
 
 def test_resuming_with_another_model_is_a_clear_error(cifar_slice_data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative workdir, as people type it
-    train.train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=2), "run")
-    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=2), "run")
+    assert RunDir(tmp_path / "run").checkpoint(2).is_dir()
     with pytest.raises(ModelMismatchError, match="another model.*name.*resnet20.*resnet32.*new --workdir"):
-        train.train_and_evaluate(small_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
+        train_and_evaluate(small_config(cifar_slice_data_dir, "resnet32", num_steps=4), "run")
 
 
 def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):
     config = small_config(cifar_slice_data_dir, num_steps=2, bn_statistics="recomputed", bn_recompute_examples=64)
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = train_and_evaluate(config, str(tmp_path))
     assert result["bn_statistics"] == "recomputed over 64 training images"
     _, _, state = load_run(tmp_path)  # the checkpoint keeps the training state's moving averages
     # Independently: the stem's BN statistics are those of its 3x3 convolution over each batch of 32 of the stream
     # of seed + 1, averaged over the two batches.
-    kernel = state.params["conv1"]["kernel"]
-    arrays = on_device.TrainData.load(config.data, train.make_mesh()).arrays
+    kernel = state.params["conv1"]["kernel"][0]
+    dataset = PreparedDataset.open(config.data)
+    arrays = on_device.TrainData.load(dataset, config.data, make_mesh()).arrays
     orders = on_device.two_epoch_orders(jnp.int32(1), 0, 1280)
     means, variances = [], []
     for i in range(2):
@@ -162,17 +177,17 @@ def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_d
         )
         means.append(y.mean((0, 1, 2)))
         variances.append(y.var((0, 1, 2)))
-    recomputed = train.recompute_batch_stats(config, state, train.make_mesh())
-    np.testing.assert_allclose(recomputed["bn1"]["mean"], np.mean(means, 0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(recomputed["bn1"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
+    recomputed = recompute_batch_stats(config, dataset, state, Members.from_config(config), make_mesh())
+    np.testing.assert_allclose(recomputed["bn1"]["mean"][0], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(recomputed["bn1"]["var"][0], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):
-    train.train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4), str(tmp_path))
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4), str(tmp_path))
     config = small_config(cifar_slice_data_dir, num_steps=40, **{"schedule.base_lr": 1e30})
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
-        train.train_and_evaluate(config, str(tmp_path))
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+        train_and_evaluate(config, str(tmp_path))
+    saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
     assert all(np.isfinite(x).all() for x in checkpoint_leaves(tmp_path, saved[-1], "params"))
 
 
@@ -196,7 +211,7 @@ def test_quick_start_prepares_data_and_trains(tmp_path):
         ]
     )
     assert "resnet20 test (single): top-1 error" in result.stderr
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["examples"] == 10_000
+    assert RunDir(tmp_path / "run").read_result()["examples"] == 10_000
 
 
 def test_the_imagenet_recipe_trains_end_to_end(eight_imagenet_data_dir, tmp_path):
@@ -207,7 +222,7 @@ def test_the_imagenet_recipe_trains_end_to_end(eight_imagenet_data_dir, tmp_path
     config.batch_size, config.model.bn_group_size, config.num_steps = 8, 4, 4
     config.log_every_steps = config.eval.every_steps = config.checkpoint_every_steps = 2
     config.eval.batch_size, config.bn_recompute_examples = 8, 16
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = train_and_evaluate(config, str(tmp_path))
     assert result["protocol"] == "10crop" and result["examples"] == 8
     assert result["bn_statistics"] == "recomputed over 16 training images"
     records = RunDir(tmp_path).read_metrics()

@@ -6,10 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model
-from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import create_train_state, over_runs, sgd_step
+from resnet_jax.recipe.members import Members
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.state import create_train_state
+from resnet_jax.train.step import sgd_step
 
 
 @pytest.mark.parametrize("mode", ["vmap", "unrolled"])
@@ -26,12 +28,13 @@ def test_each_member_of_a_multi_run_steps_as_the_run_of_its_seed(mode):
     def step(state, batch, learning_rate):
         return sgd_step(model, optimizer, state, batch, learning_rate)
 
-    members = create_train_state(model, optimizer, (32, 32, 3), 4, make_mesh(), runs=3)
-    stepped, metrics = jax.jit(over_runs(step, 3, (0, 0, 0), mode))(members, batches, learning_rates)
+    members = Members(first_seed=4, count=3, mode=mode)
+    state = create_train_state(model, optimizer, (32, 32, 3), members, make_mesh())
+    stepped, metrics = jax.jit(members.over(step, (0, 0, 0)))(state, batches, learning_rates)
     single = jax.jit(step)
     for k in range(3):
-        alone = create_train_state(model, optimizer, (32, 32, 3), 4 + k, make_mesh())  # seed 4 + k
-        chex.assert_trees_all_equal(_member(members.params, k), alone.params)  # the same initialisation
+        alone = _member(create_train_state(model, optimizer, (32, 32, 3), Members(4 + k), make_mesh()), 0)
+        chex.assert_trees_all_equal(_member(state.params, k), alone.params)  # the same initialisation
         alone, alone_metrics = single(alone, _member(batches, k), learning_rates[k])
         # float32 summation order: the first BN bias gradient sums 8192 terms that nearly cancel
         chex.assert_trees_all_close(_member(stepped.params, k), alone.params, rtol=1e-4, atol=1e-5)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from resnet_jax.convert import export_torch_state_dict
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model
-from resnet_jax.optim import make_optimizer
-from resnet_jax.sharding import make_mesh
-from resnet_jax.train_step import make_train_step
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.train.step import make_train_step
 
 torch = pytest.importorskip("torch")
 from experiments import torch_reference as ref  # noqa: E402

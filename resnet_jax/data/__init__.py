@@ -1,30 +1,12 @@
-"""Input pipelines of the paper: tfds ArrayRecord datasets read with grain (see README, "Data").
+"""Datasets, from the facts about each to the batches a train step takes (see README, "Data").
 
-Prepare a dataset once (`python -m resnet_jax.data.prepare NAME`, or `prepare(NAME)`), then:
+  datasets.py       what each dataset is: classes, image shape, splits, test protocols (imports nothing heavy)
+  options.py        the data part of a run config (`config.data`)
+  prepare.py        preparing a dataset once (`python -m resnet_jax.data.prepare`): tfds ArrayRecord + its mean
+  prepared.py       `PreparedDataset`: a prepared dataset opened and checked once
+  pipeline.py       grain pipelines over it (training, and each test protocol), `resilient.py` healing them
+  on_device.py      CIFAR held in device memory, its stream computed inside the step
+  feeds.py          where a training dispatch's batches come from (the devices, or grain)
 
-  cfg = default_data_config("imagenet2012")
-  train = train_iterator(cfg, global_batch_size=256, seed=0)        # endless, resumable
-  evals = eval_iterator(cfg, split="validation", protocol="10crop", global_batch_size=256)
-  batches = DevicePrefetchIterator(train, mesh)                     # global jax.Arrays
-
-CIFAR can instead stay in device memory, its stream computed inside the step (`on_device.py`, `feeds.py`).
+This package's `__init__` imports nothing: `resnet_jax.data.datasets` stays light for the models.
 """
-
-from resnet_jax.data.config import default_data_config
-from resnet_jax.data.feeds import DevicePrefetchIterator, put_on_mesh
-from resnet_jax.data.pipeline import CorruptRecordError, eval_iterator, train_iterator
-from resnet_jax.data.preparation import prepare
-from resnet_jax.data.sources import num_examples
-from resnet_jax.errors import DatasetMissingError
-
-__all__ = [
-    "CorruptRecordError",
-    "DatasetMissingError",
-    "DevicePrefetchIterator",
-    "default_data_config",
-    "eval_iterator",
-    "num_examples",
-    "prepare",
-    "put_on_mesh",
-    "train_iterator",
-]

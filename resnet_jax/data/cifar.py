@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_jax import datasets
+from resnet_jax.core.errors import PreparationError
+from resnet_jax.data import datasets
 
 # CIFAR-100's 20 superclasses and their classes, as on the dataset's page; both lists are in label order when sorted.
 _SUPERCLASSES = {
@@ -113,7 +114,7 @@ def python_batches(tarball: Path, layout: Layout, split: str) -> Iterator[tuple[
         members = {PurePosixPath(m.name).name: m for m in archive if m.isfile()}
         for batch_name in layout.batches[split]:
             if batch_name not in members:
-                raise FileNotFoundError(f"{tarball} has no {batch_name}; is it {layout.tarball}?")
+                raise PreparationError(f"{tarball} has no {batch_name}: it is not {layout.tarball}.")
             batch = _NumpyOnlyUnpickler(archive.extractfile(members[batch_name]), encoding="bytes").load()
             height, width, channels = layout.image_shape  # the batch files store channel-major rows
             data = np.asarray(batch[b"data"], np.uint8).reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
@@ -147,11 +148,15 @@ def _class_folder_files(source: Path, layout: Layout) -> dict[str, list[tuple[st
     for path, contents in _image_files(source, layout):
         split, label_name = _split_and_class(path, layout)
         if label_name not in layout.labels:
-            raise ValueError(f"{source}: folder {label_name!r} of {path} is not a class of {layout.labels}")
+            classes = ", ".join(layout.labels)
+            raise PreparationError(
+                f"{source}: folder {label_name!r} of {path} is not a class of {layout.dataset} ({classes}): rename "
+                "or remove it."
+            )
         files[split].append((f"{split}/{label_name}/{path.name}", contents))
     for split, examples in files.items():
         if not examples:
-            raise FileNotFoundError(
+            raise PreparationError(
                 f"{source} has no {split}/<class>/<image> files; expected a {layout.tarball} or "
                 "class folders train/<class>/ and test/<class>/."
             )
@@ -160,9 +165,12 @@ def _class_folder_files(source: Path, layout: Layout) -> dict[str, list[tuple[st
 
 
 def _decoded(image_bytes: bytes, name: str, shape: tuple[int, int, int]) -> Image.Image:
-    image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+    except OSError as error:  # PIL's UnidentifiedImageError, truncated data
+        raise PreparationError(f"{name} does not decode as an image ({error}); remove or replace it.") from error
     if (image.height, image.width, 3) != shape:
-        raise ValueError(f"{name} is {image.width}x{image.height}, not a {shape[1]}x{shape[0]} CIFAR image")
+        raise PreparationError(f"{name} is {image.width}x{image.height}, not a {shape[1]}x{shape[0]} CIFAR image.")
     return image
 
 
@@ -185,7 +193,7 @@ class _FromFiles:
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         if not self._source.exists():
-            raise FileNotFoundError(f"{self.name} source {self._source} does not exist")
+            raise PreparationError(f"{self.name} source {self._source} does not exist.")
         self.info.features["label"].names = list(self.layout.labels)
         if self.layout.coarse_labels:
             self.info.features["coarse_label"].names = list(self.layout.coarse_labels)

@@ -1,7 +1,9 @@
 """Feeds: where the training loop's batches come from, k steps per dispatch.
 
 A feed has a host side, called once per dispatch by the loop (`inputs(step)`, the iterator state, `close`), and a
-device side, traced into the jitted dispatch (`batch`; see `resnet_jax.train_step.make_dispatch`).
+device side, traced into the jitted dispatch (`batch`; see `resnet_jax.train.step.make_dispatch`). A feed serves the
+members of a run (`resnet_jax.recipe.members`): `seeds` has one entry per member, and `batch` takes one member's.
+`make_feed` builds the one a data config asks for.
 
 - `DeviceFeed`: CIFAR kept in device memory; each batch is computed inside the step from the stream position
   (`on_device.py`). The host passes the dispatch's first position and the orders of the two epochs it can touch
@@ -22,15 +24,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.data import on_device, transforms
-from resnet_jax.sharding import DATA_AXIS, replicate, replicated
+from resnet_jax.core.errors import ConfigError
+from resnet_jax.core.sharding import DATA_AXIS, replicate, replicated
+from resnet_jax.data import on_device, pipeline, transforms
+from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.data.resilient import Lockstep
 
 
 class Feed:
     """The interface the training loop and `make_dispatch` use."""
 
     data: Any = None  # what stays on the devices across dispatches, passed to every dispatch
-    inputs_run_axes: Any = None  # for a multi-run: the `vmap` axes of `inputs` (None: shared by the runs)
+    inputs_member_axes: Any = None  # which parts of `inputs` carry the member axis (`Members.over`; None: shared)
 
     def inputs(self, step: int) -> Any:
         """What the host passes to the dispatch that starts at global step `step`."""
@@ -47,26 +52,31 @@ class Feed:
     def set_state(self, state: Any) -> None:
         pass
 
+    def stop_together_if_failed(self, then: str) -> None:
+        """At an agreement point of the loop (a collective): stops every process if one's inputs failed for good."""
+
+    @property
+    def recoveries(self) -> list[dict]:
+        """The input pipeline's recoveries so far (`ResilientIterator.recoveries`): cause and seconds of each."""
+        return []
+
     def close(self) -> None:
         pass
 
 
 class DeviceFeed(Feed):
-    """Batches computed on the devices from a training split held there (`on_device.TrainData`), for the runs of
-    `seeds` (an int, or one per member of a multi-run)."""
+    """Batches computed on the devices from a training split held there (`on_device.TrainData`), for the members of
+    `seeds` (int32 [members])."""
 
-    inputs_run_axes = {"position": None, "orders": 0}
+    inputs_member_axes = {"position": None, "orders": 0}
 
-    def __init__(self, train_data: on_device.TrainData, global_batch_size: int, mesh: Mesh, seeds: int | list[int]):
+    def __init__(self, train_data: on_device.TrainData, global_batch_size: int, mesh: Mesh, seeds: np.ndarray):
         self.data = train_data.arrays
         self._batch_size = global_batch_size
         self._mesh = mesh
         self._n = train_data.num_examples
         orders = functools.partial(on_device.two_epoch_orders, n=self._n)
-        multi = isinstance(seeds, list)
-        self._orders_of = jax.jit(
-            jax.vmap(orders, in_axes=(0, None)) if multi else orders, out_shardings=replicated(mesh)
-        )
+        self._orders_of = jax.jit(jax.vmap(orders, in_axes=(0, None)), out_shardings=replicated(mesh))
         self._seeds = np.asarray(seeds, np.int32)
         self._orders: tuple[int, jax.Array] | None = None  # (first epoch, its orders)
 
@@ -168,29 +178,25 @@ class HostFeed(Feed):
     flips and lighting offsets, finished on the devices (`transforms.finish_imagenet_batch`).
 
     If the iterator fails for good (`InputPipelineError`) in a multi-host run, the feed keeps the step going with
-    all-zero batches and records the error in `failure`, so that no process is left waiting in a collective; the loop
-    stops every process together at its next agreement point, before anything computed from those batches is saved.
+    all-zero batches (`Lockstep`), so that no process is left waiting in a collective; the loop stops every process
+    together at its next agreement point, before anything computed from those batches is saved.
     """
 
     def __init__(self, iterator, mesh: Mesh, steps: int, prefetch: int = 2, normalization: dict | None = None):
         self._iterator = iterator
         self.data = None if normalization is None else replicate(normalization, mesh)
-        self._batches = DevicePrefetchIterator(_Stacked(iterator, steps), mesh, prefetch, P(None, DATA_AXIS))
-        self.failure: Exception | None = None
-        self._last = None
+        prefetched = DevicePrefetchIterator(_Stacked(iterator, steps), mesh, prefetch, P(None, DATA_AXIS))
+        self._batches = Lockstep(prefetched, blank=lambda last: jax.tree.map(jax.numpy.zeros_like, last))
 
     def inputs(self, step: int) -> Any:
-        from resnet_jax.errors import InputPipelineError
+        return next(self._batches)
 
-        if self.failure is None:
-            try:
-                self._last = next(self._batches)
-                return self._last
-            except InputPipelineError as error:
-                if jax.process_count() == 1 or self._last is None:
-                    raise
-                self.failure = error
-        return jax.tree.map(lambda x: jax.numpy.zeros_like(x), self._last)
+    def stop_together_if_failed(self, then: str) -> None:
+        self._batches.stop_together("training", then)
+
+    @property
+    def recoveries(self) -> list[dict]:
+        return self._iterator.recoveries
 
     def batch(self, data, inputs, seed, i):
         batch = jax.tree.map(lambda x: x[i], inputs)
@@ -204,3 +210,32 @@ class HostFeed(Feed):
 
     def close(self) -> None:
         self._iterator.close()
+
+
+def make_feed(
+    dataset: PreparedDataset,
+    cfg: Any,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    steps: int,
+    seeds: np.ndarray,
+    wrap: Any = None,
+) -> Feed:
+    """The training stream of the members of `seeds` (int32 [members]) in dispatches of `steps` batches, as the data
+    config `cfg` asks: on the devices (`data.on_device`), or from grain (one member; `wrap` as for
+    `pipeline.train_iterator`)."""
+    if cfg.on_device:
+        train_data = on_device.TrainData.load(dataset, cfg, mesh)
+        if steps * batch_size > train_data.num_examples:
+            raise ConfigError(
+                f"config.steps_per_dispatch * batch_size = {steps} * {batch_size} exceeds the "
+                f"{train_data.num_examples} training examples; a dispatch may span at most one epoch "
+                "boundary: lower steps_per_dispatch."
+            )
+        return DeviceFeed(train_data, batch_size, mesh, seeds)
+    (seed,) = seeds  # one member: several need the data on the devices (config.validate)
+    iterator = pipeline.train_iterator(dataset, cfg, global_batch_size=batch_size, seed=int(seed), wrap=wrap)
+    finished_on_device = pipeline.train_view(dataset, cfg).finished_on_device
+    normalization = on_device.normalization_arrays(dataset, cfg) if finished_on_device else None
+    return HostFeed(iterator, mesh, steps, normalization=normalization)

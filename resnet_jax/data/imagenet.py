@@ -18,6 +18,8 @@ import simplejpeg
 from PIL import Image
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder
 
+from resnet_jax.core.errors import PreparationError
+
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation")}
 _PLAIN_JPEG_COLORSPACES = ("RGB", "Gray", "YCbCr")
 
@@ -33,7 +35,7 @@ def _rgb_jpeg(path: Path) -> bytes:
     try:
         image = Image.open(io.BytesIO(data)).convert("RGB")
     except OSError as e:
-        raise ValueError(f"{path} is not a readable image; remove or replace it: {e}") from e
+        raise PreparationError(f"{path} is not a readable image; remove or replace it: {e}") from e
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=95)
     return encoded.getvalue()
@@ -59,15 +61,20 @@ class Imagenet2012FromFolders(imagenet2012_dataset_builder.Builder, skip_registr
             if folders:
                 splits[split] = self._generate_examples_from(folders[0])
         if "train" not in splits:
-            raise FileNotFoundError(f"{self._source} has no train/<wnid>/ class folders.")
+            raise PreparationError(f"{self._source} has no train/<wnid>/ class folders.")
         return splits
 
     def _generate_examples_from(self, folder: Path):
         wnids = set(self.info.features["label"].names)
         for class_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
             if class_folder.name not in wnids:
-                raise ValueError(f"{class_folder} is not named after an ILSVRC-2012 synset (e.g. n01440764).")
-            for path in sorted(p for p in class_folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+                raise PreparationError(
+                    f"{class_folder} is not named after an ILSVRC-2012 synset (e.g. n01440764): rename or remove it."
+                )
+            files = sorted(p for p in class_folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise PreparationError(f"{class_folder} holds no images: copy its images, or remove the folder.")
+            for path in files:
                 yield (
                     f"{folder.name}/{class_folder.name}/{path.name}",
                     {

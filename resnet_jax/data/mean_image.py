@@ -22,8 +22,8 @@ import grain
 import numpy as np
 from absl import logging
 
-from resnet_jax import datasets
-from resnet_jax.data import images, pipeline, protocols, sources
+from resnet_jax.core.files import write_atomically
+from resnet_jax.data import datasets, images, pipeline, prepared, protocols
 
 
 class _PixelBatch(grain.transforms.Map):
@@ -70,14 +70,10 @@ def compute(source, name: str, worker_count: int = 0) -> dict[str, np.ndarray]:
         raise ValueError("No readable training image to compute the per-pixel mean from.")
     means = {"train": (total / count / 255).astype(np.float32)}
     if holdout:
-        means[sources.holdout_specs(name)[0]] = (kept_total / kept_count / 255).astype(np.float32)
+        means[dataset.holdout_specs[0]] = (kept_total / kept_count / 255).astype(np.float32)
     return means
 
 
 def store(directory, means: dict[str, np.ndarray]) -> None:
     """Writes the means atomically: a dataset without its mean file is seen as half-prepared."""
-    path = directory / sources.MEAN_FILE
-    partial = directory / (sources.MEAN_FILE + ".partial")
-    with partial.open("wb") as f:
-        np.savez(f, **means)
-    partial.replace(path)
+    write_atomically(directory / prepared.MEAN_FILE, prepared.npz_bytes(means))

@@ -3,7 +3,7 @@
 A CIFAR split is 150 MB of uint8 pixels at most, so it fits on every accelerator. It is read once from the prepared
 tfds dataset, decoded on the host, and kept on the devices (replicated); shuffling, mean subtraction, padding,
 cropping and flipping then happen inside the jitted training computation, and the host never feeds the step. That is
-what lets a 3 ms CIFAR step run at its own speed, and many steps run per dispatch (`resnet_jax.train_step`).
+what lets a 3 ms CIFAR step run at its own speed, and many steps run per dispatch (`resnet_jax.train.step`).
 
 The stream is a pure function of the seed, like the grain pipeline's, with its own randomness (`jax.random`):
   - epoch e visits the N training examples in the order `jax.random.permutation(key(seed, 0, e), N)`;
@@ -25,25 +25,20 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from resnet_jax import datasets
-from resnet_jax.data import images, sources
+from resnet_jax.core.sharding import batch_sharded, replicate
+from resnet_jax.data import images
+from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.data.transforms import CIFAR_PAD, normalize
-from resnet_jax.sharding import batch_sharded, replicate
 
 _ORDER, _AUGMENT = 0, 1  # the streams of randomness derived from a run's seed
 _READ_CHUNK = 2048
 
 
-def supported(cfg: ml_collections.ConfigDict) -> bool:
-    """Whether dataset `cfg.name` can be kept in device memory (the small fixed-size ones)."""
-    return not datasets.get(cfg.name).imagenet_like
-
-
-def load_split(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(dataset: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, H, W, 3], int32 labels [N]) of a prepared split, decoded on the host."""
-    source = sources.open_split(cfg, split)
+    source = dataset.source(split)
     n = len(source)
-    pixels = np.empty((n, *datasets.get(cfg.name).image_shape), np.uint8)
+    pixels = np.empty((n, *dataset.facts.image_shape), np.uint8)
     labels = np.empty((n,), np.int32)
     for start in range(0, n, _READ_CHUNK):
         indices = list(range(start, min(start + _READ_CHUNK, n)))
@@ -56,23 +51,26 @@ def load_split(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, 
 @dataclasses.dataclass
 class TrainData:
     """A training split on the devices: {"images": uint8 [N, H, W, 3], "labels": int32 [N], and the normalisation
-    (`sources.normalization`): "mean" f32 [H, W, 3], "std" f32 [3] (ones: none), "pad" f32 [3] (0: the mean colour)}."""
+    (`PreparedDataset.normalization`): "mean" f32 [H, W, 3], "std" f32 [3] (ones: none), "pad" f32 [3] (0: the mean
+    colour)}."""
 
     arrays: dict[str, jax.Array]
 
     @classmethod
-    def load(cls, cfg: ml_collections.ConfigDict, mesh: Mesh, split: str = "train") -> TrainData:
-        pixels, labels = load_split(cfg, split)
-        return cls(replicate({"images": pixels, "labels": labels, **normalization_arrays(cfg)}, mesh))
+    def load(
+        cls, dataset: PreparedDataset, cfg: ml_collections.ConfigDict, mesh: Mesh, split: str = "train"
+    ) -> TrainData:
+        pixels, labels = load_split(dataset, split)
+        return cls(replicate({"images": pixels, "labels": labels, **normalization_arrays(dataset, cfg)}, mesh))
 
     @property
     def num_examples(self) -> int:
         return self.arrays["labels"].shape[0]
 
 
-def normalization_arrays(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """`sources.normalization` as the arrays a jitted step reads: {"mean", "std" (ones for none), "pad"}."""
-    mean, std, pad = sources.normalization(cfg)
+def normalization_arrays(dataset: PreparedDataset, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """`PreparedDataset.normalization` as the arrays a jitted step reads: {"mean", "std" (ones for none), "pad"}."""
+    mean, std, pad = dataset.normalization(cfg)
     return {"mean": mean, "std": np.ones(3, np.float32) if std is None else std, "pad": pad}
 
 
@@ -134,8 +132,10 @@ class EvalData:
     arrays: dict[str, jax.Array]
 
     @classmethod
-    def load(cls, cfg: ml_collections.ConfigDict, split: str, global_batch_size: int, mesh: Mesh) -> EvalData:
-        pixels, labels = load_split(cfg, split)
+    def load(
+        cls, dataset: PreparedDataset, cfg: ml_collections.ConfigDict, split: str, global_batch_size: int, mesh: Mesh
+    ) -> EvalData:
+        pixels, labels = load_split(dataset, split)
         n = len(labels)
         steps = -(-n // global_batch_size)
         padded = steps * global_batch_size - n
@@ -146,7 +146,7 @@ class EvalData:
             "images": pixels.reshape(steps, global_batch_size, *pixels.shape[1:]),
             "labels": labels.reshape(steps, global_batch_size),
             "mask": mask.reshape(steps, global_batch_size),
-            **normalization_arrays(cfg),
+            **normalization_arrays(dataset, cfg),
         }
         return cls(replicate(arrays, mesh))
 

@@ -27,8 +27,8 @@ import numpy as np
 from absl import flags, logging
 from google.protobuf import message as protobuf_message
 
-from resnet_jax import datasets
-from resnet_jax.data import images, protocols, sources, transforms
+from resnet_jax.data import images, protocols, transforms
+from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.data.resilient import ResilientIterator
 
 # Errors that mean "this record is damaged", as opposed to bugs.
@@ -185,8 +185,10 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
 
 
 def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int = 1) -> grain.IterDataset:
-    """`ds` computed by `worker_count` grain worker processes (none: in this process)."""
+    """`ds` computed by `worker_count` grain worker processes (none: in this process, whose OpenCV is then made
+    single-threaded as the workers' is: the input pipeline is the parallelism)."""
     if not worker_count:
+        images.use_one_thread()
         return ds
     if not flags.FLAGS.is_parsed():
         # grain 0.2.18 reads an absl flag when it starts workers, which fails in programs that do not parse absl
@@ -196,9 +198,38 @@ def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int 
     return ds.mp_prefetch(options, worker_init_fn=_init_worker)
 
 
-def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str) -> ResilientIterator:
+class _OutOfSharedMemory:
+    """Batches copied out of the shared memory grain's workers pass them in, as they arrive.
+
+    A batch from a worker is a set of shared-memory segments, unlinked (by a grain thread) when the last array on them
+    is deleted. Arrays that live until the program ends (in a prefetch queue, or aliased by device arrays on the CPU)
+    are never unlinked, and Python's resource tracker then warns about leaked segments at shutdown. A copy costs one
+    memcpy per batch and leaves nothing in shared memory beyond the batch in hand.
+    """
+
+    def __init__(self, iterator):
+        self._iterator = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._iterator)
+        return {key: np.array(value) for key, value in batch.items()}
+
+    def __getattr__(self, name):  # get_state, set_state, close
+        return getattr(self._iterator, name)
+
+
+def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str, wrap=None) -> ResilientIterator:
+    def make():
+        iterator = iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch))
+        if cfg.worker_count:
+            iterator = _OutOfSharedMemory(iterator)
+        return iterator if wrap is None else wrap(iterator)
+
     return ResilientIterator(
-        lambda: iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch)),
+        make,
         what,
         retries=cfg.retries,
         backoff_seconds=cfg.retry_backoff_seconds,
@@ -226,13 +257,23 @@ def train_positions(
     return ds.map_with_index(_WithEpoch(num_records)).batch(local_batch)[process_index::process_count]
 
 
+def train_view(dataset: PreparedDataset, cfg: ml_collections.ConfigDict):
+    """The host's training view of `dataset` under the data config `cfg` (`transforms`)."""
+    if dataset.facts.imagenet_like:
+        return transforms.ImageNetTrainView(crop=cfg.train_crop, alphastd=cfg.pca_lighting)
+    mean, std, pad = dataset.normalization(cfg)
+    return transforms.CifarTrainView(mean, std, pad)
+
+
 def train_iterator(
+    dataset: PreparedDataset,
     cfg: ml_collections.ConfigDict,
     *,
     global_batch_size: int,
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    wrap=None,
 ) -> ResilientIterator:
     """Endless iterator of this process's part of each global training batch.
 
@@ -240,38 +281,36 @@ def train_iterator(
     "index" is the record's position in the training split. CIFAR's "image" is float32 [b, 32, 32, 3], the finished
     view. ImageNet's is the uint8 crop [b, 224, 224, 3], with "flip" bool [b] and "lighting" float32 [b, 3]:
     `transforms.finish_imagenet_batch` (traced into the train step) makes the float view from them. The iterator has
-    get_state() / set_state(); process_index / process_count default to JAX's.
+    get_state() / set_state(); process_index / process_count default to JAX's. `wrap`, if given, wraps each fresh
+    iterator under the self-healing one (the recovery tests inject their faults there).
     """
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
-    source = sources.open_split(cfg, "train")
-    if datasets.get(cfg.name).imagenet_like:
-        view = transforms.ImageNetTrainView(crop=cfg.train_crop, alphastd=cfg.pca_lighting)
-    else:
-        mean, std, pad = sources.normalization(cfg)
-        view = transforms.CifarTrainView(mean, std, pad)
+    source = dataset.source("train")
+    view = train_view(dataset, cfg)
     ds = train_positions(len(source), seed, local_batch, process_index, process_count)
-    ds = ds.map(_ExampleBatch(source, view, seed=seed, policy=cfg.corrupt_policy, where=f"{cfg.name} train"))
+    ds = ds.map(_ExampleBatch(source, view, seed=seed, policy=cfg.corrupt_policy, where=f"{dataset.name} train"))
     ds = ds.to_iter_dataset(_read_options(cfg))
     if cfg.corrupt_policy == "skip":  # refill batches that lost skipped records
         ds = grain.experimental.RebatchIterDataset(ds, batch_size=local_batch, drop_remainder=True)
-    return _loader(ds, cfg, f"{cfg.name} train")
+    return _loader(ds, cfg, f"{dataset.name} train", wrap)
 
 
-def eval_buckets(cfg: ml_collections.ConfigDict, split: str, protocol: str) -> np.ndarray | None:
+def eval_buckets(dataset: PreparedDataset, split: str, protocol: str) -> np.ndarray | None:
     """The canvas bucket of every record of `split` for a bucketed protocol (None for the others)."""
     if not protocols.bucketed(protocol):
         return None
-    return np.array([protocols.bucket_of(h, w) for h, w in sources.image_sizes(cfg, split)], np.int64)
+    return np.array([protocols.bucket_of(h, w) for h, w in dataset.image_sizes(split)], np.int64)
 
 
-def eval_steps(cfg: ml_collections.ConfigDict, split: str, protocol: str, global_batch_size: int) -> int:
+def eval_steps(dataset: PreparedDataset, split: str, protocol: str, global_batch_size: int) -> int:
     """How many global batches an evaluation pass has (the same on every process)."""
-    order, _ = eval_order(sources.num_examples(cfg, split), global_batch_size, eval_buckets(cfg, split, protocol))
+    order, _ = eval_order(dataset.num_examples(split), global_batch_size, eval_buckets(dataset, split, protocol))
     return len(order) // global_batch_size
 
 
 def eval_iterator(
+    dataset: PreparedDataset,
     cfg: ml_collections.ConfigDict,
     *,
     split: str,
@@ -288,15 +327,17 @@ def eval_iterator(
     """
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
-    datasets.get(cfg.name).check_protocol(protocol)
-    source = sources.open_split(cfg, split)
-    mean, std, _ = sources.normalization(cfg)
+    dataset.facts.check_protocol(protocol)
+    source = dataset.source(split)
+    mean, std, _ = dataset.normalization(cfg)
     view = protocols.VIEWS[protocol](mean, std)
-    order, buckets = eval_order(len(source), global_batch_size, eval_buckets(cfg, split, protocol))
+    order, buckets = eval_order(len(source), global_batch_size, eval_buckets(dataset, split, protocol))
     ds = grain.MapDataset.range(len(order) // process_count)
     ds = ds.map(_EvalPosition(order, buckets, global_batch_size, process_index, local_batch)).batch(local_batch)
     ds = ds.map(
-        _ExampleBatch(source, view, seed=0, policy=cfg.corrupt_policy, where=f"{cfg.name} {split}", padding=view.empty)
+        _ExampleBatch(
+            source, view, seed=0, policy=cfg.corrupt_policy, where=f"{dataset.name} {split}", padding=view.empty
+        )
     )
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _loader(ds, cfg, f"{cfg.name} {split}")
+    return _loader(ds, cfg, f"{dataset.name} {split}")

@@ -35,9 +35,10 @@ import math
 import cv2
 import numpy as np
 
-from resnet_jax.data import images
+from resnet_jax.data import datasets, images
 from resnet_jax.data.transforms import IMAGENET_CROP, ScaleCrop, normalize
-from resnet_jax.models import IMAGENET_STRIDE as STRIDE
+
+STRIDE = datasets.get("imagenet2012").score_map_stride
 
 ONE_CROP_SIDE = 256
 MULTISCALE_SIDES = (224, 256, 384, 480, 640)

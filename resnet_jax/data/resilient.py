@@ -4,7 +4,8 @@ The input streams are pure functions of their position (`pipeline.py`), so an it
 after the last batch it delivered yields exactly the batches the broken one would have: a recovered run is
 bit-identical to an uninterrupted one. What counts as a transient fault is an `OSError` (a file, a socket, grain's
 shared memory: `Bad file descriptor` was seen once on a GPU host) or a grain worker process that died. A corrupt record
-is not retried: it would fail again (see `data.corrupt_policy`).
+is not retried: it would fail again (see `data.corrupt_policy`). A pipeline that fails for good on one process of a
+multi-host run keeps the others in step until they stop together (`Lockstep`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 from absl import logging
 
-from resnet_jax.errors import InputPipelineError
+from resnet_jax.core import multihost
+from resnet_jax.core.errors import InputPipelineError
 
 # How grain 0.2's multiprocess prefetch reports a worker that died (killed, out of memory, crashed).
 _WORKER_DIED = "Worker process was terminated unexpectedly"
@@ -98,6 +101,51 @@ class ResilientIterator(Iterator):
     def set_state(self, state: Any) -> None:
         self._iterator.set_state(state)
         self._state = state
+
+    def close(self) -> None:
+        self._iterator.close()
+
+
+class Lockstep(Iterator):
+    """Keeps every process of a multi-host run in step when one process's input pipeline fails for good.
+
+    A process that stopped alone would leave the others waiting in a collective forever. When the wrapped iterator
+    raises `InputPipelineError` in a run of several processes, this one goes on yielding stand-ins (`blank(last
+    batch)`: a batch that counts nowhere) and keeps the error in `failure`; at the next agreement point, `stop_together`
+    stops every process at once, before anything computed from the stand-ins is saved. With one process, or before any
+    batch was delivered, the error is raised at once.
+    """
+
+    def __init__(self, iterator: Any, blank: Callable[[Any], Any]):
+        self._iterator = iterator
+        self._blank = blank
+        self._last = None
+        self.failure: InputPipelineError | None = None
+
+    def __next__(self):
+        if self.failure is None:
+            try:
+                self._last = next(self._iterator)
+                return self._last
+            except InputPipelineError as error:
+                if jax.process_count() == 1 or self._last is None:
+                    raise
+                self.failure = error
+        return self._blank(self._last)
+
+    def stop_together(self, what: str, then: str = "") -> None:
+        """Raises `InputPipelineError` on every process if the pipeline of any failed (a collective: every process
+        calls it at the same point); `what` names the pipeline, `then` says what a rerun does."""
+        failing = multihost.first_failing_process(self.failure is not None)
+        if failing is not None:
+            cause = f": {self.failure}" if self.failure else "; see its log"
+            raise InputPipelineError(f"Process {failing}'s {what} input pipeline failed for good{cause}.{then}")
+
+    def get_state(self) -> Any:
+        return self._iterator.get_state()
+
+    def set_state(self, state: Any) -> None:
+        self._iterator.set_state(state)
 
     def close(self) -> None:
         self._iterator.close()

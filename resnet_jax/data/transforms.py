@@ -16,8 +16,7 @@ import math
 
 import numpy as np
 
-from resnet_jax import datasets
-from resnet_jax.data import images
+from resnet_jax.data import datasets, images
 
 IMAGENET_CROP = datasets.get("imagenet2012").image_shape[0]  # the training and test crop
 IMAGENET_SCALES = (256, 480)  # shorter side drawn uniformly from this closed range (Section 3.4)
@@ -126,6 +125,7 @@ class ImageNetTrainView:
 
     crop: str = "paper"  # "paper" | "inception"
     alphastd: float = 0.1  # PCA lighting strength; 0 disables it
+    finished_on_device = True  # its batches go through `finish_imagenet_batch` in the step
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         data = record["image"]
@@ -163,6 +163,7 @@ class CifarTrainView:
     mean_image: np.ndarray  # float32 [32, 32, 3]
     std: np.ndarray | None = None
     pad_value: np.ndarray | float = 0.0
+    finished_on_device = False  # its batches are the finished float views
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         pixels = images.decode_png(record["image"])
