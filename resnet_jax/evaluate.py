@@ -9,6 +9,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from resnet_jax.core import cli, multihost
+from resnet_jax.core.errors import ConfigError
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data import datasets
 from resnet_jax.data.prepared import PreparedDataset
@@ -37,10 +38,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.initialize()
     run_dir = RunDir(FLAGS.workdir)
+    config = run_dir.read_config()  # before any work: a workdir that is not a run, a protocol or split it lacks
+    protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
+    facts = datasets.get(config.data.name)
+    facts.check_protocol(protocol)
+    split_names = facts.split_names(config.data.holdout_val)
+    if FLAGS.split is not None and FLAGS.split not in split_names:
+        raise ConfigError(f"--split={FLAGS.split}: {facts.name} in this run has the splits {', '.join(split_names)}.")
+    dataset = PreparedDataset.open(config.data)
     mesh = make_mesh()
     config, model, state = load_run(run_dir, FLAGS.step, mesh)
-    protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
-    dataset = PreparedDataset.open(config.data)
     evaluator = make_evaluator(
         config,
         model,

@@ -277,3 +277,52 @@ def test_cifar100_from_the_python_tarball_and_from_class_folders(tmp_path):
         assert record["coarse_label"] == contents["train"][b"coarse_labels"][index]
     assert len(cifar.CIFAR100.labels) == len(set(cifar.CIFAR100.labels)) == 100
     assert len(cifar.CIFAR100.coarse_labels) == 20
+
+
+def _cifar_class_folders(root, per_class=2):
+    """A few real CIFAR-10 JPEGs as class folders train/<class>/, test/<class>/ under `root`."""
+    kept = {}
+    with tarfile.open(CIFAR_TARBALL) as archive:
+        for member in archive:
+            parts = member.name.split("/")
+            if member.isfile() and kept.get(tuple(parts[1:3]), 0) < per_class:
+                kept[tuple(parts[1:3])] = kept.get(tuple(parts[1:3]), 0) + 1
+                path = root / "/".join(parts[1:])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.extractfile(member).read())
+            if len(kept) == 20 and min(kept.values()) == per_class:
+                break
+    return root
+
+
+@pytest.mark.parametrize(
+    "case", ["missing source", "truncated archive", "empty class folder", "image that does not decode", "not a class"]
+)
+def test_a_failed_preparation_is_one_line_with_status_2_and_leaves_no_dataset(tmp_path, case):
+    if not CIFAR_TARBALL.exists():
+        pytest.skip(f"{CIFAR_TARBALL} is absent")
+    name, source = "cifar10", _cifar_class_folders(tmp_path / "folders")
+    if case == "missing source":
+        source, expected = tmp_path / "nope.tar.gz", "nope.tar.gz does not exist"
+    elif case == "truncated archive":
+        source = tmp_path / "cut.tar.gz"
+        source.write_bytes(CIFAR_TARBALL.read_bytes()[:100_000])
+        expected = "cut.tar.gz failed reading it: EOFError"
+    elif case == "empty class folder":
+        name, source = "imagenet2012", _small_imagenet_source(tmp_path)
+        (source / "train" / "n15075141").mkdir()
+        expected = "n15075141 holds no images"
+    elif case == "image that does not decode":
+        (source / "train" / "cat" / "broken.jpg").write_bytes(b"not a JPEG")
+        expected = "train/cat/broken.jpg does not decode as an image"
+    else:
+        (source / "test" / "zebra").mkdir()
+        (source / "test" / "zebra" / "z.jpg").write_bytes((source / "test" / "cat").iterdir().__next__().read_bytes())
+        expected = "folder 'zebra' of test/zebra/z.jpg is not a class of cifar10"
+    command = [sys.executable, "-m", "resnet_jax.data.prepare", name, f"--source={source}", f"--data_dir={tmp_path}/d"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("resnet_jax: error: ") and expected in line, line
+    with pytest.raises(DatasetMissingError):
+        PreparedDataset(name, str(tmp_path / "d"))

@@ -54,7 +54,7 @@ def test_run_dir_files_members_and_config_defaults(tmp_path):
     assert run_dir.members() == [run_dir]  # no config.json: a single run
     config = cifar10.get_config("resnet20")
     config.runs, config.seed = 2, 7
-    run_dir.write_config(config)
+    run_dir.start(config)
     assert [m.name for m in run_dir.members()] == ["seed7", "seed8"]
     saved = json.loads(run_dir.config_path.read_text())
     del saved["loss_scale"]  # a key added to the code after the run started

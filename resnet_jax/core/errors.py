@@ -19,7 +19,7 @@ class ConfigError(UserError, ValueError):
 
 
 class WorkdirError(UserError, OSError):
-    """The workdir cannot be created or written."""
+    """The workdir cannot be created or written, is not a run's, or lacks the checkpoint asked for."""
 
 
 class DatasetMissingError(UserError, FileNotFoundError):

@@ -129,12 +129,15 @@ def _split_and_class(path: PurePosixPath, layout: Layout) -> tuple[str, str] | N
 
 
 def _image_files(source: Path, layout: Layout) -> Iterator[tuple[PurePosixPath, bytes]]:
-    """(relative path, contents) of the .../<split>/<class>/<file> files of a directory or tarball."""
+    """(relative path, contents) of the .../<split>/<class>/<file> files of a directory or tarball; a class folder
+    of a directory with no files is an error naming it."""
     if source.is_dir():
         for path in sorted(source.rglob("*")):
             relative = PurePosixPath(path.relative_to(source).as_posix())
             if path.is_file() and _split_and_class(relative, layout):
                 yield relative, path.read_bytes()
+            elif path.is_dir() and _split_and_class(relative / "file", layout) and not any(path.iterdir()):
+                raise PreparationError(f"{path} holds no images: copy its images, or remove the folder.")
         return
     with tarfile.open(source) as archive:
         for member in archive:

@@ -15,6 +15,8 @@ from resnet_jax.data.options import default_data_config
 from resnet_jax.data.options import validate as validate_data_config
 from resnet_jax.recipe.members import Members
 
+LOOPS = ("auto", "scan", "host")  # config.dispatch_loop (resnet_jax.train.step.make_dispatch)
+
 SCHEDULES = ("steps", "plateau")
 PLATEAU_SIGNALS = ("train_error", "validation_error")
 BN_STATISTICS = ("moving_average", "recomputed")
@@ -36,6 +38,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     # are therefore also the granularity of every decision taken on the host (warm-up by training error, plateaus,
     # preemption).
     c.steps_per_dispatch = 1
+    # How a dispatch runs its steps: "scan" (one lax.scan), "host" (one call per step), "auto" (scan on accelerators,
+    # step by step on XLA:CPU, whose convolution gradients are slow inside loop bodies). The same steps either way.
+    c.dispatch_loop = "auto"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model
@@ -141,6 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "data order, which needs the data on the devices: set config.data.on_device=True",
         ),
         (k >= 1, "config.steps_per_dispatch must be >= 1"),
+        (config.dispatch_loop in LOOPS, f"config.dispatch_loop must be one of {LOOPS}"),
         (
             all(
                 n % k == 0

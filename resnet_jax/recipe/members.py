@@ -22,12 +22,13 @@ import numpy as np
 
 from resnet_jax.core.errors import ConfigError
 
-MODES = ("auto", "vmap", "unrolled")
+MODES = ("auto", "vmap", "unrolled", "map")
 """How the members share the program (`config.multi_run`): 'vmap' batches them into one computation (each
 convolution becomes one grouped convolution), which fills an accelerator that one CIFAR net leaves mostly idle;
 'unrolled' computes them one after the other in the same program, which XLA:CPU runs about 4x faster than its grouped
-convolutions (benchmarks/RESULTS.md); 'auto' picks 'unrolled' on the CPU and 'vmap' elsewhere. The members' results
-are the same either way, to float rounding."""
+convolutions (benchmarks/RESULTS.md); 'map' computes them one after the other in a loop (`lax.map`: one copy of the
+step in the program, however many members); 'auto' picks 'unrolled' on the CPU and 'vmap' elsewhere. The members'
+results are the same either way, to float rounding. Which fills a GPU best is measured (benchmarks/fill.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,8 @@ class Members:
 
     # --- one program for all members
     def program_mode(self, backend: str | None = None) -> str:
-        """'vmap' or 'unrolled': how the members share the program on `backend` (default: JAX's). One member is
-        always 'unrolled': exactly the computation of a plain run."""
+        """'vmap', 'unrolled' or 'map': how the members share the program on `backend` (default: JAX's). One member
+        is always 'unrolled': exactly the computation of a plain run."""
         if self.single:
             return "unrolled"
         if self.mode != "auto":
@@ -75,8 +76,19 @@ class Members:
         `in_axes` has one entry per argument: 0 where the argument carries the member axis, None where all members
         share it, or a dict of such entries for a dict argument.
         """
-        if self.program_mode() == "vmap":
+        mode = self.program_mode()
+        if mode == "vmap":
             return jax.vmap(f, in_axes=tuple(in_axes))
+        if mode == "map":
+
+            def mapped(*args):
+                stacked = [_member_part(a, axes) for a, axes in zip(args, in_axes, strict=True)]
+                return jax.lax.map(
+                    lambda parts: f(*(_merged(a, axes, p) for a, axes, p in zip(args, in_axes, parts, strict=True))),
+                    stacked,
+                )
+
+            return mapped
 
         def unrolled(*args):
             outputs = [
@@ -111,6 +123,25 @@ class Members:
     def signature(self) -> dict[str, int]:
         """What a checkpoint's model signature adds for the members: nothing for a single run."""
         return {} if self.single else {"runs": self.count}
+
+
+def _member_part(argument: Any, axes: Any) -> Any:
+    """The parts of one argument that carry the member axis (None where all members share it)."""
+    if axes is None:
+        return None
+    if isinstance(axes, dict):
+        return {key: _member_part(value, axes.get(key)) for key, value in argument.items()}
+    return argument
+
+
+def _merged(argument: Any, axes: Any, part: Any) -> Any:
+    """One member's argument: its `part` (from `_member_part`, without the member axis) where the argument carries
+    the member axis, the shared argument elsewhere."""
+    if axes is None:
+        return argument
+    if isinstance(axes, dict):
+        return {key: _merged(value, axes.get(key), part[key]) for key, value in argument.items()}
+    return part
 
 
 def _member(argument: Any, axes: Any, k: int) -> Any:

@@ -25,7 +25,12 @@ from absl import logging
 from etils import epath
 
 from resnet_jax.core import multihost
-from resnet_jax.core.errors import CheckpointSaveError, ModelMismatchError, NoRestorableCheckpointError
+from resnet_jax.core.errors import (
+    CheckpointSaveError,
+    ModelMismatchError,
+    NoRestorableCheckpointError,
+    WorkdirError,
+)
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir, local_path
 
@@ -142,7 +147,10 @@ class Checkpointer:
         A checkpoint that fails to restore is moved aside (unless read-only) and the next older one is tried, every
         process deciding alike. `NoRestorableCheckpointError` if checkpoints exist and none restores.
         """
-        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        saved = sorted(self.manager.all_steps(), reverse=True)
+        if step is not None and step not in saved:
+            raise WorkdirError(f"{self.directory} has no checkpoint of step {step}; it has {sorted(saved) or 'none'}.")
+        steps = saved if step is None else [step]
         if not steps:
             return None
         on_disk = self._to_disk(template)

@@ -1,6 +1,7 @@
 """A run's directory: the files a run writes, their names, and reading them back. Nothing else spells them.
 
-    <workdir>/config.json            the run's config
+    <workdir>/config.json            the run's config, as it started
+    <workdir>/resumes.jsonl          one JSON record per resume: its step and the config changes it made
     <workdir>/result.json            the final evaluation (with every member's, their mean and std, in a multi-run)
     <workdir>/metrics.jsonl          one JSON record per log ("train") and evaluation ("eval")
     <workdir>/tensorboard/           the same as TensorBoard event files
@@ -32,6 +33,7 @@ from resnet_jax.recipe.config import base_config
 from resnet_jax.recipe.members import Members
 
 CONFIG = "config.json"
+RESUMES = "resumes.jsonl"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
@@ -110,11 +112,40 @@ class RunDir:
     def curves(self) -> epath.Path:
         return self.path / CURVES
 
-    def write_config(self, config: ml_collections.ConfigDict) -> None:
-        write_atomically(self.config_path, config.to_json_best_effort(indent=2))
+    def has_checkpoints(self) -> bool:
+        """Whether the run saved any checkpoint (there is something to resume)."""
+        return self.checkpoints.exists() and any(p.name.isdigit() for p in self.checkpoints.iterdir())
 
-    def read_config(self) -> ml_collections.ConfigDict:
-        """The run's config; keys added to the code since the run was started take their defaults."""
+    def start(self, config: ml_collections.ConfigDict) -> None:
+        """Makes `config` the config of a run starting afresh here (no resumes yet)."""
+        write_atomically(self.config_path, config.to_json_best_effort(indent=2))
+        if self.resumes_path.exists():
+            self.resumes_path.unlink()
+
+    @property
+    def resumes_path(self) -> epath.Path:
+        return self.path / RESUMES
+
+    def record_resume(self, step: int, changes: dict[str, list], accepted: list[str]) -> None:
+        """Appends a resume at `step` and the config changes it made ({key: [old, new]}; `accepted`: those accepted
+        by name, `--accept_changes`) to resumes.jsonl."""
+        record = {
+            "step": step,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "changes": changes,
+            "accepted": accepted,
+        }
+        write_atomically(self.resumes_path, "".join(json.dumps(r) + "\n" for r in [*self.resumes(), record]))
+
+    def resumes(self) -> list[dict[str, Any]]:
+        """The run's resumes, oldest first (see `record_resume`)."""
+        if not self.resumes_path.exists():
+            return []
+        return [json.loads(line) for line in self.resumes_path.read_text().splitlines() if line.strip()]
+
+    def read_config(self, as_started: bool = False) -> ml_collections.ConfigDict:
+        """The run's config now: config.json with the changes its resumes made (`as_started`: without them); keys
+        added to the code since the run was started take their defaults."""
         path = self.config_path
         if not path.exists():
             raise WorkdirError(
@@ -122,6 +153,13 @@ class RunDir:
                 "`python -m resnet_jax.main` trained in."
             )
         saved = json.loads(path.read_text())
+        for resume in [] if as_started else self.resumes():
+            for key, (_, value) in resume["changes"].items():
+                *parents, leaf = key.split(".")
+                node = saved
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = value
         return ml_collections.ConfigDict(
             _with_defaults(saved, base_config(saved["data"]["name"], saved["model"]["name"]).to_dict())
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -36,6 +36,7 @@ from resnet_jax.data.feeds import make_feed
 from resnet_jax.data.prepare import ensure_prepared
 from resnet_jax.eval.evaluator import make_evaluator
 from resnet_jax.eval.results import EvalResult, describe_summary, summarize
+from resnet_jax.recipe.changes import check_resume
 from resnet_jax.recipe.config import model_from_config, validate
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
@@ -72,17 +73,33 @@ def _all_finite(tree: Any) -> jax.Array:
 class Trainer:
     """One run of `config` in `workdir`, set up once (resuming from the newest good checkpoint); `run()` trains it.
 
-    `input_hook`, if given, wraps each fresh training input iterator under the self-healing one
-    (`pipeline.train_iterator`'s `wrap`): the recovery tests inject their faults there.
+    A run that resumes must be given its own config, but for the keys that do not change what it computes
+    (`recipe/changes.py`) and those named in `accept_changes`; the changes are recorded in its resumes.jsonl.
+    `deadline` (a `time.time()`) stops the run at the first dispatch that ends after it, saved, as a preemption does:
+    a lease's runs end before the lease (experiments/lease.py). `input_hook`, if given, wraps each fresh training input
+    iterator under the self-healing one (`pipeline.train_iterator`'s `wrap`): the recovery tests inject their faults
+    there. `timings` holds the seconds of set-up, of the first dispatch (compilation included) and of the loop.
     """
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str, *, input_hook: Callable[[Any], Any] | None = None
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        accept_changes: Sequence[str] = (),
+        deadline: float | None = None,
+        input_hook: Callable[[Any], Any] | None = None,
     ):
         # ------------------------------------------------------------ set-up
+        started = time.perf_counter()
         validate(config)
+        self.deadline = deadline
         self.config, self.workdir = config, workdir
         self.run_dir = RunDir(workdir).create()
+        changes = None  # the config changes of a resume, checked before any work
+        if self.run_dir.has_checkpoints() and self.run_dir.config_path.exists():
+            newest = max(int(p.name) for p in self.run_dir.checkpoints.iterdir() if p.name.isdigit())
+            changes = check_resume(self.run_dir.read_config(), config, newest, accept_changes, workdir)
         self.mesh = make_mesh()
         check_divisible(config.batch_size, self.mesh, "config.batch_size")
         self.members = members = Members.from_config(config)
@@ -116,22 +133,29 @@ class Trainer:
         self.state = state
         self.member_dirs = self.run_dir.members(members)
         if multihost.is_main():
-            self.run_dir.write_config(config)
+            if restored is None or changes is None:  # a run starting afresh (or one resumed without its config)
+                self.run_dir.start(config)
+            else:
+                self.run_dir.record_resume(restored.step, changes, sorted(set(accept_changes) & set(changes)))
             for member in self.member_dirs:
                 member.path.mkdir(exist_ok=True)
         self.writer = MetricWriter(self.member_dirs, config.num_steps, self.step)
-        self.dispatch = make_dispatch(self.model, optimizer, self.mesh, self.feed, k, members, config.loss_scale)
+        self.dispatch = make_dispatch(
+            self.model, optimizer, self.mesh, self.feed, k, members, config.loss_scale, config.dispatch_loop
+        )
         self.evaluator = make_evaluator(config, self.model, self.dataset, self.mesh, members)
         self.preemption = _Preemption()
         self.window: dict[str, Any] = {"sums": None, "start": time.perf_counter(), "from": self.step}
         self.last_evaluation: tuple[int, list[EvalResult]] | None = None
         self.learning_rates = np.zeros((members.count, k), np.float32)
+        self.timings = {"setup_s": time.perf_counter() - started, "first_dispatch_s": None, "loop_s": 0.0}
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any] | None:
         """Trains to `config.num_steps`; returns the final result (also in result.json), or None if the run was
         preempted (SIGTERM) and saved."""
         config, k = self.config, self.config.steps_per_dispatch
+        loop_started = time.perf_counter()
         try:
             while self.step < config.num_steps:
                 self.learning_rates = np.array(
@@ -140,6 +164,9 @@ class Trainer:
                 self.state, sums = self.dispatch(
                     self.state, self.feed.data, self.feed.inputs(self.step), self.members.seeds, self.learning_rates
                 )
+                if self.timings["first_dispatch_s"] is None:  # waits once, for the compilation's cost
+                    jax.block_until_ready(sums)
+                    self.timings["first_dispatch_s"] = time.perf_counter() - loop_started
                 self.window["sums"] = (
                     sums if self.window["sums"] is None else jax.tree.map(jnp.add, self.window["sums"], sums)
                 )
@@ -150,7 +177,11 @@ class Trainer:
                     self.last_evaluation = (self.step, self._evaluate(self.evaluator))
                     for schedule, result in zip(self.schedules, self.last_evaluation[1], strict=True):
                         schedule.observe(self.step, val_error=result.top1_error)
-                preempted = self.preemption.event.is_set() or self.checkpointer.reached_preemption(self.step)
+                preempted = (
+                    self.preemption.event.is_set()
+                    or self.checkpointer.reached_preemption(self.step)
+                    or self._past_deadline()
+                )
                 if self.step % config.checkpoint_every_steps == 0 or preempted:
                     self._save()
                 if preempted:
@@ -159,6 +190,7 @@ class Trainer:
                         "Preempted: saved step %d to %s; rerun the same command to resume.", self.step, self.workdir
                     )
                     return None
+            self.timings["loop_s"] = time.perf_counter() - loop_started
             results = self._finish()
         finally:
             # However the run ends, a save in flight completes and the workers and event files are closed.
@@ -170,6 +202,12 @@ class Trainer:
         return self._write_results(results)
 
     # ---------------------------------------------------------------- periodic actions
+    def _past_deadline(self) -> bool:
+        """Whether the deadline has passed, on every process alike (each asks its own clock; any one decides)."""
+        if self.deadline is None:
+            return False
+        return multihost.first_failing_process(time.time() >= self.deadline) is not None
+
     def _check_inputs(self) -> None:
         """Every process stops together if one's input pipeline failed for good (see `feeds.HostFeed`)."""
         self.feed.stop_together_if_failed(
@@ -262,6 +300,9 @@ class Trainer:
                 else "moving averages"
             ),
         }
+        resumes = [{"step": r["step"], "changes": r["changes"]} for r in self.run_dir.resumes() if r["changes"]]
+        if resumes:
+            result["config_changes"] = resumes  # the run's config is config.json with these (resumes.jsonl)
         if multihost.is_main():
             # A single run's member directory is the run's own: its result.json is then the run's, written last.
             for member, seed, member_result in zip(self.member_dirs, self.members.seeds, results, strict=True):
@@ -274,8 +315,14 @@ class Trainer:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, input_hook: Callable[[Any], Any] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    accept_changes: Sequence[str] = (),
+    deadline: float | None = None,
+    input_hook: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming from its newest good checkpoint); returns the final result (also in
-    result.json), or None if the run was preempted (SIGTERM) and saved."""
-    return Trainer(config, workdir, input_hook=input_hook).run()
+    result.json), or None if the run was preempted (SIGTERM) or reached its deadline, and saved."""
+    trainer = Trainer(config, workdir, accept_changes=accept_changes, deadline=deadline, input_hook=input_hook)
+    return trainer.run()

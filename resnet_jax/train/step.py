@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from resnet_jax.core.sharding import batch_sharded, replicated
+from resnet_jax.recipe.config import LOOPS
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.state import TrainState
 
@@ -89,6 +90,7 @@ def make_dispatch(
     steps: int,
     members: Members,
     loss_scale: float = 1.0,
+    loop: str = "auto",
 ) -> Callable[..., tuple[TrainState, dict]]:
     """`dispatch(state, data, inputs, seeds, learning_rates) -> (state, metric sums)`: `steps` SGD steps of every
     member in one call.
@@ -97,9 +99,11 @@ def make_dispatch(
     makes each step's batch inside the computation from `data` and `inputs` (`resnet_jax.data.feeds.Feed`). The
     metric sums cover the `steps` steps, per member. `state` (with the member axis) is donated.
 
-    On accelerators the steps run in one `lax.scan`. On the CPU they run as `steps` calls of one jitted step: XLA:CPU
-    runs convolution gradients inside a loop body 7-50x slower than outside one (benchmarks/RESULTS.md), and a
-    CPU step is long enough that dispatching costs nothing anyway. Both compute the same steps on the same batches.
+    `loop` 'scan' runs the steps in one `lax.scan`, 'host' as `steps` calls of one jitted step; 'auto' (`LOOPS`) scans
+    on accelerators and calls step by step on the CPU: XLA:CPU runs convolution gradients inside a loop body 7-50x
+    slower than outside one (benchmarks/RESULTS.md), and a CPU step is long enough that dispatching costs nothing
+    anyway. Both compute the same steps on the same batches; the tests force 'scan' on the CPU to run the
+    accelerators' path.
     """
 
     def one_step(state: TrainState, data: Any, inputs: Any, seed: jax.Array, learning_rate: jax.Array, i: jax.Array):
@@ -123,7 +127,9 @@ def make_dispatch(
         return members.over(f, (0, None, feed.inputs_member_axes, 0, 0, *extra_axes))
 
     shardings = {"out_shardings": (replicated(mesh), replicated(mesh)), "donate_argnums": (0,)}
-    if steps > 1 and jax.default_backend() != "cpu":
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, not {loop!r}.")
+    if loop == "scan" or (loop == "auto" and steps > 1 and jax.default_backend() != "cpu"):
         return jax.jit(per_member(scanned), **shardings)
 
     step = jax.jit(per_member(one_step, None), **shardings)

@@ -1,0 +1,90 @@
+"""A run's record stays true: a resume may change only what does not change the run, unless told, and records it."""
+
+import chex
+import pytest
+
+from configs import cifar10
+from resnet_jax.core.errors import ConfigError
+from resnet_jax.recipe.changes import check_resume
+from resnet_jax.run.rundir import RunDir
+from resnet_jax.train.loop import train_and_evaluate
+from tests.support.training import REPO, checkpoint_leaves, small_config
+
+
+def test_resumes_refuse_computing_changes_accept_the_others_and_record_every_one(cifar_slice_data_dir, tmp_path):
+    grown, straight = tmp_path / "grown", tmp_path / "straight"
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4), str(grown))
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=8), str(straight))
+    started = RunDir(grown).config_path.read_text()
+
+    # A key that changes what the run computes: refused before any work, naming it, its values and the ways on.
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size saved 32, now 64.*saved values, use a new --workdir.*--accept_changes=batch_size",
+    ):
+        train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=8, batch_size=64), str(grown))
+    assert not RunDir(grown).resumes_path.exists()
+
+    # A longer run and another log interval: accepted, recorded, and the same steps as a run that was 8 long from
+    # the start.
+    result = train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=8, log_every_steps=2), str(grown))
+    for step in (4, 8):
+        chex.assert_trees_all_equal(checkpoint_leaves(grown, step), checkpoint_leaves(straight, step))
+    run = RunDir(grown)
+    (resume,) = run.resumes()
+    assert resume["step"] == 4 and resume["accepted"] == []
+    assert resume["changes"] == {"log_every_steps": [1, 2], "num_steps": [4, 8]}
+    assert result["config_changes"] == [{"step": 4, "changes": resume["changes"]}]
+    assert run.config_path.read_text() == started  # config.json stays the config the run started with
+    assert run.read_config().num_steps == 8 and run.read_config(as_started=True).num_steps == 4
+
+    # A deliberate change of a computing key, named on the command line: accepted and recorded as such.
+    longer = small_config(cifar_slice_data_dir, num_steps=10, log_every_steps=2, **{"schedule.boundaries": (9,)})
+    train_and_evaluate(longer, str(grown), accept_changes=["schedule.boundaries"])
+    last = RunDir(grown).resumes()[-1]
+    assert last["step"] == 8 and last["accepted"] == ["schedule.boundaries"]
+    assert last["changes"] == {"num_steps": [8, 10], "schedule.boundaries": [[32000, 48000], [9]]}
+    assert RunDir(grown).read_config().schedule.boundaries == [9]
+    with pytest.raises(ConfigError, match="num_steps=6 is behind the run.*at step 10"):
+        train_and_evaluate(_with(longer, num_steps=6), str(grown))
+
+
+def test_what_may_change_depends_on_what_decides_the_run():
+    config = cifar10.get_config("resnet20")
+    check_resume(config, _with(config, log_every_steps=50, **{"data.worker_count": 9}), 100)
+    warmup = cifar10.get_config("resnet110")  # its warm-up ends at a log: the log interval decides the run
+    with pytest.raises(ConfigError, match="log_every_steps"):
+        check_resume(warmup, _with(warmup, log_every_steps=50), 100)
+    grain = _with(config, **{"data.on_device": False})  # grain's iterator state is per worker
+    with pytest.raises(ConfigError, match="data.worker_count"):
+        check_resume(grain, _with(grain, **{"data.worker_count": 9}), 100)
+    with pytest.raises(ConfigError, match="names keys the config does not have: shedule"):
+        check_resume(config, config, 100, accepted=["shedule"])
+
+
+@pytest.mark.skipif(not (REPO / "results").is_dir(), reason="no committed results")
+def test_the_committed_runs_load_and_resuming_them_with_their_config_is_accepted():
+    runs = [p.parent for p in (REPO / "results").rglob("config.json") if (p.parent / "metrics.jsonl").exists()]
+    assert runs
+    for path in runs:
+        run = RunDir(path)
+        saved = run.read_config()
+        assert run.read_metrics() and all(m.read_metrics() for m in run.members())
+        assert check_resume(saved, saved, 0) == {}
+        if saved.data.name == "cifar10" and saved.model.name in cifar10.CIFAR_MODELS and saved.num_steps == 64_000:
+            # the paper's config as its file gives it today, reading the data where the run did
+            again = cifar10.get_config(saved.model.name)
+            again.data.data_dir, again.data.worker_count = saved.data.data_dir, saved.data.worker_count
+            changes = check_resume(saved, again, saved.num_steps)
+            assert set(changes) <= {"steps_per_dispatch"}, changes
+
+
+def _with(config, **overrides):
+    changed = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = changed
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return changed
