@@ -1,5 +1,11 @@
 """Weights to and from PyTorch state dicts: `resnet_jax.models.convert`, under its public name."""
 
-from resnet_jax.models.convert import export_torch_state_dict, load_torch_state_dict, read_state_dict
+from resnet_jax.models.convert import (
+    TORCH_LAYOUTS,
+    detect_layout,
+    export_torch_state_dict,
+    load_torch_state_dict,
+    read_state_dict,
+)
 
-__all__ = ["export_torch_state_dict", "load_torch_state_dict", "read_state_dict"]
+__all__ = ["TORCH_LAYOUTS", "detect_layout", "export_torch_state_dict", "load_torch_state_dict", "read_state_dict"]

@@ -1,5 +1,6 @@
 """PyTorch state dicts in and out: logits equal the PyTorch reference on the same weights."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,8 +112,8 @@ def test_mismatches_name_the_tensor(tmp_path):
         load_torch_state_dict("resnet20", _state_dict(ref.CifarResNet(n=5)))
     with pytest.raises(ValueError, match="no 'fc.weight'"):
         load_torch_state_dict("resnet18", state)
-    with pytest.raises(ValueError, match="expected a .npz or .safetensors"):
-        read_state_dict(tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match=r"expected a .npz, .safetensors or torch.save file \(.pth, .pt, .th\)"):
+        read_state_dict(tmp_path / "weights.ckpt")
 
 
 def test_reads_npz_and_safetensors(tmp_path):
@@ -125,3 +126,148 @@ def test_reads_npz_and_safetensors(tmp_path):
         loaded = read_state_dict(path)
         assert loaded.keys() == state.keys()
         assert all(np.array_equal(loaded[k], state[k]) for k in state)
+
+
+# mmpretrain's layout, from its source (resnet.py, resnet_cifar.py, ResLayer): torchvision's names under `backbone.`
+# with the classifier `head.fc`; ResNetV1d's deep stem is three ConvModules (`conv`, `bn`) and an AvgPool2d leads a
+# strided shortcut's Sequential, so its 1x1 conv and BN are downsample.1 and downsample.2.
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _mmpretrain_v1d_keys(stage_sizes):
+    keys = []
+    for k in range(3):
+        keys += [f"backbone.stem.{k}.conv.weight"] + [f"backbone.stem.{k}.bn.{b}" for b in _BN]
+    for stage, blocks in enumerate(stage_sizes, 1):
+        for i in range(blocks):
+            for j in (1, 2, 3):
+                keys += [f"backbone.layer{stage}.{i}.conv{j}.weight"]
+                keys += [f"backbone.layer{stage}.{i}.bn{j}.{b}" for b in _BN]
+        conv, bn = (0, 1) if stage == 1 else (1, 2)  # layer1's shortcut has stride 1: no AvgPool2d
+        keys += [f"backbone.layer{stage}.0.downsample.{conv}.weight"]
+        keys += [f"backbone.layer{stage}.0.downsample.{bn}.{b}" for b in _BN]
+    return keys + ["head.fc.weight", "head.fc.bias"]
+
+
+def _random_variables(name, num_classes, seed=0):
+    """Every leaf random (BN statistics included), so that a swap of two same-shaped tensors shows."""
+    model = create_model(name, num_classes=num_classes)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
+@pytest.mark.parametrize("name,num_classes", [("resnet18_cifar", 10), ("resnet50_cifar", 100), ("resnet50_v1d", 1000)])
+def test_mmpretrain_layout_round_trips(name, num_classes):
+    variables = _random_variables(name, num_classes)
+    exported = export_torch_state_dict(name, variables, layout="mmpretrain")
+    assert all(k.startswith(("backbone.", "head.fc.")) for k in exported)
+    for back in (load_torch_state_dict(name, exported), load_torch_state_dict(name, exported, layout="mmpretrain")):
+        flat, original = flax.traverse_util.flatten_dict(back), flax.traverse_util.flatten_dict(variables)
+        assert flat.keys() == original.keys()
+        for path, value in original.items():
+            np.testing.assert_array_equal(flat[path], value, err_msg="/".join(path))
+    prefixed = {f"module.{k}": v for k, v in exported.items()}  # DataParallel's prefix, then mmpretrain's
+    assert load_torch_state_dict(name, prefixed)["params"].keys() == variables["params"].keys()
+
+
+def test_mmpretrain_v1d_names_and_shapes_are_mmpretrains():
+    variables = _random_variables("resnet50_v1d", 1000)
+    exported = export_torch_state_dict("resnet50_v1d", variables)  # the v1d nets' default layout
+    expected = _mmpretrain_v1d_keys((3, 4, 6, 3))
+    assert len(expected) == len(set(expected)) == 277
+    assert sorted(exported) == sorted(expected)
+    shapes = {
+        "backbone.stem.0.conv.weight": (32, 3, 3, 3),
+        "backbone.stem.1.conv.weight": (32, 32, 3, 3),
+        "backbone.stem.2.conv.weight": (64, 32, 3, 3),
+        "backbone.stem.2.bn.running_var": (64,),
+        "backbone.layer1.0.conv1.weight": (64, 64, 1, 1),
+        "backbone.layer1.0.downsample.0.weight": (256, 64, 1, 1),
+        "backbone.layer1.0.downsample.1.running_mean": (256,),
+        "backbone.layer2.0.conv1.weight": (128, 256, 1, 1),
+        "backbone.layer2.0.conv2.weight": (128, 128, 3, 3),
+        "backbone.layer2.0.downsample.1.weight": (512, 256, 1, 1),
+        "backbone.layer2.0.downsample.2.weight": (512,),
+        "backbone.layer4.0.downsample.1.weight": (2048, 1024, 1, 1),
+        "backbone.layer4.2.conv3.weight": (2048, 512, 1, 1),
+        "head.fc.weight": (1000, 2048),
+        "head.fc.bias": (1000,),
+    }
+    for key, shape in shapes.items():
+        assert exported[key].shape == shape, key
+    kernel = np.asarray(variables["params"]["stem_conv1"]["kernel"])  # (kh, kw, in, out)
+    np.testing.assert_array_equal(exported["backbone.stem.0.conv.weight"][5, 2, 0, 1], kernel[0, 1, 2, 5])
+
+
+def test_mmpretrain_layout_errors_name_the_fix():
+    variables = _random_variables("resnet50_v1d", 1000)
+    exported = export_torch_state_dict("resnet50_v1d", variables)
+    with pytest.raises(ValueError, match=r"missing tensors \['backbone.stem.1.bn.running_var'\]"):
+        load_torch_state_dict(
+            "resnet50_v1d", {k: v for k, v in exported.items() if k != "backbone.stem.1.bn.running_var"}
+        )
+    with pytest.raises(ValueError, match="deep \\(v1d\\) stem.*layout='mmpretrain'"):
+        export_torch_state_dict("resnet50_v1d", variables, layout="torchvision")
+    with pytest.raises(ValueError, match="Unknown PyTorch layout 'timm'"):
+        load_torch_state_dict("resnet50_v1d", exported, layout="timm")
+    with pytest.raises(ValueError, match="no 'fc.weight'.*torchvision layout"):
+        load_torch_state_dict("resnet18_cifar", exported, layout="torchvision")
+
+
+class _ConvModule(torch.nn.Module):
+    """mmcv's ConvModule as ResNetV1d's stem uses it: conv, bn, ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class _ResNetV1dBackbone(torch.nn.Module):
+    """mmpretrain's ResNetV1d restated: deep stem, max pool, v1.5 bottlenecks, AvgPool2d(ceil_mode,
+    count_include_pad=False) before a stride-1 projection in strided shortcuts; returns pooled features."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.stem = torch.nn.Sequential(_ConvModule(3, 32, 2), _ConvModule(32, 32, 1), _ConvModule(32, 64, 1))
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), 1):
+            stride = 1 if stage == 1 else 2
+            pool = [torch.nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)] if stride > 1 else []
+            conv = torch.nn.Conv2d(inplanes, planes * 4, 1, bias=False)
+            downsample = torch.nn.Sequential(*pool, conv, torch.nn.BatchNorm2d(planes * 4))
+            stack = [ref.TvBottleneck(inplanes, planes, stride, downsample)]
+            stack += [ref.TvBottleneck(planes * 4, planes) for _ in range(1, blocks)]
+            setattr(self, f"layer{stage}", torch.nn.Sequential(*stack))
+            inplanes = planes * 4
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+class _MMPretrainClassifier(torch.nn.Module):
+    """mmpretrain's ImageClassifier: `backbone` (pooled features here), `head.fc`."""
+
+    def __init__(self, backbone, features, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Module()
+        self.head.fc = torch.nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        return self.head.fc(self.backbone(x))
+
+
+def test_mmpretrain_layout_matches_reference():
+    cifar = ref.TorchvisionResNet(ref.TvBasicBlock, [2, 2, 2, 2], cifar_stem=True)
+    cifar.fc = torch.nn.Identity()  # ResNet_CIFAR is a backbone: its classifier is the head's
+    _compare("resnet18_cifar", _MMPretrainClassifier(cifar, 512, 10), 32)
+    # 97 pixels: odd sizes before every average-pooled shortcut (ceil_mode, count_include_pad=False)
+    _compare("resnet50_v1d", _MMPretrainClassifier(_ResNetV1dBackbone([3, 4, 6, 3]), 2048, 1000), 97)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from resnet_jax.data import datasets
 from resnet_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 
-TorchLayout = Literal["torchvision", "cifar_6n2"]
+TorchLayout = Literal["torchvision", "cifar_6n2", "mmpretrain"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,9 @@ class ModelSpec:
         override the option fields (shortcut, stride_on_3x3, ...).
       dataset: the dataset whose images it takes (`resnet_jax.data.datasets`): its input shape and default classes.
       torch_layout: the PyTorch state-dict naming its weights convert from and to (`resnet_jax.convert`):
-        'torchvision' (classifier `fc`) or 'cifar_6n2' (akamaster/pytorch_resnet_cifar10's, classifier `linear`);
-        None where no public PyTorch code names it (the v1d nets' deep stem).
+        'torchvision' (classifier `fc`), 'cifar_6n2' (akamaster/pytorch_resnet_cifar10's, classifier `linear`) or
+        'mmpretrain' (the v1d nets: mmpretrain's ResNetV1d, under `backbone.` and `head.fc`); None where no public
+        PyTorch code names it.
       parameters: its parameter count (with its dataset's classes) as a public source prints it: exact ("269722"),
         or rounded to millions ("1.7M"); empty where no source gives one.
       parameters_source: that source.
@@ -109,9 +110,9 @@ SPECS: dict[str, ModelSpec] = {
         _spec("plain101", {**_stages(101), **_PLAIN}, _IMAGENET, "torchvision"),
         _spec("resnet152", _stages(152), _IMAGENET, "torchvision", "60192808", _TORCHVISION),
         _spec("plain152", {**_stages(152), **_PLAIN}, _IMAGENET, "torchvision"),
-        _spec("resnet50_v1d", {**_stages(50), **_V1D}, _IMAGENET, None, "25.58M", _MMPRETRAIN),
-        _spec("resnet101_v1d", {**_stages(101), **_V1D}, _IMAGENET, None, "44.57M", _MMPRETRAIN),
-        _spec("resnet152_v1d", {**_stages(152), **_V1D}, _IMAGENET, None, "60.21M", _MMPRETRAIN),
+        _spec("resnet50_v1d", {**_stages(50), **_V1D}, _IMAGENET, "mmpretrain", "25.58M", _MMPRETRAIN),
+        _spec("resnet101_v1d", {**_stages(101), **_V1D}, _IMAGENET, "mmpretrain", "44.57M", _MMPRETRAIN),
+        _spec("resnet152_v1d", {**_stages(152), **_V1D}, _IMAGENET, "mmpretrain", "60.21M", _MMPRETRAIN),
         _spec("resnet18_cifar", {**_stages(18), **_CIFAR_STEM}, _CIFAR10, "torchvision", "11.17M", _MMPRETRAIN),
         _spec("resnet34_cifar", {**_stages(34), **_CIFAR_STEM}, _CIFAR10, "torchvision", "21.28M", _MMPRETRAIN),
         _spec("resnet50_cifar", {**_stages(50), **_CIFAR_STEM_3X3}, _CIFAR10, "torchvision", "23.52M", _MMPRETRAIN),
