@@ -2,23 +2,27 @@
 
     python -m experiments.cifar_depth_study --workdir=workdirs/depth_study --runs=3           # all nets, in turn
     python -m experiments.cifar_depth_study --workdir=... --nets=resnet110 --runs=5             # the paper's 5 runs
+    python -m experiments.cifar_depth_study --workdir=... --first_seed=1 --runs=2               # more seeds later
     python -m experiments.cifar_depth_study --workdir=... --job_index=3 --num_jobs=10           # one slice (array job)
     python -m experiments.cifar_depth_study --workdir=... --print_commands                     # one line per net
     python -m experiments.cifar_depth_study --workdir=... --collect                            # table + figure only
     python -m experiments.cifar_depth_study --workdir=... --quick                              # minutes on a CPU
 
-Each net trains in `<workdir>/<net>` with configs/cifar10.py on the paper's schedule (64k iterations); with
---runs=N its N runs (seeds 0..N-1) train together in one program (`config.runs`), each in `<net>/seed<s>/`. A
-finished net (one with result.json) is not run again and an interrupted one resumes from its checkpoint, so the same
-command can be rerun until everything is done. The table reports each net's final test error (the last evaluation,
-never the best one): the mean +- standard deviation and the best over runs, beside Table 6 (docs/paper.md); Figure 6
-draws the mean curves of the runs, plain nets and ResNets in two panels as in the paper.
+Each net trains with configs/cifar10.py on the paper's schedule (64k iterations) in `<workdir>/<net>_seed<s>` (one
+seed) or `<workdir>/<net>_seeds<a>-<b>` (seeds a..b, trained together in one program, `config.runs`, each in its
+`seed<s>/`). A finished run (one with result.json) is not run again and an interrupted one resumes from its
+checkpoint, so the same command can be rerun until everything is done. A net's seeds may come from several runs (and
+leases): the table takes every finished seed of every run of the net in the workdir (and a run named `<net>`, the
+layout before seeds were added later), and reports each net's final test error (the last evaluation, never the best
+one): the mean +- standard deviation and the best over seeds, beside Table 6 (docs/paper.md); Figure 6 draws the
+mean curves of the seeds, plain nets and ResNets in two panels as in the paper.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -30,31 +34,39 @@ from absl import flags, logging
 from configs import cifar10
 from experiments import paper
 from resnet_jax.core import cli
+from resnet_jax.core.errors import UserError
+from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir
 
 DEFAULT_NETS = cifar10.DEPTH_STUDY
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
-flags.DEFINE_string("workdir", None, "Directory holding one run directory per net.", required=True)
-flags.DEFINE_list(
-    "nets", None, f"Nets to run (default: {', '.join(DEFAULT_NETS)}; with --quick: {', '.join(QUICK_NETS)})."
-)
-flags.DEFINE_bool("with_1202", False, "Also run ResNet-1202 (19.4M parameters, slow).")
-flags.DEFINE_integer("runs", 1, "Runs (seeds 0..runs-1) per net, trained together in one program.")
-flags.DEFINE_bool(
-    "quick",
-    False,
-    "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per net) instead of 64k.",
-)
-flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
-flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
-flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
-flags.DEFINE_bool("collect", False, "Only collect the finished runs into the table and figure.")
-flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
-flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
-flags.DEFINE_integer("steps_per_dispatch", None, "Override the config's steps per call into the devices.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:  # at run time, not at import: scripts import each other's functions
+    flags.DEFINE_string("workdir", None, "Directory holding one run directory per net.", required=True)
+    flags.DEFINE_list(
+        "nets", None, f"Nets to run (default: {', '.join(DEFAULT_NETS)}; with --quick: {', '.join(QUICK_NETS)})."
+    )
+    flags.DEFINE_bool("with_1202", False, "Also run ResNet-1202 (19.4M parameters, slow).")
+    flags.DEFINE_integer(
+        "runs", 1, "Runs (seeds first_seed..first_seed+runs-1) per net, trained together in one program."
+    )
+    flags.DEFINE_integer("first_seed", 0, "The first of the runs' seeds.")
+    flags.DEFINE_bool(
+        "quick",
+        False,
+        "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per net) instead of 64k.",
+    )
+    flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
+    flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
+    flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
+    flags.DEFINE_bool("collect", False, "Only collect the finished runs into the table and figure.")
+    flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
+    flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
+    flags.DEFINE_integer("steps_per_dispatch", None, "Override the config's steps per call into the devices.")
 
 
 def study_nets(nets: list[str] | None, quick: bool, with_1202: bool) -> list[str]:
@@ -82,16 +94,44 @@ def net_config(
     batch_size: int | None = None,
     runs: int = 1,
     steps_per_dispatch: int | None = None,
+    first_seed: int = 0,
 ):
     config = cifar10.get_config(f"{net},quick" if quick else net)
     if batch_size:
         config.batch_size = batch_size
     if steps_per_dispatch:
         config.steps_per_dispatch = steps_per_dispatch
-    config.runs = runs
+    config.runs, config.seed = runs, first_seed
     config.data.data_dir = data_dir
     config.prepare_from = prepare_from
     return config
+
+
+def run_name(net: str, members: Members) -> str:
+    """The folder of a run of `net` with these members: `<net>_seed<s>` or `<net>_seeds<a>-<b>`."""
+    seeds = members.seeds
+    return f"{net}_seed{seeds[0]}" if members.single else f"{net}_seeds{seeds[0]}-{seeds[-1]}"
+
+
+def net_runs(workdir: Path, net: str) -> list[RunDir]:
+    """The finished runs of `net` in `workdir`: `<net>_seed<s>`, `<net>_seeds<a>-<b>`, and `<net>` (older layout)."""
+    pattern = re.compile(rf"{re.escape(net)}(_seeds?\d+(-\d+)?)?")
+    found = [RunDir(p) for p in sorted(workdir.iterdir()) if p.is_dir() and pattern.fullmatch(p.name)]
+    return [run for run in found if run.is_finished()]
+
+
+def net_members(workdir: Path, net: str) -> list[tuple[int, RunDir]]:
+    """(seed, directory) of every finished seed of `net` over its runs, in seed order; a seed trained twice is an
+    error (the table would count it twice)."""
+    members = []
+    for run in net_runs(workdir, net):
+        of_run = Members.from_config(run.read_config()) if run.config_path.exists() else Members()
+        members += zip((int(s) for s in of_run.seeds), run.members(of_run), strict=True)
+    seeds = [seed for seed, _ in members]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"{net}: seeds {repeated} were trained in more than one run of {workdir}; keep one of each.")
+    return sorted(members, key=lambda member: member[0])
 
 
 def net_command(net: str, argv: list[str]) -> str:
@@ -101,14 +141,16 @@ def net_command(net: str, argv: list[str]) -> str:
 
 
 def run_nets(workdir: Path, nets: list[str], make_config: Callable, train_fn: Callable) -> bool:
-    """Trains each unfinished net in `<workdir>/<net>` (resuming it if it was interrupted); False if preempted."""
+    """Trains each unfinished net in `<workdir>/<run_name>` (resuming it if it was interrupted); False if
+    preempted."""
     for net in nets:
-        run_dir = RunDir(workdir / net)
+        config = make_config(net)
+        run_dir = RunDir(workdir / run_name(net, Members.from_config(config)))
         if run_dir.is_finished():
             logging.info("%s: finished earlier (%s), skipping.", net, run_dir.path)
             continue
         logging.info("%s: training in %s", net, run_dir.path)
-        if not train_fn(make_config(net), str(run_dir.path)):
+        if not train_fn(config, str(run_dir.path)):
             logging.info("%s: preempted and saved; rerun the same command to resume.", net)
             return False
     return True
@@ -127,9 +169,9 @@ def parameters(net: str) -> int:
     return count_parameters(create_model(net, num_classes=10), spec(net).input_shape)
 
 
-def net_row(net: str, run_dir: RunDir) -> dict:
-    """One row of Table 6 from a finished net: final test and training errors over its runs, and the paper's."""
-    members = run_dir.members()
+def net_row(workdir: Path, net: str) -> dict:
+    """One row of Table 6 from a net's finished seeds: final test and training errors over them, and the paper's."""
+    members = [member for _, member in net_members(workdir, net)]
     finals = [
         (_final(m.read_metrics(), "eval", "top1_error"), _final(m.read_metrics(), "train", "error")) for m in members
     ]
@@ -140,7 +182,7 @@ def net_row(net: str, run_dir: RunDir) -> dict:
         "net": net,
         "runs": len(members),
         "steps": finals[0][0][0],
-        "parameters": (run_dir.read_result() or {}).get("parameters") or parameters(net),
+        "parameters": parameters(net),
         "test_error_mean": round(float(test.mean()), 2),
         "test_error_std": round(float(test.std(ddof=1)), 2) if len(test) > 1 else "",
         "test_error_best": round(float(test.min()), 2),
@@ -150,8 +192,8 @@ def net_row(net: str, run_dir: RunDir) -> dict:
 
 
 def collect(workdir: Path, nets: list[str]) -> list[dict]:
-    """Rows of the finished nets; writes table6.md, table6.csv and figure6.png into `workdir`."""
-    rows = [net_row(net, RunDir(workdir / net)) for net in nets if RunDir(workdir / net).is_finished()]
+    """Rows of the nets with finished seeds; writes table6.md, table6.csv and figure6.png into `workdir`."""
+    rows = [net_row(workdir, net) for net in nets if net_runs(workdir, net)]
     _write_tables(workdir, rows)
     if rows:
         draw_figure6(workdir, [r["net"] for r in rows])
@@ -211,9 +253,9 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
         ax = fig.add_subplot(1, len(panels), i + 1)
         finals = []
         for net in sorted(group, key=_depth):
-            members = RunDir(workdir / net).members()
+            members = [member for _, member in net_members(workdir, net)]
             draw_curves(ax, members, f"{net} ({len(members)} runs)" if len(members) > 1 else net)
-            finals.append(net_row(net, RunDir(workdir / net))["test_error_mean"])
+            finals.append(net_row(workdir, net)["test_error_mean"])
         # The paper's axes (0-20%) when the nets converged; the whole range for short schedules.
         ax.set(title=title, xlabel="iterations", ylabel="error (%)", ylim=(0, 20 if max(finals) < 15 else 100))
         ax.grid(alpha=0.3)
@@ -244,6 +286,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.batch_size,
                 FLAGS.runs,
                 FLAGS.steps_per_dispatch,
+                FLAGS.first_seed,
             )
 
         if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config, train_and_evaluate):
@@ -259,5 +302,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.define_distributed_flags()
     cli.run(main)

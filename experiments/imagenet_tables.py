@@ -27,9 +27,12 @@ TABLES = [
     ("Table 4", imagenet_table4.ROWS, "multiscale"),
 ]
 
-flags.DEFINE_list("workdirs", [], "Run workdirs (local or gs://).")
-flags.DEFINE_string("output", None, "Also write the Markdown tables here.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:  # at run time, not at import: scripts import each other's functions
+    flags.DEFINE_list("workdirs", [], "Run workdirs (local or gs://).")
+    flags.DEFINE_string("output", None, "Also write the Markdown tables here.")
 
 
 def run_results(workdir: str) -> tuple[Row, dict[str, dict[str, Any]]]:
@@ -81,4 +84,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run(main)

@@ -29,16 +29,19 @@ from resnet_jax.models.batch_norm import GroupedBatchNorm
 from resnet_jax.run.load import load_run
 from resnet_jax.run.state import member
 
-flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
-flags.DEFINE_list(
-    "from_csv",
-    None,
-    "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
-    "(for runs whose checkpoints are elsewhere or gone).",
-)
-flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
-flags.DEFINE_string("split", "test", "Split whose images give the responses.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:  # at run time, not at import: scripts import each other's functions
+    flags.DEFINE_list("workdirs", None, "Workdirs of trained CIFAR runs.")
+    flags.DEFINE_list(
+        "from_csv",
+        None,
+        "Instead of --workdirs: CSVs this script wrote earlier, merged into one figure "
+        "(for runs whose checkpoints are elsewhere or gone).",
+    )
+    flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
+    flags.DEFINE_string("split", "test", "Split whose images give the responses.")
 
 
 def _is_3x3_response(path: tuple[str, ...]) -> bool:
@@ -156,16 +159,16 @@ def main(argv: list[str]) -> None:
         _check_unique([Path(workdir).name for workdir in FLAGS.workdirs])
         nets = ((Path(workdir).name, layer_response_stds(workdir, FLAGS.split)) for workdir in FLAGS.workdirs)
     plotted = {}
-    with open(f"{FLAGS.output}.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["net", "layer_index", "layer", "std"])
-        for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
-            writer.writerows((net, i + 1, name, f"{s:.6f}") for i, (name, s) in enumerate(stds))
-            f.flush()
-            plotted[net] = [s for _, s in stds]
-            logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
+    rows = [["net", "layer_index", "layer", "std"]]
+    for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
+        rows += [[net, i + 1, name, f"{s:.6f}"] for i, (name, s) in enumerate(stds)]
+        with open(f"{FLAGS.output}.csv", "w", newline="") as f:  # only once a net is measured: no empty file
+            csv.writer(f).writerows(rows)
+        plotted[net] = [s for _, s in stds]
+        logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
     plot_figure7(plotted, f"{FLAGS.output}.png")
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run(main)

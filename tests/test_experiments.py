@@ -13,6 +13,8 @@ from PIL import Image
 from configs import cifar10
 from experiments import cifar_depth_study as study
 from experiments import imagenet_tables, paper
+from resnet_jax.core.errors import UserError
+from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,18 +57,20 @@ def test_jobs_split_the_nets_exactly_once():
 
 
 def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
-    _fake_run(tmp_path / "plain20", [(100, 0.5)])
-    RunDir(tmp_path / "resnet20").checkpoint(50).mkdir(parents=True)  # interrupted: checkpoints, no result
+    _fake_run(tmp_path / "plain20_seed0", [(100, 0.5)])
+    RunDir(tmp_path / "resnet20_seed0").checkpoint(50).mkdir(parents=True)  # interrupted: checkpoints, no result
     calls = []
 
     def fake_train(config, workdir):
-        calls.append((config, workdir))
+        calls.append((config.model.name, workdir))
         return {"top1_error": 0.1}
 
-    assert study.run_nets(tmp_path, ["plain20", "resnet20", "plain56"], lambda net: net, fake_train)
-    assert calls == [("resnet20", str(tmp_path / "resnet20")), ("plain56", str(tmp_path / "plain56"))]
+    assert study.run_nets(tmp_path, ["plain20", "resnet20", "plain56"], study.net_config, fake_train)
+    assert calls == [("resnet20", str(tmp_path / "resnet20_seed0")), ("plain56", str(tmp_path / "plain56_seed0"))]
     # a preempted net stops the job, so the scheduler can restart it
-    assert not study.run_nets(tmp_path, ["resnet56", "resnet110"], lambda net: net, lambda c, w: {})
+    assert not study.run_nets(tmp_path, ["resnet56", "resnet110"], study.net_config, lambda c, w: {})
+    seeds_1_2 = study.net_config("resnet56", runs=2, first_seed=1)
+    assert study.run_name("resnet56", Members.from_config(seeds_1_2)) == "resnet56_seeds1-2"
 
 
 def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():
@@ -78,25 +82,30 @@ def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():
     assert five.runs == 5 and five.num_steps == 64_000 and five.steps_per_dispatch == 50
 
 
-def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_runs(tmp_path):
+def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_seeds_of_all_runs(tmp_path):
     _fake_run(tmp_path / "resnet20", [(100, 0.30), (200, 0.08), (300, 0.09)], result={"parameters": 269_722})
-    _fake_run(tmp_path / "plain20", [(100, 0.40), (300, 0.12)], train_error=0.1)
-    (tmp_path / "resnet110").mkdir()  # three runs in one program, one folder each
-    RunDir(tmp_path / "resnet110").config_path.write_text(json.dumps({**_CONFIG, "runs": 3, "seed": 0}))
-    RunDir(tmp_path / "resnet110").write_result({})
-    for seed, error in enumerate((0.07, 0.065, 0.08)):
-        _fake_run(tmp_path / "resnet110" / f"seed{seed}", [(300, error)])
+    _fake_run(tmp_path / "plain20_seed0", [(100, 0.40), (300, 0.12)], train_error=0.1)
+    _fake_run(tmp_path / "resnet110_seed0", [(300, 0.07)])  # seed 0 in one run (one lease) ...
+    RunDir(tmp_path / "resnet110_seeds1-2").create()  # ... seeds 1 and 2 trained together in another
+    RunDir(tmp_path / "resnet110_seeds1-2").config_path.write_text(json.dumps({**_CONFIG, "runs": 2, "seed": 1}))
+    RunDir(tmp_path / "resnet110_seeds1-2").write_result({})
+    for seed, error in ((1, 0.065), (2, 0.08)):
+        _fake_run(tmp_path / "resnet110_seeds1-2" / f"seed{seed}", [(300, error)])
+    _fake_run(tmp_path / "resnet56_seed0", [(300, 0.1)])
+    RunDir(tmp_path / "resnet56_seed0").result_path.unlink()  # unfinished: not in the table
     rows = study.collect(tmp_path, ["plain20", "resnet20", "resnet56", "resnet110"])
-    assert [r["net"] for r in rows] == ["plain20", "resnet20", "resnet110"]  # resnet56 has not run
+    assert [r["net"] for r in rows] == ["plain20", "resnet20", "resnet110"]
     assert rows[1]["test_error_mean"] == 9.0 and rows[1]["paper_test_error"] == 8.75 and rows[1]["runs"] == 1
     assert rows[2]["runs"] == 3 and rows[2]["test_error_mean"] == 7.17 and rows[2]["test_error_std"] == 0.76
     assert rows[2]["test_error_best"] == 6.5 and rows[2]["paper_test_error"] == 6.43
     table = (tmp_path / "table6.md").read_text()
     assert "| resnet20 | 0.27M | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table  # last training window, in %
-    # resnet110's result.json has no parameter count: it is counted from the model.
     assert "| resnet110 | 1.73M | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
     assert (tmp_path / "table6.csv").read_text().splitlines()[0] == ",".join(study.FIELDS)
     assert (tmp_path / "figure6.png").stat().st_size > 10_000
+    _fake_run(tmp_path / "resnet110_seeds2-3", [(300, 0.07)], config={**_CONFIG, "runs": 2, "seed": 2})
+    with pytest.raises(UserError, match=r"resnet110: seeds \[2\] were trained in more than one run"):
+        study.collect(tmp_path, ["resnet110"])
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):
