@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax.core.errors import ConfigError
+from resnet_jax.core.errors import ConfigError, ModelMismatchError
 
 FREE = (
     "log_every_steps",
@@ -92,13 +92,20 @@ def check_resume(
 ) -> dict[str, list]:
     """The changes a run resuming at `step` with config `new` makes to its config `saved`; ConfigError if any is not
     free and not `accepted` (naming each, with its saved and new value, and the ways on), or if `num_steps` is behind
-    `step`."""
+    `step`; ModelMismatchError if an unaccepted one is of the model."""
     changes = differences(saved, new)
     free, accepted = free_keys(saved) & free_keys(new), set(accepted)
     unknown = accepted - set(flatten(new))
     if unknown:
         raise ConfigError(f"--accept_changes names keys the config does not have: {', '.join(sorted(unknown))}.")
     refused = {k: v for k, v in changes.items() if k not in free and k not in accepted and k != "num_steps"}
+    model = {k: v for k, v in refused.items() if k.startswith("model.")}
+    if model:  # its checkpoints cannot hold another model's weights: no change to accept
+        listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in model.items())
+        raise ModelMismatchError(
+            f"The run in {workdir} is of another model: {listed}. Use a new --workdir, or the model config the run "
+            f"was started with."
+        )
     if refused:
         listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in refused.items())
         raise ConfigError(

@@ -85,8 +85,12 @@ class Checkpointer:
         if "://" not in directory:  # orbax needs absolute local paths (it fails late, in the async save, otherwise)
             directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
+        # A reader neither creates the folder nor removes unfinished saves: those may be a running trainer's.
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
+            max_to_keep=keep,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=self._options)
         self._bytes_per_checkpoint = 0
@@ -250,4 +254,7 @@ class Checkpointer:
         try:
             self.wait()
         finally:
+            # The manager removes unfinished saves in a background thread that its close() does not wait for; one
+            # still running at interpreter exit (a run that stops before its first save) prints a traceback.
+            getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
             self.manager.close()
