@@ -1,8 +1,11 @@
-"""Evaluates a run's checkpoint under any test protocol of the paper, on one host or all hosts of a pod.
+"""Evaluates a run's checkpoint, or published weights, under any test protocol of the paper, on one host or a pod.
 
     python -m resnet_jax.evaluate --workdir=DIR --protocol=10crop [--split=validation] [--step=N] [--distributed]
+    python -m resnet_jax.evaluate --weights=resnet20:akamaster [--protocol=single] [--data_dir=DIR]
 
-Writes evaluations/<protocol>_<split>_<step>.json into the workdir and logs the errors.
+A run's evaluation is written to evaluations/<protocol>_<split>_<step>.json in its workdir and logged; published
+weights (`resnet_jax.pretrained`: MODEL:TAG) are evaluated on their dataset with their own input normalisation, and
+the result is logged beside the publisher's figure.
 """
 
 import numpy as np
@@ -14,21 +17,27 @@ from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data import datasets
 from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.eval.evaluator import make_evaluator
+from resnet_jax.eval.published import evaluate_weights, published_figure
 from resnet_jax.eval.results import describe_summary, summarize
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.load import load_run
 from resnet_jax.run.rundir import RunDir
 
-flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
+flags.DEFINE_string("workdir", None, "The run's workdir (or give --weights).")
+flags.DEFINE_string(
+    "weights", None, "Published weights MODEL:TAG to evaluate instead of a run (resnet_jax.pretrained)."
+)
 flags.DEFINE_enum(
     "protocol",
     None,
     datasets.all_protocols(),
-    "Test protocol (default: the run's final protocol, else its config.eval.protocol).",
+    "Test protocol (default: the run's final protocol, else its config.eval.protocol; for --weights the one nearest "
+    "the publisher's evaluation).",
 )
-flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval.split).")
+flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval.split, or the test split).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("batch_size", None, "Global evaluation batch size (default: the run's config.eval.batch_size).")
+flags.DEFINE_string("data_dir", None, "tfds data dir of the prepared dataset (default: the run's, or $TFDS_DATA_DIR).")
 cli.define_distributed_flags()
 FLAGS = flags.FLAGS
 
@@ -36,9 +45,34 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if (FLAGS.workdir is None) == (FLAGS.weights is None):
+        raise app.UsageError("Give either --workdir (a run) or --weights (published weights, MODEL:TAG).")
     cli.initialize()
+    if FLAGS.weights:
+        evaluate_published()
+    else:
+        evaluate_run()
+
+
+def evaluate_published() -> None:
+    if FLAGS.step is not None:
+        raise ConfigError("--step belongs to a run's checkpoints; published weights have none.")
+    summary, entry = evaluate_weights(
+        FLAGS.weights,
+        make_mesh(),
+        data_dir=FLAGS.data_dir,
+        protocol=FLAGS.protocol,
+        split=FLAGS.split,
+        batch_size=FLAGS.batch_size or 256,
+    )
+    logging.info("%s; %s", describe_summary(summary, entry.name), published_figure(entry))
+
+
+def evaluate_run() -> None:
     run_dir = RunDir(FLAGS.workdir)
     config = run_dir.read_config()  # before any work: a workdir that is not a run, a protocol or split it lacks
+    if FLAGS.data_dir:
+        config.data.data_dir = FLAGS.data_dir
     protocol = FLAGS.protocol or config.eval.final_protocol or config.eval.protocol
     facts = datasets.get(config.data.name)
     facts.check_protocol(protocol)
@@ -48,6 +82,8 @@ def main(argv: list[str]) -> None:
     dataset = PreparedDataset.open(config.data)
     mesh = make_mesh()
     config, model, state = load_run(run_dir, FLAGS.step, mesh)
+    if FLAGS.data_dir:
+        config.data.data_dir = FLAGS.data_dir
     evaluator = make_evaluator(
         config,
         model,

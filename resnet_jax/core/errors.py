@@ -34,6 +34,11 @@ class ModelMismatchError(UserError, ValueError):
     """The workdir holds checkpoints of another model than the one this run builds."""
 
 
+class WeightsError(UserError, OSError):
+    """Published weights cannot be had as they should be (no network, a wrong hash, a truncated file); the message says
+    where to put the file by hand, and nothing bad is left in the cache."""
+
+
 class RunStopped(Exception):
     """The run stopped; what it saved is intact and the message says what a rerun does."""
 

@@ -27,14 +27,39 @@ def make_evaluator(
     batch_size: int | None = None,
 ) -> Evaluator:
     """The evaluator of a run's config: its periodic protocol, split and batch size unless others are given."""
-    kind = DeviceEvaluator if config.data.on_device else StreamedEvaluator
-    return kind(
+    return evaluator_for(
+        config.data,
         model,
         dataset,
-        config.data,
+        mesh,
+        members,
         protocol=protocol or config.eval.protocol,
         split=split or config.eval.split,
         batch_size=batch_size or config.eval.batch_size,
+    )
+
+
+def evaluator_for(
+    data_config: Any,
+    model: nn.Module,
+    dataset: PreparedDataset,
+    mesh: Mesh,
+    members: Members,
+    *,
+    protocol: str,
+    split: str,
+    batch_size: int,
+) -> Evaluator:
+    """The evaluator of `protocol` on `split` with the input `data_config` gives: on the devices when it keeps the
+    dataset there (`data.on_device`), streamed from grain otherwise."""
+    kind = DeviceEvaluator if data_config.on_device else StreamedEvaluator
+    return kind(
+        model,
+        dataset,
+        data_config,
+        protocol=protocol,
+        split=split,
+        batch_size=batch_size,
         mesh=mesh,
         members=members,
     )

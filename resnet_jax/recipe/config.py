@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from resnet_jax import models
+from resnet_jax import models, pretrained
 from resnet_jax.core.errors import ConfigError
 from resnet_jax.data import datasets
 from resnet_jax.data.options import default_data_config
 from resnet_jax.data.options import validate as validate_data_config
+from resnet_jax.pretrained import STRUCTURAL
 from resnet_jax.recipe.members import Members
 
 LOOPS = ("auto", "scan", "host")  # config.dispatch_loop (resnet_jax.train.step.make_dispatch)
@@ -52,6 +53,10 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model.bn_group_size = 32  # per-GPU BN of the authors' ImageNet runs; None: whole-batch (cross-device) BN
     c.model.bn_momentum = 0.9
     c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
+
+    # Published weights MODEL:TAG the run starts from (resnet_jax.pretrained; a head of another width is freshly
+    # initialised): not the paper's, which trains from He init (None). Needs the weights' input normalisation.
+    c.init_from = ml_collections.config_dict.placeholder(str)
 
     c.data = default_data_config(dataset)
     # Local files to prepare the dataset from if it is missing (see `python -m resnet_jax.data.prepare --help`).
@@ -200,6 +205,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
         models.create_model(m.name, **_model_options(m))
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from error
+    if config.init_from is not None:
+        _check_init_from(config)
+
+
+def _check_init_from(config: ml_collections.ConfigDict) -> None:
+    """The weights of `init_from` fit the run: its net, the options they were trained with, their normalisation."""
+    entry = pretrained.parse(config.init_from)
+    m, d = config.model, config.data
+    wanted = {"model.name": entry.model}
+    wanted.update({f"model.{k}": entry.options.get(k, models.spec(entry.model).default(k)) for k in STRUCTURAL})
+    wanted.update(
+        {
+            "data.normalization": "per_channel",
+            "data.channel_mean": tuple(entry.mean),
+            "data.channel_std": tuple(entry.std),
+        }
+    )
+    have = {"model.name": m.name, **{f"model.{k}": m[k] for k in STRUCTURAL}}
+    have.update({"data.normalization": d.normalization, "data.channel_mean": tuple(d.channel_mean)})
+    have["data.channel_std"] = tuple(d.channel_std)
+    wrong = {k: v for k, v in wanted.items() if have[k] != v}
+    if wrong:
+        raise ConfigError(
+            f"config.init_from={config.init_from!r} needs the net and the input its weights were trained with; set "
+            + " ".join(f"--config.{k}={_flag_value(v)}" for k, v in wrong.items())
+            + "."
+        )
+
+
+def _flag_value(value) -> str:
+    return ",".join(str(v) for v in value).join("()") if isinstance(value, tuple) else str(value)
 
 
 def model_from_config(model_config: ml_collections.ConfigDict) -> models.ResNet:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from resnet_jax import pretrained
 from resnet_jax.core.sharding import replicated
 from resnet_jax.recipe.members import Members
 
@@ -59,3 +60,26 @@ def create_train_state(
 def member(tree: Any, k: int = 0) -> Any:
     """Member k's part of a tree with the member axis (a `TrainState`, its variables): a plain run's."""
     return jax.tree.map(lambda x: x[k], tree)
+
+
+def start_from_weights(state: TrainState, weights: str, num_classes: int, members: Members, mesh: Mesh) -> TrainState:
+    """`state` with every member's parameters and BN statistics from published weights 'MODEL:TAG'
+    (`resnet_jax.pretrained`); a head of another width than theirs is initialised from each member's seed, so that
+    member k starts as a single run of seed k does. The optimiser state stays as initialised (zero momentum)."""
+    entry = pretrained.parse(weights)
+    _, variables, _ = pretrained.load(entry.model, entry.tag)
+    trained = variables["params"]["fc"]["bias"].shape[0]
+    per_member = [
+        variables if num_classes == trained else pretrained.with_new_head(variables, num_classes, int(seed))
+        for seed in members.seeds
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32) for x in xs]), *per_member)
+
+    def same_shape(old: jax.Array, new: jax.Array) -> jax.Array:
+        if old.shape != new.shape:
+            raise ValueError(f"{weights} has a tensor of shape {new.shape[1:]} where the model has {old.shape[1:]}.")
+        return new
+
+    params = jax.tree.map(same_shape, state.params, stacked["params"])
+    batch_stats = jax.tree.map(same_shape, state.batch_stats, stacked["batch_stats"])
+    return jax.device_put(state.replace(params=params, batch_stats=batch_stats), replicated(mesh))

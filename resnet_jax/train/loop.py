@@ -45,7 +45,7 @@ from resnet_jax.run.checkpoints import Checkpointer, model_signature
 from resnet_jax.run.metrics import MetricWriter
 from resnet_jax.run.plots import plot_training_curves
 from resnet_jax.run.rundir import RunDir
-from resnet_jax.run.state import create_train_state
+from resnet_jax.run.state import create_train_state, start_from_weights
 from resnet_jax.train.bn_stats import recompute_batch_stats
 from resnet_jax.train.step import make_dispatch
 
@@ -130,6 +130,9 @@ class Trainer:
             for schedule, schedule_state in zip(self.schedules, restored.schedule_states, strict=True):
                 schedule.load_state_dict(schedule_state)
             logging.info("Resumed %s at step %d.", workdir, restored.step)
+        elif config.init_from is not None:
+            state = start_from_weights(state, config.init_from, config.model.num_classes, members, self.mesh)
+            logging.info("Starting from the published weights %s.", config.init_from)
         self.state = state
         self.member_dirs = self.run_dir.members(members)
         if multihost.is_main():
