@@ -176,6 +176,19 @@ def test_a_missing_dataset_names_the_command_that_prepares_it(tmp_path):
             _open(name, tmp_path)
 
 
+def test_a_run_config_naming_its_files_prepares_a_missing_dataset_once(tmp_path, monkeypatch):
+    """`config.prepare_from` (the quick start's): a missing dataset is prepared from the files, a present one is
+    opened as it is."""
+    from resnet_jax.data import prepare as preparation
+
+    source = _small_imagenet_source(tmp_path)
+    cfg = data_config("imagenet2012", tmp_path / "tfds")
+    dataset = preparation.ensure_prepared(cfg, str(source))
+    assert dataset.num_examples("train") == 8
+    monkeypatch.setattr(preparation, "prepare", lambda *a, **k: pytest.fail("prepared a second time"))
+    assert preparation.ensure_prepared(cfg, str(source)).num_examples("validation") == 8
+
+
 def _small_imagenet_source(tmp_path):
     """Eight real classes, one image each, as class folders."""
     if not SHARED_DATA.exists():

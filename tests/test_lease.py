@@ -124,10 +124,10 @@ def _study_config(net, seed):
     return {"model": {"name": net, "shortcut": "A"}, "data": {"name": "cifar10"}, "seed": seed, "runs": 1}
 
 
-@pytest.mark.parametrize("loop", ["scan", "host"])
-def test_every_way_of_sharing_a_device_takes_the_steps_of_the_runs_alone(loop):
+def test_every_way_of_sharing_a_device_takes_the_steps_of_the_runs_alone(loop="scan"):
     """A tiny net (8 layers, 8 channels, batch 16): members vmapped, unrolled or mapped, k steps in a scan (the
-    accelerators' path, here forced on XLA:CPU) or step by step, each member's losses those of its seed alone."""
+    accelerators' path, here forced on XLA:CPU), each member's losses those of its seed alone step by step. (Members
+    step by step, the CPU's path, are test_train.py's multi-run test.)"""
     from resnet_jax.train.step import make_dispatch
 
     model = ResNet(

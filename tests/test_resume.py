@@ -4,7 +4,7 @@ import chex
 import pytest
 
 from configs import cifar10
-from resnet_jax.core.errors import ConfigError
+from resnet_jax.core.errors import ConfigError, ModelMismatchError
 from resnet_jax.recipe.changes import check_resume
 from resnet_jax.run.rundir import RunDir
 from resnet_jax.train.loop import train_and_evaluate
@@ -60,6 +60,10 @@ def test_what_may_change_depends_on_what_decides_the_run():
         check_resume(grain, _with(grain, **{"data.worker_count": 9}), 100)
     with pytest.raises(ConfigError, match="names keys the config does not have: shedule"):
         check_resume(config, config, 100, accepted=["shedule"])
+    # Another net: its checkpoints cannot hold it, so no --accept_changes is offered (the checkpoints' own check of
+    # the model, for a run resumed without its config, is tested in test_run.py).
+    with pytest.raises(ModelMismatchError, match="another model: model.name saved 'resnet20', now 'resnet32'.*workdir"):
+        check_resume(config, cifar10.get_config("resnet32"), 100)
 
 
 @pytest.mark.skipif(not (REPO / "results").is_dir(), reason="no committed results")
