@@ -7,6 +7,17 @@ import pytest
 
 from tests.support.data import CIFAR_TARBALL, imagenet_sample_rows, prepared_imagenet
 
+# Session fixtures that prepare a large dataset: the tests that use one run on one test worker (pytest-xdist's
+# loadgroup), so that it is prepared once rather than once per worker.
+_PREPARED_ONCE = ("cifar10_data_dir", "imagenet_samples_data_dir")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [name for name in _PREPARED_ONCE if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
 
 @pytest.fixture(scope="session")
 def cifar_slice_data_dir(tmp_path_factory):
