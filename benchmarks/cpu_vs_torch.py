@@ -1,0 +1,177 @@
+"""Our full train step against PyTorch eager on the same CPU, the same nets, the same batch: the CPU gap.
+
+    python -m benchmarks.cpu_vs_torch [--rounds=2] [--steps=8] [--profile]
+
+CIFAR ResNet-20 at batch 128 (akamaster's net in PyTorch: the same option-A ResNet) and ResNet-50 v1.5 at batch 16
+(torchvision's, channels-last), float32, forward + backward + SGD with momentum and weight decay, on synthetic
+batches already in memory. The frameworks alternate, `--rounds` times, so that both see the same machine state;
+each figure is the best of its round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its
+time: each convolution shape's forward, input gradient and kernel gradient timed alone in XLA, and PyTorch's own
+profile of a step by operator. The last line is a JSON object with `resnet20_ratio` and `resnet50_ratio` (ours over
+PyTorch's images per second: above 1 we are faster) and the machine.
+"""
+
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from absl import app, flags
+
+from benchmarks.machine import describe
+from experiments.torch_reference import CifarResNet, TorchvisionResNet, TvBottleneck
+from resnet_jax.core.sharding import make_mesh
+from resnet_jax.models import create_model, spec
+from resnet_jax.recipe.members import Members
+from resnet_jax.recipe.optim import make_optimizer
+from resnet_jax.run.state import create_train_state, member
+from resnet_jax.train.step import make_train_step
+
+flags.DEFINE_integer("rounds", 2, "Alternating rounds of both frameworks.")
+flags.DEFINE_integer("steps", 8, "Timed steps per framework and round (after warm-up).")
+flags.DEFINE_bool("profile", False, "Also print where a ResNet-20 step spends its time, per operation.")
+flags.DEFINE_bool("tiny", False, "Batch 8 and 2 steps: checks that the script runs, measures nothing.")
+FLAGS = flags.FLAGS
+
+NETS = {  # name: (our model and options, the PyTorch net, batch)
+    "resnet20": (("resnet20", {}), lambda: CifarResNet(3), 128),
+    "resnet50": (("resnet50", {"stride_on_3x3": True}), lambda: TorchvisionResNet(TvBottleneck, [3, 4, 6, 3]), 16),
+}
+
+
+def _best_step_seconds(step, steps: int) -> float:
+    step()  # warm-up (and, for ours, the first call after compilation)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def ours(name: str, options: dict, batch_size: int):
+    """A function that runs one of our train steps and waits for it."""
+    model = create_model(name, num_classes=spec(name).num_classes, bn_group_size=None, **options)
+    optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
+    mesh = make_mesh()
+    state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), mesh))
+    step = make_train_step(model, optimizer, mesh)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(batch_size, *spec(name).input_shape)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, spec(name).num_classes, batch_size), jnp.int32),
+    }
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], batch, jnp.float32(0.1))
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def theirs(make_net, batch_size: int, shape: tuple[int, int, int], num_classes: int):
+    """A function that runs one PyTorch eager train step (channels-last, as oneDNN prefers)."""
+    torch.manual_seed(0)
+    net = make_net().to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    h, w, c = shape
+    images = torch.randn(batch_size, c, h, w).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch_size,))
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+
+    return run
+
+
+def compare(name: str) -> dict:
+    (model_name, options), make_net, batch_size = NETS[name]
+    batch_size = 8 if FLAGS.tiny else batch_size
+    steps = 2 if FLAGS.tiny else FLAGS.steps
+    shape, classes = spec(model_name).input_shape, spec(model_name).num_classes
+    ours_step, torch_step = ours(model_name, options, batch_size), theirs(make_net, batch_size, shape, classes)
+    rounds = []
+    for _ in range(1 if FLAGS.tiny else FLAGS.rounds):
+        a = batch_size / _best_step_seconds(ours_step, steps)
+        b = batch_size / _best_step_seconds(torch_step, steps)
+        rounds.append({"ours_img_s": round(a, 1), "torch_img_s": round(b, 1), "ratio": round(a / b, 3)})
+        print(json.dumps({"net": name, "batch": batch_size, **rounds[-1]}), flush=True)
+    return {"rounds": rounds, "ratio": float(np.median([r["ratio"] for r in rounds]))}
+
+
+def _conv_parts(stride: int) -> dict:
+    """A 3x3 convolution's forward, input gradient and kernel gradient, each jitted alone."""
+
+    def conv(x, w):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dims)
+
+    return {
+        "forward": jax.jit(lambda x, w, g: conv(x, w)),
+        "input gradient": jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+        "kernel gradient": jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+    }
+
+
+def _wait(f, *args) -> None:
+    jax.block_until_ready(f(*args))
+
+
+def _emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
+    """Where a ResNet-20 step's time goes: our convolutions timed alone per shape and direction, PyTorch's operators."""
+    rng = np.random.default_rng(0)
+    # (input side, in channels, out channels, stride, how many in the net)
+    shapes = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1)]
+    shapes.append((8, 64, 64, 1, 5))
+    total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0}
+    for side, cin, cout, stride, count in shapes:
+        x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.float32)
+        parts = _conv_parts(stride)
+        g = parts["forward"](x, w, None)
+        row = {}
+        for part, f in parts.items():
+            seconds = _best_step_seconds(functools.partial(_wait, f, x, w, g), repeats)
+            row[part] = round(1e3 * seconds, 2)
+            total[part] += count * seconds
+        _emit(
+            profile="ours, one convolution alone, ms",
+            shape=f"{side}x{side}x{cin}->{cout}/s{stride}",
+            count=count,
+            **row,
+        )
+    whole = _best_step_seconds(ours("resnet20", {}, batch_size), repeats)
+    rest = whole - sum(total.values())
+    in_ms = {k: round(1e3 * v, 1) for k, v in total.items()}
+    _emit(profile="ours, one step, ms", step=round(1e3 * whole, 1), **in_ms, everything_else=round(1e3 * rest, 1))
+    torch_step = theirs(lambda: CifarResNet(3), batch_size, (32, 32, 3), 10)
+    torch_step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            torch_step()
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
+        _emit(profile="torch operator, self ms per step", op=e.key, ms=round(e.self_cpu_time_total / 1e3 / repeats, 2))
+
+
+def main(argv):
+    del argv
+    results = {name: compare(name) for name in NETS}
+    if FLAGS.profile:
+        profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5)
+    summary = {f"{name}_ratio": r["ratio"] for name, r in results.items()}
+    print(json.dumps({**summary, "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **describe()}))
+
+
+if __name__ == "__main__":
+    app.run(main)
