@@ -1,5 +1,6 @@
 """The run layer on its own: members, the run directory, checkpoints, the metric writer."""
 
+import functools
 import json
 
 import jax
@@ -82,6 +83,7 @@ def test_metric_writer_keeps_each_members_records_and_the_last_of_a_repeated_ste
     assert format_duration(90061) == "1d 01:01:01" and format_duration(59) == "00:00:59"
 
 
+@functools.cache  # one initialisation per member count: the tests only read it
 def _state(members):
     model = create_model("resnet20", num_classes=10)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
