@@ -21,7 +21,8 @@ TRAINING_STACK = (
 )
 
 
-def test_the_models_and_the_conversion_import_without_the_training_stack():
+def test_the_models_conversion_and_published_weights_import_without_the_training_stack():
+    # (flax.nnx itself imports optax, which flax installs: models/nnx_bridge.py is not tried here)
     blocked = ", ".join(repr(name) for name in TRAINING_STACK)
     code = f"""
 import importlib.abc, sys
@@ -37,6 +38,8 @@ model = create_model("resnet20", num_classes=10)
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 back = load_torch_state_dict("resnet20", export_torch_state_dict("resnet20", variables))
 x = jnp.ones((1, 32, 32, 3))
+from resnet_jax import pretrained  # published weights by name, for one's own project
+assert len(pretrained.names()) == len(pretrained.WEIGHTS) > 20
 print(bool((model.apply(back, x) == model.apply(variables, x)).all()))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
