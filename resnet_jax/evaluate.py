@@ -81,9 +81,7 @@ def evaluate_run() -> None:
         raise ConfigError(f"--split={FLAGS.split}: {facts.name} in this run has the splits {', '.join(split_names)}.")
     dataset = PreparedDataset.open(config.data)
     mesh = make_mesh()
-    config, model, state = load_run(run_dir, FLAGS.step, mesh)
-    if FLAGS.data_dir:
-        config.data.data_dir = FLAGS.data_dir
+    _, model, state = load_run(run_dir, FLAGS.step, mesh)  # its config is the one read above
     evaluator = make_evaluator(
         config,
         model,

@@ -36,9 +36,12 @@ __all__ = [
     "cache_dir",
     "fetch",
     "get",
+    "head_width",
     "load",
     "names",
     "parse",
+    "structural_options",
+    "with_new_head",
 ]
 
 STRUCTURAL = ("shortcut", "stride_on_3x3")
@@ -70,8 +73,7 @@ def load(
       WeightsError: the file cannot be had or does not verify (`download.fetch`).
     """
     entry = get(model_name, weights)
-    for key in STRUCTURAL:
-        wanted = entry.options.get(key, models.spec(model_name).default(key))
+    for key, wanted in structural_options(entry).items():
         if key in options and options[key] != wanted:
             raise ConfigError(f"{entry.name} was trained with {key}={wanted!r}; drop {key}={options[key]!r}.")
     path = fetch(entry, cache_dir)
@@ -80,7 +82,7 @@ def load(
     except Exception as error:  # noqa: BLE001 - a verified file that still does not read: say which and why
         raise WeightsError(f"{path} (verified {entry.name}) cannot be read as a PyTorch state dict: {error}") from None
     variables = convert.load_torch_state_dict(model_name, state_dict, layout=entry.layout, **entry.options)
-    trained_classes = _classes(variables)
+    trained_classes = head_width(variables)
     num_classes = num_classes or trained_classes
     model = models.create_model(model_name, num_classes=num_classes, **{**options, **entry.options})
     if num_classes != trained_classes:
@@ -88,7 +90,13 @@ def load(
     return model, variables, entry
 
 
-def _classes(variables: dict[str, Any]) -> int:
+def structural_options(entry: Weights) -> dict[str, Any]:
+    """The values of `STRUCTURAL` that `entry`'s weights were trained with: its own, else its net's defaults."""
+    return {key: entry.options.get(key, models.spec(entry.model).default(key)) for key in STRUCTURAL}
+
+
+def head_width(variables: dict[str, Any]) -> int:
+    """The number of classes the classifier `fc` of `variables` scores."""
     return int(variables["params"]["fc"]["bias"].shape[0])
 
 

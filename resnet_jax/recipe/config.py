@@ -214,7 +214,7 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
     entry = pretrained.parse(config.init_from)
     m, d = config.model, config.data
     wanted = {"model.name": entry.model}
-    wanted.update({f"model.{k}": entry.options.get(k, models.spec(entry.model).default(k)) for k in STRUCTURAL})
+    wanted.update({f"model.{k}": v for k, v in pretrained.structural_options(entry).items()})
     wanted.update(
         {
             "data.normalization": "per_channel",

@@ -68,7 +68,7 @@ def start_from_weights(state: TrainState, weights: str, num_classes: int, member
     member k starts as a single run of seed k does. The optimiser state stays as initialised (zero momentum)."""
     entry = pretrained.parse(weights)
     _, variables, _ = pretrained.load(entry.model, entry.tag)
-    trained = variables["params"]["fc"]["bias"].shape[0]
+    trained = pretrained.head_width(variables)
     per_member = [
         variables if num_classes == trained else pretrained.with_new_head(variables, num_classes, int(seed))
         for seed in members.seeds
