@@ -26,12 +26,14 @@ USAGE
 
 dry_run=false
 name=""
+config=""  # the first --config=, taken here: a `printf | grep -q` pipeline would die of SIGPIPE under pipefail
 args=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) dry_run=true ;;
     --name=*) name="${arg#--name=}" ;;
     -h|--help) usage; exit 0 ;;
+    --config=*) [[ -n "$config" ]] || config="${arg#--config=}"; args+=("$arg") ;;
     *) args+=("$arg") ;;
   esac
 done
@@ -39,9 +41,9 @@ missing=()
 for var in PROJECT ZONE BUCKET; do
   [[ -n "${!var:-}" ]] || missing+=("$var")
 done
-if (( ${#missing[@]} )) || ! printf '%s\n' "${args[@]}" | grep -q '^--config='; then
+if (( ${#missing[@]} )) || [[ -z "$config" ]]; then
   (( ${#missing[@]} )) && echo "error: set ${missing[*]}" >&2
-  printf '%s\n' "${args[@]}" | grep -q '^--config=' || echo "error: give --config=configs/FILE.py" >&2
+  [[ -n "$config" ]] || echo "error: give --config=configs/FILE.py" >&2
   usage >&2
   exit 2
 fi
@@ -50,7 +52,6 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 TPU_NAME="${TPU_NAME:-resnet-jax-${USER:-user}}"
 DATA_DIR="${DATA_DIR:-gs://$BUCKET/tensorflow_datasets}"
 if [[ -z "$name" ]]; then  # the workdir's name: the config file and its argument, e.g. imagenet_table3_resnet50
-  config=$(printf '%s\n' "${args[@]}" | sed -n 's/^--config=//p' | head -n 1)
   name=$(basename "${config%%:*}" .py)
   [[ "$config" == *:* ]] && name="${name}_${config#*:}"
   name=$(echo "$name" | tr -c 'A-Za-z0-9_\n-' '_')
