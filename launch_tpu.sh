@@ -4,9 +4,10 @@
 #   PROJECT=my-project ZONE=us-central2-b BUCKET=my-bucket ACCELERATOR_TYPE=v4-32 \
 #     ./launch_tpu.sh [--dry-run] [--name=NAME] --config=configs/imagenet_r50.py [more resnet_jax.main flags]
 #
-# Creates the TPU (or reuses one of that name), copies this checkout to every worker, installs it with JAX for TPU,
-# and runs `python -m resnet_jax.main --distributed` on all workers at once with the dataset and the workdir on GCS
-# (gs://BUCKET/tensorflow_datasets, gs://BUCKET/workdirs/NAME). Rerunning the same command resumes the run.
+# Creates the TPU (or reuses one of that name), copies this checkout to every worker, installs it (.[train], at the
+# versions of constraints.txt) with JAX for TPU, and runs `python -m resnet_jax.main --distributed` on all workers at
+# once with the dataset and the workdir on GCS (gs://BUCKET/tensorflow_datasets, gs://BUCKET/workdirs/NAME).
+# Rerunning the same command resumes the run.
 # --dry-run prints every gcloud command instead of running it.
 set -euo pipefail
 
@@ -78,7 +79,7 @@ archive=$(mktemp -d)/resnet_jax.tar.gz
 run git -C "$(dirname "$0")" archive --format=tar.gz -o "$archive" HEAD
 run "${tpu[@]}" scp "$archive" "$TPU_NAME":resnet_jax.tar.gz "${where[@]}" --worker=all
 run "${tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all --command="mkdir -p resnet_jax && \
-tar -xzf resnet_jax.tar.gz -C resnet_jax && cd resnet_jax && pip install -q -e . 'jax[tpu]==0.10.2' gcsfs"
+tar -xzf resnet_jax.tar.gz -C resnet_jax && cd resnet_jax && pip install -q -e '.[train]' -c constraints.txt 'jax[tpu]==0.10.2' gcsfs"
 
 main_args=$(printf '%q ' "${args[@]}")
 run "${tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all --command="cd resnet_jax && \

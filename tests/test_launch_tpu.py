@@ -60,6 +60,7 @@ def test_creates_copies_installs_and_runs_on_all_workers(fake_gcloud):
     assert "--distributed" in run and "--workdir=gs://bkt/workdirs/imagenet_table3_resnet50" in run
     assert "--config.data.data_dir=gs://bkt/tensorflow_datasets" in run
     assert "pip install" in calls[3][-1] and "jax[tpu]" in calls[3][-1]
+    assert "-e '.[train]' -c constraints.txt" in calls[3][-1]  # main needs the training stack, at tested versions
 
 
 def test_reuses_an_existing_tpu(fake_gcloud):
