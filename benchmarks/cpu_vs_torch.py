@@ -4,11 +4,15 @@
 
 CIFAR ResNet-20 at batch 128 (akamaster's net in PyTorch: the same option-A ResNet) and ResNet-50 v1.5 at batch 16
 (torchvision's, channels-last), float32, forward + backward + SGD with momentum and weight decay, on synthetic
-batches already in memory. The frameworks alternate, `--rounds` times, so that both see the same machine state;
-each figure is the best of its round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its
-time: each convolution shape's forward, input gradient and kernel gradient timed alone in XLA, and PyTorch's own
-profile of a step by operator. The last line is a JSON object with `resnet20_ratio` and `resnet50_ratio` (ours over
-PyTorch's images per second: above 1 we are faster) and the machine.
+batches already in memory. Ours runs as a user gets it (`conv_impl='auto'`: oneDNN's convolutions on a
+single-device CPU program where oneDNN loads) and, for the record, with XLA's own convolutions (`conv_impl='xla'`).
+The three alternate, `--rounds` times, so that all see the same machine state; each figure is the best of its
+round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its time: each convolution shape's
+forward, input gradient and kernel gradient timed alone with XLA's and with oneDNN's convolutions, PyTorch's own
+profile of a step by operator, and 4 ResNet-20 steps with oneDNN's convolutions in one `lax.scan` against 4 calls of
+one step (`resnet_jax.models.conv.scans_well`). The last line is a JSON object with `resnet20_ratio` and
+`resnet50_ratio` (ours over PyTorch's images per second: above 1 we are faster), the same with XLA's convolutions
+(`*_xla_ratio`), what 'auto' chose, and the machine.
 """
 
 import functools
@@ -26,10 +30,11 @@ from benchmarks.machine import describe
 from experiments.torch_reference import CifarResNet, TorchvisionResNet, TvBottleneck
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model, spec
+from resnet_jax.models.conv import conv_general_dilated_for, resolve
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.state import create_train_state, member
-from resnet_jax.train.step import make_train_step
+from resnet_jax.train.step import make_train_step, sgd_step
 
 flags.DEFINE_integer("rounds", 2, "Alternating rounds of both frameworks.")
 flags.DEFINE_integer("steps", 8, "Timed steps per framework and round (after warm-up).")
@@ -53,9 +58,9 @@ def _best_step_seconds(step, steps: int) -> float:
     return min(times)
 
 
-def ours(name: str, options: dict, batch_size: int):
+def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
     """A function that runs one of our train steps and waits for it."""
-    model = create_model(name, num_classes=spec(name).num_classes, bn_group_size=None, **options)
+    model = create_model(name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=conv_impl, **options)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     mesh = make_mesh()
     state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), mesh))
@@ -96,22 +101,34 @@ def compare(name: str) -> dict:
     batch_size = 8 if FLAGS.tiny else batch_size
     steps = 2 if FLAGS.tiny else FLAGS.steps
     shape, classes = spec(model_name).input_shape, spec(model_name).num_classes
-    ours_step, torch_step = ours(model_name, options, batch_size), theirs(make_net, batch_size, shape, classes)
+    ours_step, xla_step = ours(model_name, options, batch_size), ours(model_name, options, batch_size, "xla")
+    torch_step = theirs(make_net, batch_size, shape, classes)
     rounds = []
     for _ in range(1 if FLAGS.tiny else FLAGS.rounds):
         a = batch_size / _best_step_seconds(ours_step, steps)
+        x = batch_size / _best_step_seconds(xla_step, steps)
         b = batch_size / _best_step_seconds(torch_step, steps)
-        rounds.append({"ours_img_s": round(a, 1), "torch_img_s": round(b, 1), "ratio": round(a / b, 3)})
+        rounds.append(
+            {
+                "ours_img_s": round(a, 1),
+                "ours_xla_conv_img_s": round(x, 1),
+                "torch_img_s": round(b, 1),
+                "ratio": round(a / b, 3),
+                "xla_ratio": round(x / b, 3),
+            }
+        )
         print(json.dumps({"net": name, "batch": batch_size, **rounds[-1]}), flush=True)
-    return {"rounds": rounds, "ratio": float(np.median([r["ratio"] for r in rounds]))}
+    median = {key: float(np.median([r[key] for r in rounds])) for key in ("ratio", "xla_ratio")}
+    return {"rounds": rounds, **median}
 
 
-def _conv_parts(stride: int) -> dict:
+def _conv_parts(stride: int, conv_impl: str) -> dict:
     """A 3x3 convolution's forward, input gradient and kernel gradient, each jitted alone."""
+    conv_general_dilated = conv_general_dilated_for(conv_impl)
 
     def conv(x, w):
         dims = ("NHWC", "HWIO", "NHWC")
-        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dims)
+        return conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dims)
 
     return {
         "forward": jax.jit(lambda x, w, g: conv(x, w)),
@@ -134,27 +151,34 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
     # (input side, in channels, out channels, stride, how many in the net)
     shapes = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1)]
     shapes.append((8, 64, 64, 1, 5))
-    total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0}
-    for side, cin, cout, stride, count in shapes:
-        x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), jnp.float32)
-        w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.float32)
-        parts = _conv_parts(stride)
-        g = parts["forward"](x, w, None)
-        row = {}
-        for part, f in parts.items():
-            seconds = _best_step_seconds(functools.partial(_wait, f, x, w, g), repeats)
-            row[part] = round(1e3 * seconds, 2)
-            total[part] += count * seconds
+    impls = ("xla", "onednn") if resolve("auto") == "onednn" else ("xla",)
+    for conv_impl in impls:
+        total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0}
+        for side, cin, cout, stride, count in shapes:
+            x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), jnp.float32)
+            w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.float32)
+            parts = _conv_parts(stride, conv_impl)
+            g = parts["forward"](x, w, None)
+            row = {}
+            for part, f in parts.items():
+                seconds = _best_step_seconds(functools.partial(_wait, f, x, w, g), repeats)
+                row[part] = round(1e3 * seconds, 2)
+                total[part] += count * seconds
+            _emit(
+                profile=f"ours ({conv_impl}), one convolution alone, ms",
+                shape=f"{side}x{side}x{cin}->{cout}/s{stride}",
+                count=count,
+                **row,
+            )
+        whole = _best_step_seconds(ours("resnet20", {}, batch_size, conv_impl), repeats)
+        rest = whole - sum(total.values())
+        in_ms = {k: round(1e3 * v, 1) for k, v in total.items()}
         _emit(
-            profile="ours, one convolution alone, ms",
-            shape=f"{side}x{side}x{cin}->{cout}/s{stride}",
-            count=count,
-            **row,
+            profile=f"ours ({conv_impl}), one step, ms",
+            step=round(1e3 * whole, 1),
+            **in_ms,
+            everything_else=round(1e3 * rest, 1),
         )
-    whole = _best_step_seconds(ours("resnet20", {}, batch_size), repeats)
-    rest = whole - sum(total.values())
-    in_ms = {k: round(1e3 * v, 1) for k, v in total.items()}
-    _emit(profile="ours, one step, ms", step=round(1e3 * whole, 1), **in_ms, everything_else=round(1e3 * rest, 1))
     torch_step = theirs(lambda: CifarResNet(3), batch_size, (32, 32, 3), 10)
     torch_step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -164,12 +188,46 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
         _emit(profile="torch operator, self ms per step", op=e.key, ms=round(e.self_cpu_time_total / 1e3 / repeats, 2))
 
 
+def scan_against_calls(batch_size: int, steps: int = 4, repeats: int = 3) -> None:
+    """Seconds per step of `steps` ResNet-20 steps in one `lax.scan` and as `steps` calls of one jitted step."""
+    model = create_model("resnet20", num_classes=10, bn_group_size=None)
+    optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
+    state = member(create_train_state(model, optimizer, (32, 32, 3), Members(), make_mesh()))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32),
+    }
+    one = jax.jit(lambda state: sgd_step(model, optimizer, state, batch, jnp.float32(0.1)))
+    body = lambda state, _: one(state)  # noqa: E731
+    scanned = jax.jit(lambda state: jax.lax.scan(body, state, None, length=steps))
+
+    def calls():
+        s = state
+        for _ in range(steps):
+            s, metrics = one(s)
+        jax.block_until_ready(metrics)
+
+    per_call = _best_step_seconds(calls, repeats) / steps
+    per_scanned = _best_step_seconds(lambda: jax.block_until_ready(scanned(state)), repeats) / steps
+    _emit(
+        profile=f"ours ({resolve('auto')}), {steps} steps, ms per step",
+        calls=round(1e3 * per_call, 1),
+        scan=round(1e3 * per_scanned, 1),
+        scan_over_calls=round(per_scanned / per_call, 2),
+    )
+
+
 def main(argv):
     del argv
     results = {name: compare(name) for name in NETS}
     if FLAGS.profile:
         profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5)
+        if resolve("auto") == "onednn":  # XLA's own convolutions are 7-50x slower in a scan: not worth the wait
+            scan_against_calls(8 if FLAGS.tiny else 128, 2 if FLAGS.tiny else 4, 1 if FLAGS.tiny else 3)
     summary = {f"{name}_ratio": r["ratio"] for name, r in results.items()}
+    summary.update({f"{name}_xla_ratio": r["xla_ratio"] for name, r in results.items()})
+    summary["conv_impl"] = resolve("auto")
     print(json.dumps({**summary, "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **describe()}))
 
 

@@ -122,16 +122,15 @@ class CifarResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def he_initialised_cifar_resnet(model_name: str, seed: int, optimizer: optax.GradientTransformation):
-    """A He-initialised PyTorch `CifarResNet` in training mode, and our TrainState holding the same weights, so that
-    the two train steps can be compared from one starting point."""
-    torch.manual_seed(seed)
-    reference = CifarResNet(n=(int(model_name.removeprefix("resnet")) - 2) // 6)
+def he_initialised(model_name: str, reference: nn.Module, optimizer: optax.GradientTransformation, **options):
+    """PyTorch's net `reference` He-initialised and in training mode, and our TrainState of `model_name` (with
+    `options`) holding the same weights, so that the two train steps can be compared from one starting point. Seed
+    torch (`torch.manual_seed`) before building `reference`: its weights are drawn from torch's global generator."""
     for m in reference.modules():  # He init, as both implementations use
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)
     reference.train()
-    variables = load_torch_state_dict(model_name, {k: v.numpy() for k, v in reference.state_dict().items()})
+    variables = load_torch_state_dict(model_name, {k: v.numpy() for k, v in reference.state_dict().items()}, **options)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
@@ -139,3 +138,10 @@ def he_initialised_cifar_resnet(model_name: str, seed: int, optimizer: optax.Gra
         opt_state=optimizer.init(variables["params"]),
     )
     return reference, state
+
+
+def he_initialised_cifar_resnet(model_name: str, seed: int, optimizer: optax.GradientTransformation):
+    """`he_initialised` for a CIFAR ResNet-6n+2 (PyTorch's `CifarResNet`)."""
+    torch.manual_seed(seed)
+    reference = CifarResNet(n=(int(model_name.removeprefix("resnet")) - 2) // 6)
+    return he_initialised(model_name, reference, optimizer)

@@ -5,7 +5,8 @@
     spec("resnet50").input_shape                            # (224, 224, 3)
 
 `resnet.py` holds the one `ResNet` module and its blocks, `specs.py` one explicit entry per named net,
-`batch_norm.py` the grouped BatchNorm, `flops.py` what a net costs, `convert.py` its weights to and from PyTorch.
+`batch_norm.py` the grouped BatchNorm, `conv.py` which library computes the convolutions (XLA or oneDNN,
+`onednn.py`), `flops.py` what a net costs, `convert.py` its weights to and from PyTorch.
 This package imports JAX, Flax and NumPy only (no training stack).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from resnet_jax.models import conv
 from resnet_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from resnet_jax.models.specs import SPECS, ModelSpec
 
@@ -31,6 +33,7 @@ _OPTIONS = {
     "zero_init_last_bn": (False, True),
     "remat": (False, True),
     "dtype": ("float32", "bfloat16", "float16"),
+    "conv_impl": conv.CONV_IMPLS,
 }
 _FREE_OPTIONS = ("bn_group_size", "bn_momentum", "bn_epsilon")
 
@@ -49,11 +52,12 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
       name: one of `MODEL_NAMES`.
       num_classes: output width (1000 for ImageNet, 10 for CIFAR-10).
       **options: `shortcut` ('A'|'B'|'C'; default B for ImageNet nets, A for CIFAR), `stride_on_3x3` (v1.5),
-        `zero_init_last_bn`, `remat`, `dtype` ('float32'|'bfloat16'|'float16' or a dtype), `bn_group_size`,
-        `bn_momentum`, `bn_epsilon`.
+        `zero_init_last_bn`, `remat`, `dtype` ('float32'|'bfloat16'|'float16' or a dtype), `conv_impl`
+        ('auto'|'xla'|'onednn'), `bn_group_size`, `bn_momentum`, `bn_epsilon`.
 
     Raises:
-      ValueError: for an unknown name, option or option value; the message lists the valid ones.
+      ValueError: for an unknown name, option or option value; the message lists the valid ones. For
+        `conv_impl='onednn'` where oneDNN does not load, what failed and how to install it.
     """
     entry = spec(name)
     for key, value in options.items():
@@ -67,6 +71,7 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
             value = jnp.dtype(value).name
         if value not in _OPTIONS[key]:
             raise ValueError(f"Invalid value {value!r} for option {key!r}. Valid values: {_OPTIONS[key]}.")
+    conv.check(options.get("conv_impl", "auto"))  # oneDNN, if asked for, loads
     if "dtype" in options:
         options["dtype"] = jnp.dtype(options["dtype"])
     return entry.build(num_classes, **options)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.batch_norm import GroupedBatchNorm
+from resnet_jax.models.conv import conv_general_dilated_for
 
 ModuleDef = Any
 Shortcut = Literal["A", "B", "C"]
@@ -193,6 +194,9 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
       remat: recompute each block's activations in the backward pass instead of storing them (`nn.remat`), trading
         about one extra forward pass for memory, for the deepest nets (ResNet-152, CIFAR ResNet-1202).
+      conv_impl: how the convolutions are computed: 'auto' (oneDNN's kernels for a single-device program on XLA:CPU
+        where oneDNN loads, XLA's everywhere else), 'xla' or 'onednn' (`resnet_jax.models.conv`). The same
+        variables and, within float32 rounding, the same results.
     """
 
     stage_sizes: Sequence[int]
@@ -210,6 +214,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(
@@ -232,7 +237,13 @@ class ResNet(nn.Module):
         """
         if valid is not None and not score_map:
             raise ValueError("valid (an image on a canvas) goes with score_map=True.")
-        conv = functools.partial(conv_module, use_bias=False, dtype=self.dtype, kernel_init=he_normal)
+        conv = functools.partial(
+            conv_module,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=he_normal,
+            conv_general_dilated=conv_general_dilated_for(self.conv_impl),
+        )
         norm = functools.partial(
             GroupedBatchNorm,
             use_running_average=not train,

@@ -9,7 +9,7 @@ resumes), key by key:
   match, or the run stops before any work, naming each key with its saved and its new value;
 - keys that only change how the run is carried out may change (`FREE`): where the data is, how many workers read it,
   how often the run logs, evaluates and checkpoints, how many checkpoints it keeps, how many steps one call into the
-  devices makes, how the members share the program;
+  devices makes, how the members share the program, which library computes the convolutions;
 - `num_steps` may change to any step not behind the run's: a longer run extends it, a shorter one ends it sooner.
 
 A deliberate change of a computing key (a longer schedule with new boundaries, say) is accepted when the command
@@ -36,6 +36,7 @@ FREE = (
     "steps_per_dispatch",
     "dispatch_loop",
     "multi_run",
+    "model.conv_impl",
     "prepare_from",
     "data.data_dir",
     "data.worker_count",
@@ -45,8 +46,9 @@ FREE = (
     "data.retry_backoff_seconds",
 )
 """Keys a resumed run may change: where the data is and how it is read, how often the run logs, evaluates and
-checkpoints, how many checkpoints it keeps, how many steps one call into the devices makes and how the members share
-the program. None changes the steps the run takes, with two exceptions `free_keys` withholds."""
+checkpoints, how many checkpoints it keeps, how many steps one call into the devices makes, how the members share
+the program and which library computes the convolutions (the same numbers within float32 rounding). None changes
+the steps the run takes, with two exceptions `free_keys` withholds."""
 
 
 def free_keys(config: ml_collections.ConfigDict) -> set[str]:

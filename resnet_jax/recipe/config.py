@@ -39,8 +39,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     # are therefore also the granularity of every decision taken on the host (warm-up by training error, plateaus,
     # preemption).
     c.steps_per_dispatch = 1
-    # How a dispatch runs its steps: "scan" (one lax.scan), "host" (one call per step), "auto" (scan on accelerators,
-    # step by step on XLA:CPU, whose convolution gradients are slow inside loop bodies). The same steps either way.
+    # How a dispatch runs its steps: "scan" (one lax.scan), "host" (one call per step), "auto" (scan, but step by step
+    # where XLA:CPU computes the convolutions: their gradients are slow inside loop bodies). The same steps either way.
     c.dispatch_loop = "auto"
 
     c.model = ml_collections.ConfigDict()
@@ -53,6 +53,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model.bn_group_size = 32  # per-GPU BN of the authors' ImageNet runs; None: whole-batch (cross-device) BN
     c.model.bn_momentum = 0.9
     c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
+    # How convolutions are computed (resnet_jax/models/conv.py): "auto" (oneDNN's on a single-device CPU program, XLA's
+    # elsewhere), "xla", "onednn". The same results within float32 rounding; a resumed run may change it.
+    c.model.conv_impl = "auto"
 
     # Published weights MODEL:TAG the run starts from (resnet_jax.pretrained; a head of another width is freshly
     # initialised): not the paper's, which trains from He init (None). Needs the weights' input normalisation.

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from resnet_jax.core.sharding import batch_sharded, replicated
+from resnet_jax.models.conv import scans_well
 from resnet_jax.recipe.config import LOOPS
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.state import TrainState
@@ -100,10 +101,9 @@ def make_dispatch(
     metric sums cover the `steps` steps, per member. `state` (with the member axis) is donated.
 
     `loop` 'scan' runs the steps in one `lax.scan`, 'host' as `steps` calls of one jitted step; 'auto' (`LOOPS`) scans
-    on accelerators and calls step by step on the CPU: XLA:CPU runs convolution gradients inside a loop body 7-50x
-    slower than outside one (benchmarks/RESULTS.md), and a CPU step is long enough that dispatching costs nothing
-    anyway. Both compute the same steps on the same batches; the tests force 'scan' on the CPU to run the
-    accelerators' path.
+    unless the model's convolutions are XLA's own on the CPU backend (`resnet_jax.models.conv.scans_well`), whose
+    gradients run 7-50x slower inside a loop body than outside one (benchmarks/RESULTS.md). Both compute the same
+    steps on the same batches.
     """
 
     def one_step(state: TrainState, data: Any, inputs: Any, seed: jax.Array, learning_rate: jax.Array, i: jax.Array):
@@ -129,7 +129,7 @@ def make_dispatch(
     shardings = {"out_shardings": (replicated(mesh), replicated(mesh)), "donate_argnums": (0,)}
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, not {loop!r}.")
-    if loop == "scan" or (loop == "auto" and steps > 1 and jax.default_backend() != "cpu"):
+    if loop == "scan" or (loop == "auto" and steps > 1 and scans_well(model.conv_impl, model.dtype)):
         return jax.jit(per_member(scanned), **shardings)
 
     step = jax.jit(per_member(one_step, None), **shardings)

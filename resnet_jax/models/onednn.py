@@ -1,0 +1,296 @@
+"""oneDNN's float32 convolutions (forward, input gradient, kernel gradient) on NumPy arrays, through its C API.
+
+Why: XLA:CPU computes a convolution's kernel gradient at a few GFLOP/s, so a CIFAR ResNet-20 train step spent half
+its time there (benchmarks/RESULTS.md). oneDNN, the library PyTorch's CPU convolutions run on, computes the same three
+convolutions 2-7x faster on the same core. `resnet_jax.models.conv` calls these functions from a jitted program
+(`jax.pure_callback`); this module knows nothing of JAX.
+
+The library: `libdnnl.so.3` of the `onednn-cpu-gomp` wheel (installed with `resnet_jax[train]` on Linux x86-64, where
+it lands in `sys.prefix/lib`), or any oneDNN 3.x named by `$RESNET_JAX_ONEDNN_LIBRARY`. Only the C API's stable
+calls are used. Nothing is loaded at import: `available()` loads it on first use and says why not if it cannot.
+
+Layouts: activations NHWC and kernels HWIO, as Flax keeps them. Each convolution lets oneDNN pick its kernel's
+layout (a blocked one, where its fast kernels live) and reorders the small kernel tensor to and from HWIO; the
+activations are never copied. The primitives are made once per shape and kept. Executions are serialised: oneDNN's
+library-managed scratch memory is shared between primitives, and its OpenMP threads use every core anyway.
+Deterministic: the same inputs give the same bits on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+ENV = "RESNET_JAX_ONEDNN_LIBRARY"
+
+# Values of the C API's enums (oneapi/dnnl/dnnl_types.h, oneDNN 3.x).
+_CPU, _F32, _TAG_ANY, _NHWC, _HWIO = 1, 3, 1, 22, 28
+_FORWARD_TRAINING, _DIRECT = 64, 1
+_ARG_SRC, _ARG_WEIGHTS, _ARG_DST = 1, 33, 17
+_ARG_DIFF_SRC, _ARG_DIFF_WEIGHTS, _ARG_DIFF_DST = 129, 161, 145
+_ARG_FROM, _ARG_TO = 1, 17
+_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
+
+_P = ctypes.c_void_p
+_Dims = ctypes.c_int64 * 12  # dnnl_dims_t
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", _P)]
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+class _Library:
+    """One loaded libdnnl: its CPU engine, one stream, and the primitives made so far (by kind and shapes)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.lib = ctypes.CDLL(path)
+        self.lib.dnnl_primitive_desc_query_md.restype = _P
+        self.lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+        self.lib.dnnl_memory_desc_equal.restype = ctypes.c_int
+        self.engine, self.stream = _P(), _P()
+        self._check(self.lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, 0), "dnnl_engine_create")
+        self._check(self.lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, 1), "dnnl_stream_create")
+        self._plans: dict[tuple, _Plan] = {}
+        self.lock = threading.Lock()
+
+    def _check(self, status: int, call: str, what: str = "") -> None:
+        if status != 0:
+            raise RuntimeError(f"oneDNN ({self.path}): {call} failed with status {status}{what}.")
+
+    def memory_desc(self, dims: tuple[int, ...], tag: int) -> _P:
+        desc = _P()
+        self._check(
+            self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), _Dims(*dims), _F32, tag),
+            "dnnl_memory_desc_create_with_tag",
+        )
+        return desc
+
+    def plan(self, kind: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
+        key = (kind, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
+        with self.lock:
+            if key not in self._plans:
+                self._plans[key] = _Plan(self, *key)
+            return self._plans[key]
+
+    def execute(self, primitive: _P, args: list[tuple[int, _P, int]]) -> None:
+        """Runs `primitive` on (argument, memory descriptor, data pointer) triples; call with `lock` held."""
+        exec_args = (_ExecArg * len(args))()
+        memories = []
+        try:
+            for i, (arg, desc, pointer) in enumerate(args):
+                memory = _P()
+                self._check(
+                    self.lib.dnnl_memory_create(ctypes.byref(memory), desc, self.engine, _P(pointer)),
+                    "dnnl_memory_create",
+                )
+                memories.append(memory)
+                exec_args[i].arg, exec_args[i].memory = arg, memory
+            self._check(self.lib.dnnl_primitive_execute(primitive, self.stream, len(args), exec_args), "execute")
+            self._check(self.lib.dnnl_stream_wait(self.stream), "dnnl_stream_wait")
+        finally:
+            for memory in memories:
+                self.lib.dnnl_memory_destroy(memory)
+
+
+class _Plan:
+    """One convolution primitive ('forward', 'input_grad' or 'kernel_grad') for one set of shapes, with the
+    reorder of its kernel tensor between HWIO and the layout the primitive chose (None when they are the same)."""
+
+    def __init__(self, library: _Library, kind, x_shape, w_shape, y_shape, strides, padding):
+        lib, check = library.lib, library._check
+        what = f" for a {kind} convolution of {x_shape} by {w_shape}, strides {strides}, padding {padding}"
+        n, h, w, c_in = x_shape
+        kh, kw, _, c_out = w_shape
+        _, oh, ow, _ = y_shape
+        self.x = library.memory_desc((n, c_in, h, w), _NHWC)  # oneDNN's dims are logical NCHW / OIHW
+        self.y = library.memory_desc((n, c_out, oh, ow), _NHWC)
+        self.w_hwio = library.memory_desc((c_out, c_in, kh, kw), _HWIO)
+        w_any = library.memory_desc((c_out, c_in, kh, kw), _TAG_ANY)
+        conv = (_Dims(*strides), _Dims(0, 0), _Dims(padding[0][0], padding[1][0]), _Dims(padding[0][1], padding[1][1]))
+        forward = _P()
+        check(
+            lib.dnnl_convolution_forward_primitive_desc_create(
+                ctypes.byref(forward), library.engine, _FORWARD_TRAINING, _DIRECT, self.x, w_any, None, self.y,
+                *conv, None,
+            ),
+            "dnnl_convolution_forward_primitive_desc_create",
+            what,
+        )  # fmt: skip
+        if kind == "forward":
+            desc, query = forward, _QUERY_WEIGHTS_MD
+        elif kind == "input_grad":
+            desc, query = _P(), _QUERY_WEIGHTS_MD
+            check(
+                lib.dnnl_convolution_backward_data_primitive_desc_create(
+                    ctypes.byref(desc), library.engine, _DIRECT, self.x, w_any, self.y, *conv, forward, None
+                ),
+                "dnnl_convolution_backward_data_primitive_desc_create",
+                what,
+            )
+        else:
+            desc, query = _P(), _QUERY_DIFF_WEIGHTS_MD
+            check(
+                lib.dnnl_convolution_backward_weights_primitive_desc_create(
+                    ctypes.byref(desc), library.engine, _DIRECT, self.x, w_any, None, self.y, *conv, forward, None
+                ),
+                "dnnl_convolution_backward_weights_primitive_desc_create",
+                what,
+            )
+        self.primitive = _P()
+        check(lib.dnnl_primitive_create(ctypes.byref(self.primitive), desc), "dnnl_primitive_create", what)
+        self.w = _P(lib.dnnl_primitive_desc_query_md(desc, query, 0))
+        self.w_bytes = lib.dnnl_memory_desc_get_size(self.w)
+        self.reorder = None
+        if not lib.dnnl_memory_desc_equal(self.w, self.w_hwio):
+            src, dst = (self.w, self.w_hwio) if kind == "kernel_grad" else (self.w_hwio, self.w)
+            reorder_desc, self.reorder = _P(), _P()
+            check(
+                lib.dnnl_reorder_primitive_desc_create(
+                    ctypes.byref(reorder_desc), src, library.engine, dst, library.engine, None
+                ),
+                "dnnl_reorder_primitive_desc_create",
+                what,
+            )
+            check(lib.dnnl_primitive_create(ctypes.byref(self.reorder), reorder_desc), "dnnl_primitive_create", what)
+
+
+_library: _Library | None = None
+_failure: str | None = None
+_load_lock = threading.Lock()
+
+
+def _candidates() -> list[str]:
+    if os.environ.get(ENV):
+        return [os.environ[ENV]]
+    return [str(Path(sys.prefix) / "lib" / "libdnnl.so.3"), "libdnnl.so.3"]
+
+
+def _load() -> _Library | None:
+    global _library, _failure
+    with _load_lock:
+        if _library is None and _failure is None:
+            errors = []
+            for path in _candidates():
+                try:
+                    _library = _Library(path)
+                    break
+                except (OSError, AttributeError, RuntimeError) as e:
+                    errors.append(f"{path}: {e}")
+            if _library is None:
+                _failure = (
+                    "it could not be loaded (" + "; ".join(errors) + "). Install it with "
+                    f"`pip install onednn-cpu-gomp` (Linux x86-64), or name a libdnnl.so.3 in ${ENV}."
+                )
+        return _library
+
+
+def available() -> bool:
+    """Whether oneDNN loads here (loading it on the first call)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why oneDNN does not load, with the fix; None when it does."""
+    _load()
+    return _failure
+
+
+def _library_or_raise() -> _Library:
+    library = _load()
+    if library is None:
+        raise RuntimeError(f"oneDNN: {_failure}")
+    return library
+
+
+def output_shape(x_shape, w_shape, strides, padding: Padding) -> tuple[int, int, int, int]:
+    n, h, w, _ = x_shape
+    kh, kw, _, c_out = w_shape
+    return (
+        n,
+        (h + sum(padding[0]) - kh) // strides[0] + 1,
+        (w + sum(padding[1]) - kw) // strides[1] + 1,
+        c_out,
+    )
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _kernel_in(library: _Library, plan: _Plan, w: np.ndarray) -> np.ndarray:
+    """`w` in the layout `plan`'s primitive reads (`w` itself when that is HWIO); call with the lock held."""
+    if plan.reorder is None:
+        return w
+    blocked = np.empty(plan.w_bytes, np.uint8)
+    library.execute(plan.reorder, [(_ARG_FROM, plan.w_hwio, w.ctypes.data), (_ARG_TO, plan.w, blocked.ctypes.data)])
+    return blocked
+
+
+def forward(x: np.ndarray, w: np.ndarray, strides, padding: Padding) -> np.ndarray:
+    """The convolution of NHWC `x` by HWIO `w` (explicit (low, high) padding per spatial axis)."""
+    library = _library_or_raise()
+    x, w = _f32(x), _f32(w)
+    y = np.empty(output_shape(x.shape, w.shape, strides, padding), np.float32)
+    plan = library.plan("forward", x.shape, w.shape, y.shape, strides, padding)
+    with library.lock:
+        kernel = _kernel_in(library, plan, w)
+        library.execute(
+            plan.primitive,
+            [
+                (_ARG_SRC, plan.x, x.ctypes.data),
+                (_ARG_WEIGHTS, plan.w, kernel.ctypes.data),
+                (_ARG_DST, plan.y, y.ctypes.data),
+            ],
+        )
+    return y
+
+
+def input_grad(dy: np.ndarray, w: np.ndarray, x_shape, strides, padding: Padding) -> np.ndarray:
+    """The gradient with respect to `x` of the convolution's output, given the output's gradient `dy`."""
+    library = _library_or_raise()
+    dy, w = _f32(dy), _f32(w)
+    dx = np.empty(tuple(x_shape), np.float32)
+    plan = library.plan("input_grad", dx.shape, w.shape, dy.shape, strides, padding)
+    with library.lock:
+        kernel = _kernel_in(library, plan, w)
+        library.execute(
+            plan.primitive,
+            [
+                (_ARG_DIFF_SRC, plan.x, dx.ctypes.data),
+                (_ARG_WEIGHTS, plan.w, kernel.ctypes.data),
+                (_ARG_DIFF_DST, plan.y, dy.ctypes.data),
+            ],
+        )
+    return dx
+
+
+def kernel_grad(x: np.ndarray, dy: np.ndarray, w_shape, strides, padding: Padding) -> np.ndarray:
+    """The gradient with respect to the HWIO kernel of the convolution's output, given the output's gradient `dy`."""
+    library = _library_or_raise()
+    x, dy = _f32(x), _f32(dy)
+    dw = np.empty(tuple(w_shape), np.float32)
+    plan = library.plan("kernel_grad", x.shape, dw.shape, dy.shape, strides, padding)
+    with library.lock:
+        blocked = np.empty(plan.w_bytes, np.uint8) if plan.reorder is not None else dw
+        library.execute(
+            plan.primitive,
+            [
+                (_ARG_SRC, plan.x, x.ctypes.data),
+                (_ARG_DIFF_WEIGHTS, plan.w, blocked.ctypes.data),
+                (_ARG_DIFF_DST, plan.y, dy.ctypes.data),
+            ],
+        )
+        if plan.reorder is not None:
+            library.execute(
+                plan.reorder, [(_ARG_FROM, plan.w, blocked.ctypes.data), (_ARG_TO, plan.w_hwio, dw.ctypes.data)]
+            )
+    return dw

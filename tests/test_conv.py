@@ -1,0 +1,177 @@
+"""The convolutions of `conv_impl='onednn'` against `lax.conv_general_dilated`, and how 'auto' chooses."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from resnet_jax.models import create_model, onednn
+from resnet_jax.models.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
+
+# resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run.
+pytestmark = pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="oneDNN's wheel is for Linux x86-64"
+)
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+# Every convolution the nets compute: (input side, in channels, out channels, kernel, stride); padding kernel // 2.
+# The 3x3s of the CIFAR and ImageNet blocks (stride 1 and 2, even and odd sides), the 7x7/2 ImageNet stem on its
+# 3 channels, the 1x1 projections (stride 1 and 2) and the deep stem's 3x3/2 on 3 channels.
+SHAPES = [
+    (8, 16, 16, 3, 1),
+    (9, 16, 32, 3, 2),
+    (8, 32, 64, 3, 2),
+    (7, 64, 64, 3, 1),
+    (15, 3, 16, 7, 2),
+    (8, 16, 32, 1, 1),
+    (9, 32, 64, 1, 2),
+    (10, 3, 8, 3, 2),
+]
+
+
+def _loss(conv):
+    def loss(x, w, g):
+        return jnp.sum(conv(x, w) * g)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def _relative_error(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.mark.parametrize("side,c_in,c_out,kernel,stride", SHAPES)
+def test_equals_lax_in_value_and_both_gradients(side, c_in, c_out, kernel, stride):
+    rng = np.random.default_rng(kernel * 100 + side)
+    x = jnp.asarray(rng.normal(size=(3, side, side, c_in)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float32)
+    padding = [(kernel // 2, kernel // 2)] * 2
+    ours = lambda x, w: onednn_conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DIMS)  # noqa: E731
+    theirs = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DIMS)  # noqa: E731
+    y, y_ref = jax.jit(ours)(x, w), jax.jit(theirs)(x, w)
+    assert y.shape == y_ref.shape
+    assert _relative_error(y, y_ref) < 2e-6
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    (_, (dx, dw)), (_, (dx_ref, dw_ref)) = _loss(ours)(x, w, g), _loss(theirs)(x, w, g)
+    assert _relative_error(dx, dx_ref) < 2e-6
+    assert _relative_error(dw, dw_ref) < 2e-6
+    # the same bits again: deterministic on one machine
+    (_, (dx2, dw2)) = _loss(ours)(x, w, g)
+    assert (np.asarray(dx2) == np.asarray(dx)).all() and (np.asarray(dw2) == np.asarray(dw)).all()
+
+
+def test_what_onednn_does_not_take_is_lax_exactly():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 4)), jnp.float32)
+    cases = [  # (args, kwargs): bfloat16, a padding string, dilation, groups, NCHW
+        ((x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (1, 1), [(1, 1)] * 2), {"dimension_numbers": DIMS}),
+        ((x, w, (1, 1), "SAME"), {"dimension_numbers": DIMS}),
+        ((x, w, (1, 1), [(2, 2)] * 2), {"rhs_dilation": (2, 2), "dimension_numbers": DIMS}),
+        ((x, w[:, :, :2], (1, 1), [(1, 1)] * 2), {"feature_group_count": 2, "dimension_numbers": DIMS}),
+        ((x.transpose(0, 3, 1, 2), w, (1, 1), [(1, 1)] * 2), {"dimension_numbers": ("NCHW", "HWIO", "NCHW")}),
+    ]
+    for args, kwargs in cases:
+        ours = lambda x, w, a=args, kw=kwargs: onednn_conv_general_dilated(x, w, *a[2:], **kw)  # noqa: E731
+        theirs = lambda x, w, a=args, kw=kwargs: lax.conv_general_dilated(x, w, *a[2:], **kw)  # noqa: E731
+        assert (np.asarray(jax.jit(ours)(*args[:2])) == np.asarray(jax.jit(theirs)(*args[:2]))).all(), kwargs
+        assert "pure_callback" not in str(jax.make_jaxpr(ours)(*args[:2]))
+
+
+def test_works_inside_scan_and_vmap():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 3, 4, 8, 8, 16)), jnp.float32)  # [members, steps, N, H, W, C]
+    w = jnp.asarray(rng.normal(size=(2, 3, 3, 16, 16)), jnp.float32)
+
+    def conv_with(f):
+        return lambda x, w: jnp.sum(f(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=DIMS) ** 2)
+
+    def scanned(f):
+        def body(w, x):
+            loss, grad = jax.value_and_grad(conv_with(f), argnums=1)(x, w)
+            return w - 1e-4 * grad, loss
+
+        return jax.jit(jax.vmap(lambda w, x: jax.lax.scan(body, w, x)))
+
+    (w_ours, loss_ours), (w_ref, loss_ref) = (
+        scanned(onednn_conv_general_dilated)(w, x),
+        scanned(lax.conv_general_dilated)(w, x),
+    )
+    assert _relative_error(loss_ours, loss_ref) < 2e-6 and _relative_error(w_ours, w_ref) < 2e-6
+
+
+@pytest.mark.parametrize("name,side", [("resnet20", 32)])  # ResNet-50: test_train_step_vs_torch.py
+def test_nets_give_xla_s_logits_gradients_and_bn_statistics(name, side):
+    """Within what float32 rounding can do: the distance to XLA's results is compared with the distance between
+    XLA's results for the input and for the input changed by one part in a million (deep untrained nets amplify
+    rounding: an untrained ResNet-50's gradients at 64x64 move by about 1% under that nudge; an error in a
+    convolution moves them by 100%)."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, side, side, 3)), jnp.float32)
+    nudged = x * (1 + 1e-6 * jnp.asarray(rng.normal(size=x.shape), jnp.float32))
+
+    def outputs(impl, x):
+        model = create_model(name, num_classes=10, conv_impl=impl, stride_on_3x3=True)
+        variables = model.init(jax.random.key(0), x)
+
+        def loss(params):
+            logits, updates = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), (logits, updates)
+
+        return jax.tree.leaves(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
+
+    def distance(a, b):
+        return np.sqrt(
+            sum(float(jnp.sum((p - q) ** 2)) for p, q in zip(a, b, strict=True)) / sum(float(jnp.sum(q**2)) for q in b)
+        )
+
+    xla = outputs("xla", x)
+    assert distance(outputs("onednn", x), xla) < max(2 * distance(outputs("xla", nudged), xla), 1e-5)
+
+
+def test_auto_is_onednn_on_one_cpu_device_and_the_step_loop_scans():
+    assert onednn.available(), onednn.unavailable_reason()
+    assert jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert resolve("auto") == "onednn" and resolve("onednn") == "onednn" and resolve("xla") == "xla"
+    assert scans_well("auto") and scans_well("onednn") and not scans_well("xla")
+    assert not scans_well("auto", jnp.float16) and not scans_well("onednn", jnp.bfloat16)  # XLA computes those
+    with pytest.raises(ValueError, match="Valid values"):
+        resolve("cudnn")
+    assert CONV_IMPLS == ("auto", "xla", "onednn")
+
+
+def _run(code: str, **env) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_auto_keeps_xla_on_several_devices_and_without_onednn(tmp_path):
+    code = "from resnet_jax.models.conv import resolve, scans_well; print(resolve('auto'), scans_well('auto'))"
+    assert _run(code, XLA_FLAGS="--xla_force_host_platform_device_count=2") == "xla False"
+    assert _run(code, RESNET_JAX_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3") == "xla False"
+    asked = (
+        "from resnet_jax.models.conv import resolve\n"
+        "try:\n    resolve('onednn')\nexcept ValueError as e:\n    print(type(e).__name__, e)"
+    )
+    message = _run(asked, RESNET_JAX_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3")
+    assert message.startswith("ConfigError conv_impl='onednn'") and "/nonexistent/libdnnl.so.3" in message
+    assert "pip install onednn-cpu-gomp" in message
+    cli = subprocess.run(
+        [sys.executable, "-m", "resnet_jax.main", "--config=configs/cifar10.py:resnet20,quick",
+         f"--workdir={tmp_path / 'run'}", "--config.model.conv_impl=onednn"],
+        env={**os.environ, "RESNET_JAX_ONEDNN_LIBRARY": "/nonexistent/libdnnl.so.3"}, capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parents[1], timeout=120,
+    )  # fmt: skip
+    lines = cli.stderr.strip().splitlines()
+    assert cli.returncode == 2 and "conv_impl='onednn' asks for oneDNN" in lines[-1], cli.stderr
+    assert not (tmp_path / "run").exists()
