@@ -9,7 +9,7 @@
   keeps XLA's too: a host callback under a sharded `jit` would gather every shard onto one device.
 
 Why: on XLA:CPU a convolution's kernel gradient runs at a few GFLOP/s; oneDNN's made the CIFAR ResNet-20 train step
-about 1.8x faster on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`). Deterministic on
+about 1.7x faster on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`). Deterministic on
 one machine and thread count, like XLA's. Limits of the 'onednn' path: no forward-mode or second derivatives
 (`jax.jvp`, `jax.hessian`: use 'xla'), and under `jax.vmap` the callbacks run once per mapped element.
 """
