@@ -1,5 +1,6 @@
 """The convolutions of `conv_impl='onednn'` against `lax.conv_general_dilated`, and how 'auto' chooses."""
 
+import ctypes
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from resnet_jax.models import create_model, onednn
+from resnet_jax.models import create_model, ffi, onednn
 from resnet_jax.models.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
 
 # resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run.
@@ -82,7 +83,7 @@ def test_what_onednn_does_not_take_is_lax_exactly():
         ours = lambda x, w, a=args, kw=kwargs: onednn_conv_general_dilated(x, w, *a[2:], **kw)  # noqa: E731
         theirs = lambda x, w, a=args, kw=kwargs: lax.conv_general_dilated(x, w, *a[2:], **kw)  # noqa: E731
         assert (np.asarray(jax.jit(ours)(*args[:2])) == np.asarray(jax.jit(theirs)(*args[:2]))).all(), kwargs
-        assert "pure_callback" not in str(jax.make_jaxpr(ours)(*args[:2]))
+        assert "ffi_call" not in str(jax.make_jaxpr(ours)(*args[:2]))
 
 
 def test_works_inside_scan_and_vmap():
@@ -175,3 +176,21 @@ def test_auto_keeps_xla_on_several_devices_and_without_onednn(tmp_path):
     lines = cli.stderr.strip().splitlines()
     assert cli.returncode == 2 and "conv_impl='onednn' asks for oneDNN" in lines[-1], cli.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_error():
+    def double(args, results):
+        ((x, shape),), ((y, _),) = args, results
+        size = int(np.prod(shape))
+        source = np.ctypeslib.as_array(ctypes.cast(x, ctypes.POINTER(ctypes.c_float)), (size,))
+        np.ctypeslib.as_array(ctypes.cast(y, ctypes.POINTER(ctypes.c_float)), (size,))[:] = 2 * source
+
+    def broken(args, results):
+        raise ValueError("deliberately broken")
+
+    x = jnp.arange(6, dtype=jnp.float32).reshape(2, 3)
+    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    doubled = jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_double", double), out))(x)
+    assert (np.asarray(doubled) == 2 * np.asarray(x)).all()
+    with pytest.raises(Exception, match="test_conv_broken: ValueError: deliberately broken"):
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_broken", broken), out))(x).block_until_ready()

@@ -1,17 +1,19 @@
 """How the nets compute their convolutions: the model option `conv_impl`.
 
 - 'xla': `lax.conv_general_dilated`, compiled by XLA for whatever backend runs the program.
-- 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.models.onednn`) called from the compiled program through
-  `jax.pure_callback`, with a custom VJP whose input and kernel gradients are oneDNN's too. float32, NHWC/HWIO,
-  no dilation or groups; any other convolution falls back to XLA's. Equal to XLA's within float32 rounding.
+- 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.models.onednn`) called from the compiled program on XLA's own
+  buffers (an XLA FFI handler, `resnet_jax.models.ffi`), with a custom VJP whose input and kernel gradients are
+  oneDNN's too. float32, NHWC/HWIO, no dilation or groups; any other convolution falls back to XLA's. Equal to
+  XLA's within float32 rounding.
 - 'auto' (the default): 'onednn' for a single-device program on the CPU backend when oneDNN loads, 'xla' otherwise.
   Accelerators always run XLA's convolutions. A multi-device CPU program (simulated devices, `jax.distributed`)
-  keeps XLA's too: a host callback under a sharded `jit` would gather every shard onto one device.
+  keeps XLA's too: a custom call without a sharding rule under a sharded `jit` would gather every shard onto one
+  device.
 
 Why: on XLA:CPU a convolution's kernel gradient runs at a few GFLOP/s; oneDNN's made the CIFAR ResNet-20 train step
-about 1.7x faster on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`). Deterministic on
+2.7x faster and ResNet-50's 2x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`). Deterministic on
 one machine and thread count, like XLA's. Limits of the 'onednn' path: no forward-mode or second derivatives
-(`jax.jvp`, `jax.hessian`: use 'xla'), and under `jax.vmap` the callbacks run once per mapped element.
+(`jax.jvp`, `jax.hessian`: use 'xla'), and under `jax.vmap` the calls run once per mapped element.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax import lax
 
 from resnet_jax.core.errors import ConfigError
-from resnet_jax.models import onednn
+from resnet_jax.models import ffi, onednn
 
 CONV_IMPLS = ("auto", "xla", "onednn")
 
@@ -51,12 +52,16 @@ def resolve(impl: str) -> str:
     return impl
 
 
+def uses_onednn(impl: str, dtype: Any = jnp.float32) -> bool:
+    """Whether oneDNN computes the convolutions of `dtype` under `impl` in this process (it takes float32 only)."""
+    return resolve(impl) == "onednn" and jnp.dtype(dtype) == jnp.float32
+
+
 def scans_well(impl: str, dtype: Any = jnp.float32) -> bool:
     """Whether train steps with these convolutions (of `dtype`) run at full speed inside a `lax.scan`: everywhere
     but where XLA computes them on the CPU backend, whose gradients run 7-50x slower in a loop body
-    (benchmarks/RESULTS.md). oneDNN's (float32 only) are callbacks, as fast in a loop body as outside one."""
-    on_onednn = resolve(impl) == "onednn" and jnp.dtype(dtype) == jnp.float32
-    return on_onednn or jax.default_backend() != "cpu"
+    (benchmarks/RESULTS.md). oneDNN's are FFI calls, as fast in a loop body as outside one."""
+    return uses_onednn(impl, dtype) or jax.default_backend() != "cpu"
 
 
 def conv_general_dilated_for(impl: str) -> Callable[..., jax.Array]:
@@ -105,15 +110,37 @@ def onednn_conv_general_dilated(
     return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
 
 
-def _callback(function: Callable[..., np.ndarray], shape: Sequence[int], *operands: jax.Array) -> jax.Array:
-    result = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
-    return jax.pure_callback(function, result, *operands, vmap_method="sequential")
+def _target(kind: str, strides: tuple[int, int], padding: onednn.Padding) -> str:
+    """The XLA FFI target that runs oneDNN's `kind` convolution with these strides and padding."""
+    (top, bottom), (left, right) = padding
+    name = f"resnet_jax_onednn_{kind}_s{strides[0]}x{strides[1]}_p{top}_{bottom}_{left}_{right}"
+
+    def function(args: list[ffi.Buffer], results: list[ffi.Buffer]) -> None:
+        if kind == "forward":
+            (x, w), (y,) = args, results
+        elif kind == "input_grad":
+            (y, w), (x,) = args, results
+        else:
+            (x, y), (w,) = args, results
+        onednn.run(kind, strides, padding, x, w, y)
+
+    return ffi.register(name, function)
+
+
+def _call(kind: str, strides, padding, shapes, result_shape, *operands: jax.Array) -> jax.Array:
+    onednn.prepare(kind, *shapes, strides, padding)
+    call = jax.ffi.ffi_call(
+        _target(kind, strides, padding),
+        jax.ShapeDtypeStruct(tuple(result_shape), jnp.float32),
+        vmap_method="sequential",
+    )
+    return call(*operands)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: onednn.Padding) -> jax.Array:
-    shape = onednn.output_shape(x.shape, w.shape, strides, padding)
-    return _callback(functools.partial(onednn.forward, strides=strides, padding=padding), shape, x, w)
+    y_shape = onednn.output_shape(x.shape, w.shape, strides, padding)
+    return _call("forward", strides, padding, (x.shape, w.shape, y_shape), y_shape, x, w)
 
 
 def _conv_forward(x, w, strides, padding):
@@ -122,12 +149,9 @@ def _conv_forward(x, w, strides, padding):
 
 def _conv_backward(strides, padding, residuals, dy):
     x, w = residuals
-    dx = _callback(
-        functools.partial(onednn.input_grad, x_shape=x.shape, strides=strides, padding=padding), x.shape, dy, w
-    )
-    dw = _callback(
-        functools.partial(onednn.kernel_grad, w_shape=w.shape, strides=strides, padding=padding), w.shape, x, dy
-    )
+    shapes = (x.shape, w.shape, dy.shape)
+    dx = _call("input_grad", strides, padding, shapes, x.shape, dy, w)
+    dw = _call("kernel_grad", strides, padding, shapes, w.shape, x, dy)
     return dx, dw
 
 

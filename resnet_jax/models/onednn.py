@@ -1,10 +1,10 @@
-"""oneDNN's float32 convolutions (forward, input gradient, kernel gradient) on NumPy arrays, through its C API.
+"""oneDNN's float32 convolutions (forward, input gradient, kernel gradient) on memory in place, through its C API.
 
 Why: XLA:CPU computes a convolution's kernel gradient at a few GFLOP/s, so a CIFAR ResNet-20 train step spent half
 its time there (benchmarks/RESULTS.md). oneDNN, the library PyTorch's CPU convolutions run on, computes the net's
 kernel gradients 2.5-6x faster on the same CPU, its forward convolutions and input gradients as fast or up to 2.3x
-faster. `resnet_jax.models.conv` calls these functions from a jitted program (`jax.pure_callback`); this module
-knows nothing of JAX.
+faster. `resnet_jax.models.conv` calls `run` on XLA's own buffers from a jitted program (an XLA FFI handler,
+`resnet_jax.models.ffi`); this module knows nothing of JAX.
 
 The library: `libdnnl.so.3` of the `onednn-cpu-gomp` wheel (installed with `resnet_jax[train]` on Linux x86-64, where
 it lands in `sys.prefix/lib`), or any oneDNN 3.x named by `$RESNET_JAX_ONEDNN_LIBRARY`. Only the C API's stable
@@ -223,75 +223,30 @@ def output_shape(x_shape, w_shape, strides, padding: Padding) -> tuple[int, int,
     )
 
 
-def _f32(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+KINDS = ("forward", "input_grad", "kernel_grad")
 
 
-def _kernel_in(library: _Library, plan: _Plan, w: np.ndarray) -> np.ndarray:
-    """`w` in the layout `plan`'s primitive reads (`w` itself when that is HWIO); call with the lock held."""
-    if plan.reorder is None:
-        return w
-    blocked = np.empty(plan.w_bytes, np.uint8)
-    library.execute(plan.reorder, [(_ARG_FROM, plan.w_hwio, w.ctypes.data), (_ARG_TO, plan.w, blocked.ctypes.data)])
-    return blocked
+def prepare(kind: str, x_shape, w_shape, y_shape, strides, padding: Padding) -> None:
+    """Makes the primitive `run` will use (at trace time, so that a shape oneDNN refuses fails there, in Python)."""
+    _library_or_raise().plan(kind, x_shape, w_shape, y_shape, tuple(strides), padding)
 
 
-def forward(x: np.ndarray, w: np.ndarray, strides, padding: Padding) -> np.ndarray:
-    """The convolution of NHWC `x` by HWIO `w` (explicit (low, high) padding per spatial axis)."""
+def run(kind: str, strides, padding: Padding, x: tuple[int, tuple], w: tuple[int, tuple], y: tuple[int, tuple]) -> None:
+    """One float32 convolution on memory given as (data pointer, shape): the activations `x` (NHWC), the kernel `w`
+    (HWIO) and the output `y` (NHWC). 'forward' writes y from x and w; 'input_grad' writes x (its gradient) from y
+    (the output's gradient) and w; 'kernel_grad' writes w (its gradient) from x and y (the output's gradient)."""
     library = _library_or_raise()
-    x, w = _f32(x), _f32(w)
-    y = np.empty(output_shape(x.shape, w.shape, strides, padding), np.float32)
-    plan = library.plan("forward", x.shape, w.shape, y.shape, strides, padding)
+    plan = library.plan(kind, x[1], w[1], y[1], tuple(strides), padding)
     with library.lock:
-        kernel = _kernel_in(library, plan, w)
-        library.execute(
-            plan.primitive,
-            [
-                (_ARG_SRC, plan.x, x.ctypes.data),
-                (_ARG_WEIGHTS, plan.w, kernel.ctypes.data),
-                (_ARG_DST, plan.y, y.ctypes.data),
-            ],
-        )
-    return y
-
-
-def input_grad(dy: np.ndarray, w: np.ndarray, x_shape, strides, padding: Padding) -> np.ndarray:
-    """The gradient with respect to `x` of the convolution's output, given the output's gradient `dy`."""
-    library = _library_or_raise()
-    dy, w = _f32(dy), _f32(w)
-    dx = np.empty(tuple(x_shape), np.float32)
-    plan = library.plan("input_grad", dx.shape, w.shape, dy.shape, strides, padding)
-    with library.lock:
-        kernel = _kernel_in(library, plan, w)
-        library.execute(
-            plan.primitive,
-            [
-                (_ARG_DIFF_SRC, plan.x, dx.ctypes.data),
-                (_ARG_WEIGHTS, plan.w, kernel.ctypes.data),
-                (_ARG_DIFF_DST, plan.y, dy.ctypes.data),
-            ],
-        )
-    return dx
-
-
-def kernel_grad(x: np.ndarray, dy: np.ndarray, w_shape, strides, padding: Padding) -> np.ndarray:
-    """The gradient with respect to the HWIO kernel of the convolution's output, given the output's gradient `dy`."""
-    library = _library_or_raise()
-    x, dy = _f32(x), _f32(dy)
-    dw = np.empty(tuple(w_shape), np.float32)
-    plan = library.plan("kernel_grad", x.shape, dw.shape, dy.shape, strides, padding)
-    with library.lock:
-        blocked = np.empty(plan.w_bytes, np.uint8) if plan.reorder is not None else dw
-        library.execute(
-            plan.primitive,
-            [
-                (_ARG_SRC, plan.x, x.ctypes.data),
-                (_ARG_DIFF_WEIGHTS, plan.w, blocked.ctypes.data),
-                (_ARG_DIFF_DST, plan.y, dy.ctypes.data),
-            ],
-        )
-        if plan.reorder is not None:
-            library.execute(
-                plan.reorder, [(_ARG_FROM, plan.w, blocked.ctypes.data), (_ARG_TO, plan.w_hwio, dw.ctypes.data)]
-            )
-    return dw
+        blocked = np.empty(plan.w_bytes, np.uint8) if plan.reorder is not None else None
+        kernel = w[0] if blocked is None else blocked.ctypes.data
+        if kind == "kernel_grad":
+            args = [(_ARG_SRC, plan.x, x[0]), (_ARG_DIFF_WEIGHTS, plan.w, kernel), (_ARG_DIFF_DST, plan.y, y[0])]
+            library.execute(plan.primitive, args)
+            if blocked is not None:
+                library.execute(plan.reorder, [(_ARG_FROM, plan.w, kernel), (_ARG_TO, plan.w_hwio, w[0])])
+            return
+        if blocked is not None:
+            library.execute(plan.reorder, [(_ARG_FROM, plan.w_hwio, w[0]), (_ARG_TO, plan.w, kernel)])
+        x_arg, y_arg = (_ARG_SRC, _ARG_DST) if kind == "forward" else (_ARG_DIFF_SRC, _ARG_DIFF_DST)
+        library.execute(plan.primitive, [(x_arg, plan.x, x[0]), (_ARG_WEIGHTS, plan.w, kernel), (y_arg, plan.y, y[0])])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.batch_norm import GroupedBatchNorm
-from resnet_jax.models.conv import conv_general_dilated_for
+from resnet_jax.models.conv import conv_general_dilated_for, uses_onednn
 
 ModuleDef = Any
 Shortcut = Literal["A", "B", "C"]
@@ -53,9 +53,11 @@ def _keep(y: jax.Array, valid: jax.Array | None) -> jax.Array:
 class PointwiseConv(nn.Conv):
     """A bias-free, unpadded 1x1 `nn.Conv` (same variables) computed as a matrix product.
 
-    XLA's CPU backend takes a convolution's kernel gradient only after transposing its activations to [C, H, W, N],
-    which cost 20% of the ResNet-50 train step; a `dot_general` contracts N*H*W in place (ResNet-50 v1.5, batch 16:
-    8.06 s -> 5.77 s per step, benchmarks/RESULTS.md).
+    Where XLA computes the convolutions: XLA's CPU backend takes a convolution's kernel gradient only after
+    transposing its activations to [C, H, W, N], which cost 20% of the ResNet-50 train step; a `dot_general`
+    contracts N*H*W in place (ResNet-50 v1.5, batch 16: 8.06 s -> 5.77 s per step, benchmarks/RESULTS.md). oneDNN's
+    1x1 convolutions are faster than both (the net's 1x1 shapes at batch 16, forward and gradients: 0.94 s against
+    the products' 1.76 s), so with `conv_impl` on oneDNN they stay convolutions.
     """
 
     @nn.compact
@@ -73,12 +75,24 @@ def conv_module(
     *,
     padding: list[tuple[int, int]],
     use_bias: bool,
+    conv_impl: str,
+    dtype: Any = jnp.float32,
     **kwargs: Any,
 ) -> nn.Conv:
-    """The blocks' convolution factory: `PointwiseConv` where it applies, `nn.Conv` otherwise."""
+    """The blocks' convolution factory: an `nn.Conv` computed as `conv_impl` says (`resnet_jax.models.conv`), or a
+    `PointwiseConv` for a 1x1 convolution that XLA would compute."""
     pointwise = tuple(kernel_size) == (1, 1) and not use_bias and all(tuple(p) == (0, 0) for p in padding)
-    return (PointwiseConv if pointwise else nn.Conv)(
-        features, kernel_size, strides, padding=padding, use_bias=use_bias, **kwargs
+    if pointwise and not uses_onednn(conv_impl, dtype):
+        return PointwiseConv(features, kernel_size, strides, padding=padding, use_bias=use_bias, dtype=dtype, **kwargs)
+    return nn.Conv(
+        features,
+        kernel_size,
+        strides,
+        padding=padding,
+        use_bias=use_bias,
+        dtype=dtype,
+        conv_general_dilated=conv_general_dilated_for(conv_impl),
+        **kwargs,
     )
 
 
@@ -242,7 +256,7 @@ class ResNet(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             kernel_init=he_normal,
-            conv_general_dilated=conv_general_dilated_for(self.conv_impl),
+            conv_impl=self.conv_impl,
         )
         norm = functools.partial(
             GroupedBatchNorm,
