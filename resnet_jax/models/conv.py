@@ -11,7 +11,7 @@
   device.
 
 Why: on XLA:CPU a convolution's kernel gradient runs at a few GFLOP/s; oneDNN's made the CIFAR ResNet-20 train step
-2.7x faster and ResNet-50's 2x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`).
+2.6x faster and ResNet-50's 1.8x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`).
 Deterministic on one machine and thread count, like XLA's. Limits of the 'onednn' path: no forward-mode or second
 derivatives (`jax.jvp`, `jax.hessian`: use 'xla'), and under `jax.vmap` the calls run once per mapped element.
 """
