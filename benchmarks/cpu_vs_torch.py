@@ -58,18 +58,23 @@ def _best_step_seconds(step, steps: int) -> float:
     return min(times)
 
 
-def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
-    """A function that runs one of our train steps and waits for it."""
+def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
+    """(model, optimizer, one run's train state, a synthetic batch) for net `name`, as both timings of ours use them."""
     model = create_model(name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=conv_impl, **options)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    mesh = make_mesh()
-    state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), mesh))
-    step = make_train_step(model, optimizer, mesh)
+    state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), make_mesh()))
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.normal(size=(batch_size, *spec(name).input_shape)), jnp.float32),
         "label": jnp.asarray(rng.integers(0, spec(name).num_classes, batch_size), jnp.int32),
     }
+    return model, optimizer, state, batch
+
+
+def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
+    """A function that runs one of our train steps and waits for it."""
+    model, optimizer, state, batch = _our_setup(name, options, batch_size, conv_impl)
+    step = make_train_step(model, optimizer, make_mesh())
     holder = [state]
 
     def run():
@@ -190,14 +195,7 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
 
 def scan_against_calls(batch_size: int, steps: int = 4, repeats: int = 3) -> None:
     """Seconds per step of `steps` ResNet-20 steps in one `lax.scan` and as `steps` calls of one jitted step."""
-    model = create_model("resnet20", num_classes=10, bn_group_size=None)
-    optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    state = member(create_train_state(model, optimizer, (32, 32, 3), Members(), make_mesh()))
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32),
-    }
+    model, optimizer, state, batch = _our_setup("resnet20", {}, batch_size)
     one = jax.jit(lambda state: sgd_step(model, optimizer, state, batch, jnp.float32(0.1)))
     body = lambda state, _: one(state)  # noqa: E731
     scanned = jax.jit(lambda state: jax.lax.scan(body, state, None, length=steps))

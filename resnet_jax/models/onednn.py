@@ -223,9 +223,6 @@ def output_shape(x_shape, w_shape, strides, padding: Padding) -> tuple[int, int,
     )
 
 
-KINDS = ("forward", "input_grad", "kernel_grad")
-
-
 def prepare(kind: str, x_shape, w_shape, y_shape, strides, padding: Padding) -> None:
     """Makes the primitive `run` will use (at trace time, so that a shape oneDNN refuses fails there, in Python)."""
     _library_or_raise().plan(kind, x_shape, w_shape, y_shape, tuple(strides), padding)
