@@ -2,25 +2,30 @@
 
 On the lease machine (its command line is in the README, "GPU leases"; the kit comes from experiments/lease_kit.py):
 
-    python -m experiments.lease --budget_s=540 --out=$OUT
+    python3 -m experiments.lease_preflight && <install the kit's wheels> && python3 -m experiments.lease \
+        --budget_s=LIMIT --out=$OUT
 
-takes the committed agenda's next items (experiments/lease_plan.py: the fill measurement once per device kind, then
-the depth study's missing seeds, the benchmarks and controls), runs what fits into `--budget_s` from the step times
-measured on this device kind (results/leases/<kind>/fill.json) or in this lease, and stops cleanly before the budget
-ends: runs still going are saved at a dispatch boundary. Everything comes back in `--out` as at most 8 files of at
-most 16 MB: `lease.json` (what ran, how long each phase took: start-up, install, data, compilation, training; what is
-left), `runs.tar.gz` (the finished runs' logs, with Figure 7's per-layer statistics measured right after each net
-finished; the fill figures; the commands' outputs) and `carry.tar.gz.<k>` (the runs not finished, with their
-checkpoints, for the next lease).
+takes the committed agenda's next items (experiments/lease_plan.py: the depth study's missing seeds first, then a
+short fill measurement, the benchmarks and controls) and starts each program only if it is expected to end before the
+deadline with a margin, at the step times measured on this device kind by earlier programs (results/leases/<kind>/),
+else by the fill, else the H100's. The deadline is `--budget_s` (the device call's limit, less a margin) from the
+command's start (`$LEASE_T0`, set before the install, else this process's start), less a reserve for the end.
+Everything is under try/finally: a program that overruns is stopped (SIGTERM, then SIGKILL) and whatever finished is
+in `--out` at once, as at most 8 files of at most 16 MB, each rewritten the moment something finishes:
+`lease.json` (what ran, each program's pace, the phases), `lease.log` (this command's progress lines), `runs.tar.gz`
+(the finished runs' logs, with Figure 7's per-layer statistics measured right after each net finished; the fill
+figures; the commands' outputs), `logs.tar.gz` (every child's log, its last 256 KiB), and at the end `carry.tar.gz`
+(runs cut short, with their newest checkpoint) and `jax_cache.tar.gz` (the compiled programs, for the next lease).
 
 Back here, with no GPU:
 
     python -m experiments.lease --unpack=DIR [--results=results]
 
-merges what came back into `--results` (finished runs into results/cifar10_depth_study/, the fill choice and
-command outputs into results/leases/<kind>/, the runs not finished into ~/.cache/resnet_jax/leases/, never into the
-repository), regenerates Table 6, Figure 6 and Figure 7 there, and appends the lease's phases and fill table to
-benchmarks/RESULTS.md. `--dry_run` runs all of it on the CPU with the quick schedule and a tiny agenda.
+merges what came back into `--results` (finished runs into results/cifar10_depth_study/, the lease record, fill
+choice and command outputs into results/leases/<kind>/, where the next lease's plan reads them; runs cut short and
+the compilation cache into ~/.cache/resnet_jax/leases/, never into the repository), regenerates Table 6, Figure 6
+and Figure 7 there, and appends the lease's phases and programs to benchmarks/RESULTS.md. `--dry_run` runs all of it
+on the CPU with a 20-step schedule and a tiny agenda; `--plan_only` prints the plan for a device kind and exits.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -48,6 +54,8 @@ MAX_FILE = 16 * 2**20
 MAX_FILES = 8
 CARRY_MB = 20.0  # checkpoints carried to the next lease: what the 60 MiB that travels leaves beside the kit
 RESERVE_S = 45.0  # the end of a lease: the last saves, Figure 7, the archive
+GRACE_S = 15.0  # a program still running this long after the deadline is stopped (SIGTERM, then SIGKILL 10 s later)
+LOG_TAIL = 256 * 2**10  # what comes back of each child's log
 DRY_STEPS = 20  # a dry run's schedule
 
 FLAGS = flags.FLAGS
@@ -55,7 +63,9 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:  # at run time, not at import: scripts import each other's functions
     flags.DEFINE_float(
-        "budget_s", 540, "Seconds this command may take in all (the device call's limit, less a margin)."
+        "budget_s",
+        540,
+        "Seconds this command may take in all, from $LEASE_T0 if set (the device call's limit, less a margin).",
     )
     flags.DEFINE_string("out", None, "Folder for what comes back (the device's $OUT).")
     flags.DEFINE_string(
@@ -67,6 +77,8 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
         "results", str(REPO / "results"), "The committed results (what is finished; --unpack's target)."
     )
     flags.DEFINE_bool("dry_run", False, "The whole machinery on the CPU: quick schedule, a tiny agenda, tiny fill.")
+    flags.DEFINE_bool("plan_only", False, "Print the plan for --kind within --budget_s, run nothing.")
+    flags.DEFINE_string("kind", "nvidia_h200", "--plan_only: the device kind (a folder of results/leases/).")
     flags.DEFINE_string(
         "unpack", None, "Merge what a lease brought back (its folder, or its runs.tar.gz) into --results."
     )
@@ -84,8 +96,8 @@ def device_kind() -> str:
 
 
 def dry_agenda() -> tuple[plan.Item, ...]:
-    """The CPU rehearsal's agenda: a tiny fill, then the first seed of two nets on a short schedule."""
-    return (plan.Fill(budget_s=40), plan.Study("first seeds", ("plain20", "resnet20"), (0,)))
+    """The CPU rehearsal's agenda: the first seed of two nets on a short schedule, then a tiny fill."""
+    return (plan.Study("first seeds", ("plain20", "resnet20"), (0,)), plan.Fill(budget_s=40))
 
 
 # ------------------------------------------------------------------------------------------- one program
@@ -105,16 +117,35 @@ def program_config(program: plan.Program, tfds: Path, shape: plan.Shape, dry_run
 
 
 def train_program(spec: dict) -> None:
-    """Trains one program until its deadline, then (finished) measures Figure 7's responses of its first seed."""
+    """Trains one program until its deadline, then (finished) measures Figure 7's responses of its first seed.
+    Writes program.json: whether it finished, its pace (seconds per loop step, evaluations and saves included) and
+    its overhead (set-up, compilation and first dispatch), which the next programs' estimates use."""
     from resnet_jax.run.rundir import RunDir
     from resnet_jax.train.loop import Trainer
 
     program = plan.Program(spec["net"], tuple(spec["seeds"]))
     workdir = Path(spec["workdir"])
     config = program_config(program, Path(spec["tfds"]), plan.Shape(**spec["shape"]), spec["dry_run"])
+    started = time.time()
     trainer = Trainer(config, str(workdir), deadline=spec["deadline"])
+    first_step = trainer.step
     result = trainer.run()
-    record = {"program": spec, "finished": result is not None, "step": trainer.step, **trainer.timings}
+    ended = time.time()
+    timings = trainer.timings
+    overhead = timings["setup_s"] + (timings["first_dispatch_s"] or 0.0)
+    steps_timed = trainer.step - first_step - config.steps_per_dispatch  # the first dispatch is in the overhead
+    loop_s = ended - started - overhead
+    record = {
+        "program": spec,
+        "net": program.net,
+        "members": len(program.seeds),
+        "finished": result is not None,
+        "step": trainer.step,
+        "steps_run": trainer.step - first_step,
+        "overhead_s": overhead,
+        "seconds_per_step": loop_s / steps_timed if steps_timed > 0 else None,
+        **timings,
+    }
     if result is not None:
         from experiments.layer_responses import layer_response_stds
 
@@ -128,45 +159,73 @@ def train_program(spec: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- the lease
 class Lease:
-    """One lease: its clock, its record, and the items it runs in agenda order."""
+    """One lease: its clock and deadline, its record, the items it runs in agenda order, and what it sends back."""
 
-    def __init__(self, out: Path, budget_s: float, dry_run: bool, clock=time.time):
-        self.clock, self.started = clock, clock()
+    def __init__(self, out: Path, budget_s: float, dry_run: bool, clock=time.time, t0: float | None = None):
+        self.clock = clock
+        self.started = clock() if t0 is None else t0  # the command's start: before the install, where it is known
         self.deadline = self.started + budget_s - RESERVE_S
         self.out, self.dry_run = out, dry_run
+        self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(FLAGS.work)
         # A dry run's quick-schedule runs are not the study's: it starts from empty results of its own.
         self.results = self.work / "results" if dry_run else Path(FLAGS.results)
         self.kit, self.carry = Path(FLAGS.kit), Path(FLAGS.carry)
-        self.runs = self.work / plan.STUDY
+        # This lease's own folder: a machine kept warm between two device calls still has the last one's runs
+        # there, which are not this lease's; the prepared data and the compilation cache beside it are reused.
+        self.scratch = self.work / f"lease-{self.started:.0f}"
+        self.runs = self.scratch / plan.STUDY
+        self.logs = self.scratch / "logs"
         self.steps = DRY_STEPS if dry_run else plan.PAPER_STEPS
         self.min_start_s = 20.0 if dry_run else plan.MIN_START_S
+        self.kind = "unknown"
+        self.running: list[tuple[plan.Program, subprocess.Popen, float]] = []
+        self.measured: dict = {"step_s": {}}
+        self.agenda: tuple[plan.Item, ...] | None = None
+        self.done_items: set[str] = set()
         self.record: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))}
-        self.record["phases"] = {
-            "machine_uptime_at_start_s": _uptime(),
-            "install_s": _float(os.environ.get("LEASE_INSTALL_S")),
-        }
+        self.record["budget_s"] = budget_s
+        self.record["phases"] = {"machine_uptime_at_start_s": _uptime(), "install_s": clock() - self.started}
         self.record["items"] = []
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
 
+    def say(self, message: str) -> None:
+        """One progress line, with the seconds since the command's start, to stdout and lease.log."""
+        line = f"[lease {self.clock() - self.started:6.0f} s] {message}"
+        print(line, flush=True)
+        with open(self.out / "lease.log", "a") as f:
+            f.write(line + "\n")
+
     def run(self) -> None:
+        """Runs the agenda; however it ends (done, the deadline, SIGTERM, a bug), what finished is in --out."""
+        try:
+            self._run()
+        except BaseException as error:
+            self.record["error"] = f"{type(error).__name__}: {error}"
+            self.say(f"stopped: {self.record['error']}")
+            raise
+        finally:
+            self._stop_children()
+            self._archive()
+
+    def _run(self) -> None:
         self.kind = device_kind()
         self.record["device_kind"] = self.kind
+        self.say(f"device kind {self.kind}; deadline in {self.remaining():.0f} s")
         kind_results = self.results / plan.LEASES / self.kind
-        fill = _read_json(kind_results / "fill.json")
+        fill = _read_json(kind_results / "fill" / "fill.json")
+        self.measured = plan.read_paces(kind_results)
         started = self.clock()
         self._prepare_cifar()
         self.record["phases"]["data_s"] = self.clock() - started
+        self.say(f"data ready in {self.record['phases']['data_s']:.0f} s")
+        self._publish()
         carried = self._bring_carried()
-        done_items = {p.name for p in kind_results.iterdir()} if kind_results.is_dir() else set()
-        done_items = {name for name in done_items if self._command_done(kind_results / name, name)} | (
-            {"fill"} if fill else set()
-        )
-        agenda = dry_agenda() if self.dry_run else plan.AGENDA
-        left = plan.next_items(agenda, done_items, plan.finished_seeds(self.results / plan.STUDY))
-        for item in left:
+        done_items = items_done(kind_results)
+        self.agenda, self.done_items = dry_agenda() if self.dry_run else plan.AGENDA, done_items
+        for item in plan.next_items(self.agenda, done_items, plan.finished_seeds(self.results / plan.STUDY)):
             if self.remaining() < self.min_start_s:
                 break
             if isinstance(item, plan.Fill):
@@ -175,10 +234,14 @@ class Lease:
                 self._study(item, fill, carried)
             else:
                 self._command(item)
-        self.record["left"] = [
-            item.name for item in plan.next_items(agenda, self._done_now(done_items), self._seeds_now())
-        ]
-        self._archive()
+            self._publish()
+
+    def paces(self) -> dict:
+        """What earlier leases of this kind measured, updated by this lease's own programs."""
+        mine = plan.paces([{"items": self.record["items"]}])
+        merged = {**self.measured, **{k: v for k, v in mine.items() if k != "step_s"}}
+        merged["step_s"] = {**self.measured.get("step_s", {}), **mine["step_s"]}
+        return merged
 
     # --- phases
     def _prepare_cifar(self) -> Path:
@@ -192,29 +255,37 @@ class Lease:
         return tfds
 
     def _bring_carried(self) -> set[str]:
-        """Copies the runs carried from earlier leases into this lease's runs; returns their names."""
+        """Copies the runs carried from earlier leases into this lease's runs; returns their names. Seeds the
+        compilation cache with the one carried for this device kind."""
         self.runs.mkdir(parents=True, exist_ok=True)
+        cache = self.carry / "jax_cache" / self.kind
+        if cache.is_dir():
+            shutil.copytree(cache, self.work / "jax_cache", dirs_exist_ok=True)
         names = set()
         for run in sorted(self.carry.iterdir()) if self.carry.is_dir() else []:
-            if run.is_dir() and run.name != plan.LEASES and not (self.runs / run.name).exists():
+            if run.is_dir() and run.name not in (plan.LEASES, "jax_cache") and not (self.runs / run.name).exists():
                 shutil.copytree(run, self.runs / run.name)
                 names.add(run.name)
         return names
 
     def _fill(self, item: plan.Fill) -> dict | None:
+        budget = plan.fill_budget(item, self.remaining(), self.min_start_s)
+        if budget is None:
+            self.record["items"].append({"item": "fill", "skipped": "no time"})
+            return None
         out = self.out_folder("fill")
-        budget = min(item.budget_s, self.remaining() - self.min_start_s)
         argv = [sys.executable, "-m", "benchmarks.fill", f"--out={out / 'fill.json'}", f"--budget_s={budget:.0f}"]
         if self.dry_run:
             argv += ["--tiny", "--members=2", "--processes=2", "--dispatches=1"]
         started = self.clock()
-        code = self._call(argv, out / "stdout.txt", timeout=budget + 240)
+        self.say(f"fill: at most {budget:.0f} s")
+        code = self._call(argv, out / "stdout.txt", timeout=budget + 30)
         self.record["items"].append({"item": "fill", "exit": code, "seconds": self.clock() - started})
         return _read_json(out / "fill.json")
 
     def _command(self, item: plan.Command) -> None:
         missing = [need for need in item.needs if not (self.kit / "data" / need).exists()]
-        if missing or item.estimate_s > self.remaining():
+        if missing or not plan.fits(item.estimate_s, self.remaining()):
             why = f"the kit lacks {missing}" if missing else f"needs ~{item.estimate_s:.0f} s"
             self.record["items"].append({"item": item.name, "skipped": why})
             return
@@ -225,43 +296,64 @@ class Lease:
         argv = [a.format(out=out, data=self.kit / "data") for a in item.argv]
         argv[0] = sys.executable if argv[0] == "python" else argv[0]
         started = self.clock()
-        code = self._call(argv, out / "stdout.partial", timeout=max(self.remaining(), 1))
+        self.say(f"{item.name}: started")
+        code = self._call(argv, out / "stdout.partial", timeout=max(self.remaining() + GRACE_S, 1))
         if code == 0:
             (out / "stdout.partial").replace(out / "stdout.txt")
         self.record["items"].append({"item": item.name, "exit": code, "seconds": self.clock() - started})
+        self.say(f"{item.name}: exit {code} after {self.clock() - started:.0f} s")
 
     def _study(self, item: plan.Study, fill: dict | None, carried: set[str]) -> None:
         shape = plan.Shape.from_fill(fill)
         programs = plan.pending_programs(item, plan.finished_seeds(self.results / plan.STUDY), shape, carried)
-        running: list[tuple[plan.Program, subprocess.Popen, float]] = []
-        carry_left = CARRY_MB - sum(_size_mb(self.runs / name) for name in carried)
-        while programs or running:
-            while programs and len(running) < shape.processes:
-                program = programs[0]
+        while programs or self.running:
+            while programs and len(self.running) < shape.processes:
+                program = programs.pop(0)
                 steps_done = _steps_done(self.runs / program.run)
+                measured = self.paces()
                 if not plan.should_start(
-                    program, steps_done, self.remaining(), fill, carry_left, self.steps, self.min_start_s
+                    program,
+                    steps_done,
+                    self.remaining(),
+                    fill,
+                    self.steps,
+                    self.min_start_s,
+                    measured,
+                    shape.processes,
                 ):
-                    self.record["items"].append({"item": item.name, "program": program.run, "skipped": "no time"})
-                    programs.pop(0)
+                    estimate = plan.estimate_s(program, steps_done, fill, self.steps, measured)
+                    self.record["items"].append(
+                        {"item": item.name, "program": program.run, "skipped": f"would not finish (~{estimate:.0f} s)"}
+                    )
+                    self.say(f"{program.run}: not started, ~{estimate:.0f} s against {self.remaining():.0f} s left")
                     continue
-                programs.pop(0)
-                carry_left -= plan.checkpoint_mb(program.net, len(program.seeds))
-                running.append((program, self._start_program(program, shape), self.clock()))
+                self.running.append((program, self._start_program(program, shape), self.clock()))
+                estimate = plan.estimate_s(program, steps_done, fill, self.steps, measured)
+                self.say(f"{program.run}: started from step {steps_done}, expected to take ~{estimate:.0f} s")
             time.sleep(1.0)
-            for entry in [e for e in running if e[1].poll() is not None]:
-                running.remove(entry)
-                program, process, started = entry
-                record = _read_json(self.runs / program.run / "program.json") or {}
-                self.record["items"].append(
-                    {
-                        "item": item.name,
-                        "program": program.run,
-                        "exit": process.returncode,
-                        "seconds": self.clock() - started,
-                        **{k: v for k, v in record.items() if k != "program"},
-                    }
-                )
+            self._stop_children(only_overdue=True)
+            for entry in [e for e in self.running if e[1].poll() is not None]:
+                self.running.remove(entry)
+                self._program_ended(item, *entry)
+
+    def _program_ended(self, item: plan.Study, program: plan.Program, process: subprocess.Popen, started: float):
+        record = _read_json(self.runs / program.run / "program.json") or {}
+        self.record["items"].append(
+            {
+                "item": item.name,
+                "program": program.run,
+                "exit": process.returncode,
+                "seconds": self.clock() - started,
+                **{k: v for k, v in record.items() if k != "program"},
+            }
+        )
+        pace = record.get("seconds_per_step")
+        self.say(
+            f"{program.run}: exit {process.returncode} after {self.clock() - started:.0f} s, "
+            f"finished {record.get('finished')}, step {record.get('step')}"
+            + (f", {pace * 1e3:.2f} ms per step" if pace else "")
+        )
+        self._publish()
 
     def _start_program(self, program: plan.Program, shape: plan.Shape) -> subprocess.Popen:
         spec = {
@@ -273,11 +365,30 @@ class Lease:
             "dry_run": self.dry_run,
             "deadline": self.deadline,
         }
-        env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / shape.processes:.3f}"}
-        log = open(self.runs.parent / f"{program.run}.log", "w")
+        env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+        env.update(XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / shape.processes:.3f}", PYTHONUNBUFFERED="1")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{program.run}.log", "a")
         argv = [sys.executable, "-m", "experiments.lease", f"--program={json.dumps(spec)}", "--work", str(self.work)]
         argv += [f"--compilation_cache={self.work / 'jax_cache'}"]
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def _stop_children(self, only_overdue: bool = False) -> None:
+        """Stops the programs still running: past the deadline and its grace (only_overdue), or all (the end).
+        SIGTERM first (the trainer saves, as at a preemption), SIGKILL 10 s later."""
+        if only_overdue and self.clock() < self.deadline + GRACE_S:
+            return
+        for program, process, _ in self.running:
+            if process.poll() is None:
+                self.say(f"{program.run}: still running, stopped (SIGTERM)")
+                process.terminate()
+        for program, process, _ in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.say(f"{program.run}: killed (SIGKILL)")
+                process.kill()
+                process.wait()
 
     def _call(self, argv: list[str], log: Path, timeout: float) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -288,20 +399,12 @@ class Lease:
                 return -1
 
     def out_folder(self, name: str) -> Path:
-        folder = self.work / plan.LEASES / name
+        folder = self.scratch / plan.LEASES / name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _command_done(self, folder: Path, name: str) -> bool:
-        item = next((i for i in plan.AGENDA if isinstance(i, plan.Command) and i.name == name), None)
-        return item is not None and (folder / item.output).exists()
-
     def _done_now(self, before: set[str]) -> set[str]:
-        done = set(before)
-        for folder in (self.work / plan.LEASES).iterdir() if (self.work / plan.LEASES).is_dir() else []:
-            if folder.name == "fill" and (folder / "fill.json").exists() or self._command_done(folder, folder.name):
-                done.add(folder.name)
-        return done
+        return before | items_done(self.scratch / plan.LEASES)
 
     def _seeds_now(self) -> dict[str, set[int]]:
         seeds = plan.finished_seeds(self.results / plan.STUDY)
@@ -310,37 +413,108 @@ class Lease:
         return seeds
 
     # --- what comes back
-    def _archive(self) -> None:
-        """runs.tar.gz: what finished (run logs without checkpoints, fill, command outputs); carry.tar.gz: what did
-        not, with its checkpoints, as far as CARRY_MB allows (the rest starts again next time)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        leases = self.work / plan.LEASES
+    def _folders(self) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+        """(finished, not finished) as (kind, folder): the study's runs and the commands' output folders."""
         folders = [(plan.STUDY, run, (run / "result.json").exists()) for run in _children(self.runs)]
+        leases = self.scratch / plan.LEASES
         folders += [(plan.LEASES, f, f.name in self._done_now(set())) for f in _children(leases)]
-        finished = [(kind, f) for kind, f, done in folders if done]
-        partial = [(kind, f) for kind, f, done in folders if not done]
-        with tarfile.open(self.out / "runs.tar.gz", "w:gz") as archive:
+        return [(k, f) for k, f, done in folders if done], [(k, f) for k, f, done in folders if not done]
+
+    def _publish(self) -> None:
+        """Rewrites runs.tar.gz (what finished, without checkpoints), logs.tar.gz and lease.json in --out, each
+        replaced whole (a cut at any moment leaves the previous version or the new one)."""
+        finished, _ = self._folders()
+        self.record["finished"] = [f.name for _, f in finished]
+        with _replacing(self.out / "runs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
             for kind, folder in finished:
                 archive.add(folder, f"{kind}/{folder.name}", filter=_without_checkpoints)
+        with _replacing(self.out / "logs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+            for log in sorted(self.logs.glob("*.log")) if self.logs.is_dir() else []:
+                data = log.read_bytes()[-LOG_TAIL:]
+                info = tarfile.TarInfo(f"logs/{log.name}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        self.record["phases"]["lease_s"] = self.clock() - self.started
+        with _replacing(self.out / "lease.json") as path:
+            path.write_text(json.dumps(self.record, indent=2))
+
+    def _archive(self) -> None:
+        """The end, however the lease ended: what finished (`_publish`); carry.tar.gz: the runs cut short, each with
+        its newest checkpoint, as far as CARRY_MB allows; jax_cache.tar.gz: the compiled programs, if under 16 MB."""
+        if self.agenda is not None:  # else the lease stopped before it read the agenda
+            self.record["left"] = [
+                item.name for item in plan.next_items(self.agenda, self._done_now(self.done_items), self._seeds_now())
+            ]
+        _, partial = self._folders()
         carried, dropped = [], []
-        with tarfile.open(self.out / "carry.tar.gz", "w:gz") as archive:
+        with _replacing(self.out / "carry.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
             budget = CARRY_MB
             for kind, folder in partial:
-                size = _size_mb(folder)
+                size = _size_mb(folder, newest_checkpoint_only=True)
                 if size <= budget:
-                    archive.add(folder, f"{kind}/{folder.name}")
+                    archive.add(folder, f"{kind}/{folder.name}", filter=_newest_checkpoint_only(folder))
                     carried.append(folder.name)
                     budget -= size
                 else:
                     dropped.append(folder.name)
-        self.record.update(carried=carried, dropped=dropped, finished=[f.name for _, f in finished])
-        self.record["phases"]["lease_s"] = self.clock() - self.started
+        self.record.update(carried=carried, dropped=dropped)
+        cache = self.work / "jax_cache"
+        if cache.is_dir() and _size_mb(cache) * 2**20 <= MAX_FILE:
+            with _replacing(self.out / "jax_cache.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+                archive.add(cache, f"jax_cache/{self.kind}")
+        self._publish()
         parts = _split(self.out / "runs.tar.gz") + _split(self.out / "carry.tar.gz")
-        self.record["files"] = [p.name for p in parts]
-        if len(parts) + 1 > MAX_FILES:
-            raise RuntimeError(f"{len(parts) + 1} files would come back; at most {MAX_FILES} do.")
+        self.record["files"] = sorted(p.name for p in self.out.iterdir())
+        if len(self.record["files"]) > MAX_FILES:
+            self.say(f"{len(self.record['files'])} files would come back, at most {MAX_FILES} do: carry dropped")
+            for part in parts:
+                if part.name.startswith("carry"):
+                    part.unlink()
         (self.out / "lease.json").write_text(json.dumps(self.record, indent=2))
-        print(json.dumps({k: self.record[k] for k in ("device_kind", "finished", "carried", "left", "phases")}))
+        summary = {k: self.record.get(k) for k in ("device_kind", "finished", "carried", "left", "phases")}
+        self.say("done: " + json.dumps(summary))
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yields a temporary path beside `path`, which replaces `path` once the block ends without an error."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+
+
+def _newest_checkpoint_only(run: Path):
+    """A tarfile filter that keeps a run's newest checkpoint and drops the older ones."""
+    newest = _steps_done(run)
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = info.name.split("/")
+        if "checkpoints" in parts:
+            below = parts[parts.index("checkpoints") + 1 :]
+            if below and below[0].isdigit() and int(below[0]) != newest:
+                return None
+        return info
+
+    return keep
+
+
+def items_done(folder: Path) -> set[str]:
+    """The agenda's measurement items done in `folder` (results/leases/<kind>/, or a lease's own): the fill when it
+    answered everything, a command when its output is there."""
+    done = set()
+    for item in _children(folder):
+        if item.name == "fill":
+            if plan.fill_done(_read_json(item / "fill.json")):
+                done.add("fill")
+            continue
+        command = next((i for i in plan.AGENDA if isinstance(i, plan.Command) and i.name == item.name), None)
+        if command is not None and (item / command.output).exists():
+            done.add(item.name)
+    return done
 
 
 def _children(folder: Path) -> list[Path]:
@@ -380,8 +554,12 @@ def _steps_done(run: Path) -> int:
     return max(steps, default=0)
 
 
-def _size_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
+def _size_mb(path: Path, newest_checkpoint_only: bool = False) -> float:
+    if not path.exists():
+        return 0.0
+    keep = _newest_checkpoint_only(path) if newest_checkpoint_only else (lambda info: info)
+    files = (f for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in files if keep(tarfile.TarInfo(str(f.relative_to(path))))) / 2**20
 
 
 def _read_json(path: Path) -> dict | None:
@@ -434,6 +612,18 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
                 shutil.rmtree(cache / run.name, ignore_errors=True)
                 shutil.copytree(run, cache / run.name)
                 merged["carried"].append(run.name)
+        cache = _joined(folder, "jax_cache.tar.gz")
+        if cache is not None:  # the compiled programs, for the next lease of this kind (lease_kit carries them)
+            with tarfile.open(fileobj=io.BytesIO(cache), mode="r:gz") as archive:
+                archive.extractall(CACHE, filter="data")
+        logs = _joined(folder, "logs.tar.gz")
+        if logs is not None:
+            with tarfile.open(fileobj=io.BytesIO(logs), mode="r:gz") as archive:
+                archive.extractall(scratch / "logs", filter="data")
+            for log in sorted((scratch / "logs" / "logs").glob("*.log")):
+                target = results / plan.LEASES / kind / "logs" / record.get("started", "lease").replace(":", "")
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log, target / log.name)
     for name in merged["runs"]:  # what finished is no longer carried
         shutil.rmtree(CACHE / name, ignore_errors=True)
     for name in merged["leases"]:
@@ -470,16 +660,17 @@ def _results_md(path: Path, record: dict, fill: dict | None, merged: dict) -> No
         f"{', '.join(record.get('carried', [])) or 'nothing'}; "
         f"left on the agenda: {', '.join(record.get('left', [])) or 'nothing'}.",
     ]
-    programs = [i for i in record.get("items", []) if i.get("program")]
+    programs = [i for i in record.get("items", []) if i.get("program") and "exit" in i]  # the ones that ran
     if programs:
         lines += [
             "",
-            "| program | finished | steps | set-up s | first dispatch s | loop s |",
-            "|---|---|---:|---:|---:|---:|",
+            "| program | finished | steps | set-up s | first dispatch s | loop s | ms per step |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {i['program']} | {i.get('finished')} | {i.get('step', '')} | {i.get('setup_s') or 0:.0f} | "
-            f"{i.get('first_dispatch_s') or 0:.0f} | {i.get('loop_s') or 0:.0f} |"
+            f"{i.get('first_dispatch_s') or 0:.0f} | {i.get('loop_s') or 0:.0f} | "
+            f"{(i.get('seconds_per_step') or 0) * 1e3:.2f} |"
             for i in programs
         ]
     if fill and "fill" in merged["leases"]:
@@ -520,6 +711,34 @@ def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:
     path.write_text(text)
 
 
+def plan_inputs(kind: str, results: Path) -> tuple:
+    """(agenda, done items, finished seeds, fill, measured paces) of a lease on `kind`, from the committed results:
+    what `lease_plan.simulate` needs before the deadline."""
+    kind_results = results / plan.LEASES / kind
+    fill = _read_json(kind_results / "fill" / "fill.json")
+    done_items = items_done(kind_results)
+    done_seeds = plan.finished_seeds(results / plan.STUDY)
+    return plan.AGENDA, done_items, done_seeds, fill, plan.read_paces(kind_results)
+
+
+def plan_only(kind: str, budget_s: float, results: Path) -> list[dict]:
+    """Prints the plan of a lease of `budget_s` on `kind` from the committed results, as the lease would follow it."""
+    inputs = plan_inputs(kind, results)
+    fill, measured = inputs[3], inputs[4]
+    deadline = budget_s - RESERVE_S
+    rows = plan.simulate(*inputs, deadline)
+    known = "measured" if measured["step_s"] else ("the fill's" if fill else "the H100's prior")
+    print(f"Plan for a lease on {kind}: --budget_s={budget_s:.0f}, deadline at {deadline:.0f} s; step times: {known}")
+    for row in rows:
+        what = f"{row['item']}: {row['program']}" if "program" in row else row["item"]
+        if "skipped" in row:
+            print(f"  {what:<36} not started: {row['skipped']}")
+        else:
+            margin = deadline - row["end_s"]
+            print(f"  {what:<36} {row['start_s']:5.0f} s -> {row['end_s']:5.0f} s  (margin {margin:4.0f} s)")
+    return rows
+
+
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.program:
@@ -532,13 +751,20 @@ def main(argv: list[str]) -> None:
         merged = unpack(Path(FLAGS.unpack), Path(FLAGS.results))
         print(json.dumps(merged))
         return
+    if FLAGS.plan_only:
+        plan_only(FLAGS.kind, FLAGS.budget_s, Path(FLAGS.results))
+        return
     if FLAGS.out is None:
         raise app.UsageError("--out (the folder for what comes back) is required.")
+    # This process only watches: it must not hold the GPU's memory that its programs are given.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if FLAGS.dry_run:
         import jax
 
         jax.config.update("jax_platforms", "cpu")
-    Lease(Path(FLAGS.out), FLAGS.budget_s, FLAGS.dry_run).run()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: the lease stops; what finished is in --out"))
+    t0 = _float(os.environ.get("LEASE_T0"))
+    Lease(Path(FLAGS.out), FLAGS.budget_s, FLAGS.dry_run, t0=t0).run()
 
 
 if __name__ == "__main__":

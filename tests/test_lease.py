@@ -54,22 +54,63 @@ def test_what_is_finished_and_what_the_study_still_needs(tmp_path):
         "resnet56_seeds3-4",
     ]
     left = lease_plan.next_items(lease_plan.AGENDA, {"fill"}, done)
-    assert [i.name for i in left][:2] == ["first seeds", "imagenet_loop"]
+    assert [i.name for i in left][:3] == ["first seeds", "seeds 1 and 2", "imagenet_loop"]
 
 
-def test_the_planner_starts_what_finishes_or_can_be_carried_on_a_fake_clock():
-    program = lease_plan.Program("resnet56", (0, 1, 2, 3))
-    per_step = lease_plan.step_seconds("resnet56", 4, FILL)
-    assert per_step == pytest.approx(4.5 / 300)  # the measured program of 4 members
-    assert lease_plan.step_seconds("resnet44", 4, FILL) == pytest.approx((1.2 + (4.5 - 1.2) * 24 / 36) / 300)
-    assert lease_plan.step_seconds("resnet20", 1, None) == lease_plan.PRIOR_STEP_S[20]  # no fill yet: the H100's
-    whole = lease_plan.estimate_s(program, 0, FILL)
-    assert whole == pytest.approx(lease_plan.COMPILE_S + 64_000 * per_step)
-    assert lease_plan.should_start(program, 0, whole + 1, FILL, carry_left_mb=0)  # it finishes
-    assert lease_plan.should_start(program, 0, whole / 2, FILL, carry_left_mb=40)  # its checkpoint can be carried
-    assert not lease_plan.should_start(program, 0, whole / 2, FILL, carry_left_mb=1)
-    assert not lease_plan.should_start(program, 63_990, 30, FILL, carry_left_mb=40)  # under the minimum
+MEASURED = {  # what a lease record holds of its programs (lease.json), as train_program measures them
+    "phases": {"install_s": 4.0, "data_s": 31.0},
+    "items": [
+        {"program": "plain20_seed1", "net": "plain20", "members": 1, "seconds_per_step": 0.0025, "overhead_s": 29.0},
+        {"program": "plain32_seed0", "skipped": "would not finish"},
+    ],
+}
+
+
+def test_the_planner_starts_only_what_finishes_with_a_margin_at_the_best_known_pace():
+    efficiency = lease_plan.LOOP_EFFICIENCY
+    # Nothing measured on this kind: the H100's bare step, over the loop's efficiency.
+    assert lease_plan.step_seconds("resnet20", 1, None) == pytest.approx(lease_plan.PRIOR_STEP_S[20] / efficiency)
+    # A fill: its figure of that many members, over the loop's efficiency; linear in depth between its nets.
+    assert lease_plan.step_seconds("resnet56", 4, FILL) == pytest.approx(4.5 / 300 / efficiency)
+    assert lease_plan.step_seconds("resnet44", 4, FILL) == pytest.approx((1.2 + 3.3 * 24 / 36) / 300 / efficiency)
+    # A program measured on this kind wins; other depths keep the fill's shape at the measured pace.
+    measured = lease_plan.paces([MEASURED])
+    assert measured == {"step_s": {"plain20x1": 0.0025}, "overhead_s": 29.0, "install_s": 4.0, "data_s": 31.0}
+    assert lease_plan.step_seconds("resnet20", 1, FILL, measured) == 0.0025  # plain and residual cost the same
+    assert lease_plan.step_seconds("resnet56", 1, FILL, measured) == pytest.approx(0.0025 * 3.0 / 0.9)
+    program = lease_plan.Program("resnet20", (1,))
+    whole = lease_plan.estimate_s(program, 0, FILL, measured=measured)
+    assert whole == pytest.approx(29.0 + 64_000 * 0.0025)
+    needed = whole * lease_plan.MARGIN + lease_plan.MARGIN_S
+    assert lease_plan.should_start(program, 0, needed + 1, FILL, measured=measured)
+    assert not lease_plan.should_start(program, 0, needed - 1, FILL, measured=measured)  # no run started to be cut
+    assert not lease_plan.should_start(program, 0, 2 * needed - 30, FILL, measured=measured, processes=2)
+    assert lease_plan.should_start(program, 63_000, 120, FILL, measured=measured)  # a resumed run: its steps left
+    assert not lease_plan.should_start(program, 63_990, 80, FILL, measured=measured)  # under the minimum
     assert lease_plan.checkpoint_mb("resnet110", 1) == pytest.approx(1.727e6 * 8 / 2**20, rel=0.02)
+
+
+def test_the_h200_plan_starts_real_work_in_the_first_minute_and_ends_everything_before_the_deadline(tmp_path, capsys):
+    results = tmp_path / "results"
+    kind = results / lease_plan.LEASES / "nvidia_h200"
+    kind.mkdir(parents=True)
+    (kind / "2026-12-04T163319Z.json").write_text(json.dumps(MEASURED))  # what --unpack keeps of a lease
+    _fake_run(results / lease_plan.STUDY / "plain20_seed0", [(64_000, 0.13)])
+    rows = lease.plan_only("nvidia_h200", 585, results)
+    deadline = 585 - lease.RESERVE_S
+    started = [row for row in rows if "start_s" in row]
+    assert started[0]["program"] == "plain32_seed0" and started[0]["start_s"] <= 60  # the first seeds come first
+    for row in started:  # every program expected to end before the deadline, with the margin
+        assert (
+            row["end_s"] + (row["end_s"] - row["start_s"]) * (lease_plan.MARGIN - 1) + lease_plan.MARGIN_S <= deadline
+        )
+    assert {"item": "first seeds", "program": "resnet32_seed0", "skipped": "would not finish"} in rows
+    printed = capsys.readouterr().out
+    assert "deadline at 540 s; step times: measured" in printed and "first seeds: plain32_seed0" in printed
+    # Nothing measured: the H100's prior, at which no 32-layer net fits, and the first work is a 20-layer seed.
+    rows = lease.plan_only("nvidia_h200", 585, tmp_path / "none")
+    first = next(row for row in rows if "start_s" in row)
+    assert first["program"] == "plain20_seed1" and first["start_s"] <= 60
 
 
 def test_what_comes_back_is_at_most_8_files_of_16_mb_and_is_put_back_together(tmp_path, monkeypatch):
@@ -118,6 +159,106 @@ def test_unpack_merges_the_runs_regenerates_table_6_and_keeps_unfinished_runs_ou
     assert "a GPU lease on nvidia_h200" in report and "| resnet56 | 4 x vmap | float32 |  | 34,133 | 2.67 |" in report
     assert (tmp_path / "cache" / "resnet44_seed0" / "checkpoints" / "2000" / "state").read_bytes() == b"weights"
     assert not (results / lease_plan.STUDY / "resnet44_seed0").exists()  # no checkpoint ever enters the repository
+
+
+def test_the_next_lease_reads_the_fill_and_the_paces_that_unpack_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
+    work = tmp_path / "work"
+    (work / lease_plan.LEASES / "fill").mkdir(parents=True)
+    (work / lease_plan.LEASES / "fill" / "fill.json").write_text(json.dumps(FILL))
+    back = tmp_path / "back"
+    back.mkdir()
+    with tarfile.open(back / "runs.tar.gz", "w:gz") as archive:
+        archive.add(work / lease_plan.LEASES / "fill", f"{lease_plan.LEASES}/fill")
+    record = {"device_kind": "nvidia_h200", "started": "2026-12-04T16:33:19Z", **MEASURED}
+    (back / "lease.json").write_text(json.dumps(record))
+    results = tmp_path / "results"
+    lease.unpack(back, results)
+    _, done_items, _, fill, measured = lease.plan_inputs("nvidia_h200", results)
+    assert fill == FILL and "fill" in done_items
+    assert measured["step_s"] == {"plain20x1": 0.0025} and measured["data_s"] == 31.0
+    # A fill cut short (figures it did not reach) is kept, but measured again when the agenda reaches it.
+    cut = {**FILL, "not_measured": [{"net": "resnet20", "members": 4, "mode": "vmap"}]}
+    (results / lease_plan.LEASES / "nvidia_h200" / "fill" / "fill.json").write_text(json.dumps(cut))
+    assert "fill" not in lease.plan_inputs("nvidia_h200", results)[1]
+
+
+def test_a_lease_cut_by_sigkill_in_its_second_program_has_sent_back_the_first(tmp_path, monkeypatch):
+    """The lease machinery with stand-in programs (tests/support/fake_lease.py): killed with SIGKILL while its second
+    program runs, its --out already holds the first run with its log, and --unpack merges it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.training import REPO, env
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [sys.executable, "-m", "tests.support.fake_lease", str(out), str(work)]
+    process = subprocess.Popen(argv, cwd=REPO, env=env(), start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while "resnet20_seed0: started" not in _text(out / "lease.log"):
+            assert process.poll() is None and time.time() < deadline, _text(out / "lease.log")
+            time.sleep(0.2)
+        time.sleep(1.0)  # the second program is training
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "ended" not in process.stdout.read()  # killed, not ended: no end-of-lease archive was made
+    with tarfile.open(out / "runs.tar.gz") as archive:
+        names = archive.getnames()
+    assert f"{lease_plan.STUDY}/plain20_seed0/result.json" in names
+    assert f"{lease_plan.STUDY}/plain20_seed0/metrics.jsonl" in names
+    assert not any("checkpoints" in name or "resnet20" in name for name in names)
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        assert b"trained plain20_seed0" in archive.extractfile("logs/plain20_seed0.log").read()
+    record = json.loads((out / "lease.json").read_text())
+    assert record["finished"] == ["plain20_seed0"] and record["items"][0]["seconds_per_step"] == 0.01
+    monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
+    merged = lease.unpack(out, tmp_path / "results")
+    assert merged["runs"] == ["plain20_seed0"]
+    assert (tmp_path / "results" / lease_plan.STUDY / "plain20_seed0" / "result.json").exists()
+    assert (tmp_path / "results" / lease_plan.LEASES / "fake" / "logs").is_dir()
+
+
+def _text(path):
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_run_cut_short_is_carried_with_its_newest_checkpoint_only(tmp_path):
+    run = tmp_path / "resnet44_seed0"
+    for step in (2000, 4000):
+        (run / "checkpoints" / str(step)).mkdir(parents=True)
+        (run / "checkpoints" / str(step) / "state").write_bytes(b"x" * 1000)
+    (run / "metrics.jsonl").write_text("{}\n")
+    with tarfile.open(tmp_path / "carry.tar.gz", "w:gz") as archive:
+        archive.add(run, "resnet44_seed0", filter=lease._newest_checkpoint_only(run))
+    with tarfile.open(tmp_path / "carry.tar.gz") as archive:
+        names = archive.getnames()
+    assert "resnet44_seed0/checkpoints/4000/state" in names and "resnet44_seed0/metrics.jsonl" in names
+    assert not any("2000" in name for name in names)
+    assert lease._size_mb(run, newest_checkpoint_only=True) * 2**20 == pytest.approx(1003)
+
+
+def test_a_kit_for_another_python_stops_the_lease_in_one_line_within_seconds(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.training import REPO
+
+    (tmp_path / "kit.json").write_text(json.dumps({"python": "3.99"}))
+    started = time.perf_counter()
+    argv = [sys.executable, "-m", "experiments.lease_preflight", f"--kit={tmp_path}"]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and time.perf_counter() - started < 10
+    first, verdict = result.stdout.strip().splitlines()
+    assert first.startswith("preflight: {") and json.loads(first.removeprefix("preflight: "))["python"]
+    assert verdict.startswith("preflight: Python 3.") and "for Python 3.99" in verdict and "lease_kit" in verdict
+    (tmp_path / "kit.json").write_text(json.dumps({"python": ".".join(sys.version.split(".")[:2])}))
+    assert subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60).returncode == 0
 
 
 def _study_config(net, seed):
