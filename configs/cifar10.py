@@ -4,11 +4,13 @@
 
 ARG is a CIFAR model name (resnet20/32/44/56/110/1202, plain20/32/44/56/110), optionally followed by ",quick"
 (400 iterations, lr rising linearly to 0.1 over the first 100, /10 at 200 and 300: minutes on a CPU, for trying
-the code and for the quick depth study; not a paper setting, see the README) or ",holdout" (the 45k/5k train/val
-split on which the paper chose its schedule). Recipe: batch 128 in BN groups of 64 (the paper's 2 GPUs), SGD
-momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; pad-4 random crop and
-flip, per-pixel mean subtracted; single-view test. ResNet-110 and 1202 warm up at lr 0.01 until the training error
-is below 80%.
+the code and for the quick depth study; not a paper setting, see the README), ",fraction=F" (the paper's recipe
+with every iteration count times F, e.g. 1/8: 8k iterations, lr drops at 4k and 6k, evaluations and checkpoints
+every 250; nothing else changed; recorded as config.schedule_fraction, and no table mixes fractions) or
+",holdout" (the 45k/5k train/val split on which the paper chose its schedule). Recipe: batch 128 in BN groups of
+64 (the paper's 2 GPUs), SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop
+at 64k; pad-4 random crop and flip, per-pixel mean subtracted; single-view test; BN's moving variance from the
+unbiased batch variance (Caffe's). ResNet-110 and 1202 warm up at lr 0.01 until the training error is below 80%.
 
 Paper (Table 6, test error %): ResNet-20 8.75, 32 7.51, 44 7.17, 56 6.97, 110 6.43 (mean 6.61 +- 0.16), 1202 7.93.
 Our data is CIFAR-10 re-encoded as JPEG q75 (see README): expect higher absolute errors.
@@ -17,6 +19,9 @@ Measured on the JPEG data, final test error: ResNet-20 11.84%, ResNet-56 11.33%,
 steps per call into them; --config.runs=N trains N seeds in one program. Hardware: one H100 ran ResNet-56 in 19
 minutes on the grain pipeline; a 2-core CPU trains ResNet-20 at about 220 images/s (benchmarks/RESULTS.md).
 """
+
+import math
+from fractions import Fraction
 
 from resnet_jax.recipe.config import base_config
 
@@ -29,9 +34,13 @@ def get_config(arg: str = "resnet20"):
     model, *variants = arg.split(",")
     if model not in CIFAR_MODELS:
         raise ValueError(f"configs/cifar10.py:{arg}: model must be one of {CIFAR_MODELS}.")
+    fractions = [v.removeprefix("fraction=") for v in variants if v.startswith("fraction=")]
+    variants = [v for v in variants if not v.startswith("fraction=")]
     unknown = set(variants) - {"quick", "holdout"}
     if unknown:
-        raise ValueError(f"configs/cifar10.py:{arg}: unknown variants {sorted(unknown)}; use 'quick' or 'holdout'.")
+        raise ValueError(
+            f"configs/cifar10.py:{arg}: unknown variants {sorted(unknown)}; use 'quick', 'fraction=F' or 'holdout'."
+        )
 
     c = base_config("cifar10", model)
     c.batch_size = 128
@@ -49,6 +58,10 @@ def get_config(arg: str = "resnet20"):
     c.checkpoint_every_steps = 2_000
     c.steps_per_dispatch = 100  # the data is on the devices (data.on_device): 100 steps per call into them
 
+    if fractions:
+        if "quick" in variants or len(fractions) > 1:
+            raise ValueError(f"configs/cifar10.py:{arg}: one fraction=F, without quick (its own schedule).")
+        scale_schedule(c, fractions[0], arg)
     if "holdout" in variants:
         c.data.holdout_val = True
         c.eval.split = "val"
@@ -63,3 +76,24 @@ def get_config(arg: str = "resnet20"):
         c.checkpoint_every_steps = 200
         c.steps_per_dispatch = 25
     return c
+
+
+def scale_schedule(c, fraction: str, arg: str = "") -> None:
+    """The paper's schedule with every iteration count times `fraction` ("1/8", "0.125"): the length, the lr drops,
+    the evaluation and checkpoint intervals; steps per dispatch the largest divisor of 100 that fits them."""
+    try:
+        f = Fraction(fraction)
+    except (ValueError, ZeroDivisionError):
+        f = Fraction(0)
+    counts = (c.num_steps, *c.schedule.boundaries, c.eval.every_steps, c.checkpoint_every_steps)
+    if not 0 < f <= 1 or any((n * f).denominator != 1 for n in counts):
+        raise ValueError(
+            f"configs/cifar10.py:{arg}: fraction={fraction} must be in (0, 1] and give whole iteration counts "
+            f"(64k, 32k, 48k, 2k times it): 1/2, 1/4, 1/8, 1/16 ..."
+        )
+    c.num_steps = int(c.num_steps * f)
+    c.schedule.boundaries = tuple(int(b * f) for b in c.schedule.boundaries)
+    c.eval.every_steps = int(c.eval.every_steps * f)
+    c.checkpoint_every_steps = int(c.checkpoint_every_steps * f)
+    c.steps_per_dispatch = math.gcd(c.steps_per_dispatch, c.eval.every_steps, c.checkpoint_every_steps)
+    c.schedule_fraction = float(f)

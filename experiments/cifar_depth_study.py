@@ -7,6 +7,7 @@
     python -m experiments.cifar_depth_study --workdir=... --print_commands                     # one line per net
     python -m experiments.cifar_depth_study --workdir=... --collect                            # table + figure only
     python -m experiments.cifar_depth_study --workdir=... --quick                              # minutes on a CPU
+    python -m experiments.cifar_depth_study --workdir=... --schedule_fraction=1/8              # 8k iterations each
 
 Each net trains with configs/cifar10.py on the paper's schedule (64k iterations) in `<workdir>/<net>_seed<s>` (one
 seed) or `<workdir>/<net>_seeds<a>-<b>` (seeds a..b, trained together in one program, `config.runs`, each in its
@@ -15,7 +16,10 @@ checkpoint, so the same command can be rerun until everything is done. A net's s
 leases): the table takes every finished seed of every run of the net in the workdir (and a run named `<net>`, the
 layout before seeds were added later), and reports each net's final test error (the last evaluation, never the best
 one): the mean +- standard deviation and the best over seeds, beside Table 6 (docs/paper.md); Figure 6 draws the
-mean curves of the seeds, plain nets and ResNets in two panels as in the paper.
+mean curves of the seeds, plain nets and ResNets in two panels as in the paper. `--schedule_fraction=F` runs the
+paper's recipe with every iteration count times F (configs/cifar10.py's `fraction=F`); the fraction is recorded in
+each run's config.json and result.json, labels the table and figure, and runs of different fractions are never
+mixed: a workdir holds one fraction (the table refuses a mix, a resumed run refuses another fraction).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +63,9 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
         "quick",
         False,
         "configs/cifar10.py's quick schedule (400 iterations, minutes on a 2-core CPU per net) instead of 64k.",
+    )
+    flags.DEFINE_string(
+        "schedule_fraction", None, "Every iteration count of the paper's schedule times this (1/8: 8k iterations)."
     )
     flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
     flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
@@ -95,8 +103,10 @@ def net_config(
     runs: int = 1,
     steps_per_dispatch: int | None = None,
     first_seed: int = 0,
+    schedule_fraction: str | None = None,
 ):
-    config = cifar10.get_config(f"{net},quick" if quick else net)
+    variant = ",quick" if quick else (f",fraction={schedule_fraction}" if schedule_fraction else "")
+    config = cifar10.get_config(net + variant)
     if batch_size:
         config.batch_size = batch_size
     if steps_per_dispatch:
@@ -169,6 +179,29 @@ def parameters(net: str) -> int:
     return count_parameters(create_model(net, num_classes=10), spec(net).input_shape)
 
 
+def schedule_fraction(run: RunDir) -> float:
+    """The fraction of the paper's schedule a run trained (its config.json; runs from before it was recorded: 1)."""
+    return float(run.read_config().get("schedule_fraction", 1.0)) if run.config_path.exists() else 1.0
+
+
+def study_fraction(workdir: Path, nets: list[str]) -> float | None:
+    """The one schedule fraction of every finished run of `nets` in `workdir` (None if there is none); UserError
+    naming the runs if they mix fractions."""
+    fractions = {run.path.name: schedule_fraction(run) for net in nets for run in net_runs(workdir, net)}
+    if len(set(fractions.values())) > 1:
+        listed = ", ".join(f"{name} {Fraction(f).limit_denominator()}" for name, f in sorted(fractions.items()))
+        raise UserError(
+            f"{workdir} holds runs of different schedule fractions ({listed}): a table or figure takes one; "
+            f"keep each fraction in a workdir of its own."
+        )
+    return next(iter(fractions.values()), None)
+
+
+def fraction_label(fraction: float | None) -> str:
+    """'full' or '1/8' (of the paper's schedule)."""
+    return "full" if fraction in (None, 1.0) else str(Fraction(fraction).limit_denominator())
+
+
 def net_row(workdir: Path, net: str) -> dict:
     """One row of Table 6 from a net's finished seeds: final test and training errors over them, and the paper's."""
     members = [member for _, member in net_members(workdir, net)]
@@ -180,6 +213,7 @@ def net_row(workdir: Path, net: str) -> dict:
     paper_row = paper.table("Table 6").get(net, {})
     return {
         "net": net,
+        "schedule": fraction_label(study_fraction(workdir, [net])),
         "runs": len(members),
         "steps": finals[0][0][0],
         "parameters": parameters(net),
@@ -193,6 +227,7 @@ def net_row(workdir: Path, net: str) -> dict:
 
 def collect(workdir: Path, nets: list[str]) -> list[dict]:
     """Rows of the nets with finished seeds; writes table6.md, table6.csv and figure6.png into `workdir`."""
+    study_fraction(workdir, nets)  # one fraction, or an error before anything is written
     rows = [net_row(workdir, net) for net in nets if net_runs(workdir, net)]
     _write_tables(workdir, rows)
     if rows:
@@ -202,6 +237,7 @@ def collect(workdir: Path, nets: list[str]) -> list[dict]:
 
 FIELDS = [
     "net",
+    "schedule",
     "runs",
     "steps",
     "parameters",
@@ -219,14 +255,15 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        "| net | parameters | runs | iterations | final training error % (mean) | final test error % "
+        "| net | parameters | schedule | runs | iterations | final training error % (mean) | final test error % "
         "(mean +- std) | best | paper (Table 6) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         spread = f" +- {r['test_error_std']:.2f}" if r["test_error_std"] != "" else ""
         lines.append(
-            f"| {r['net']} | {r['parameters'] / 1e6:.2f}M | {r['runs']} | {r['steps']} | {r['train_error_mean']:.2f} | "
+            f"| {r['net']} | {r['parameters'] / 1e6:.2f}M | {r['schedule']} | {r['runs']} | {r['steps']} | "
+            f"{r['train_error_mean']:.2f} | "
             f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
         )
     (workdir / "table6.md").write_text("\n".join(lines) + "\n")
@@ -248,6 +285,8 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
         ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202") and "resnet1202" in nets]),
     ]
     panels = [(title, group) for title, group in panels if group]
+    fraction = study_fraction(workdir, nets)
+    schedule = "" if fraction_label(fraction) == "full" else f", {fraction_label(fraction)} schedule"
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     for i, (title, group) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -257,7 +296,9 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
             draw_curves(ax, members, f"{net} ({len(members)} runs)" if len(members) > 1 else net)
             finals.append(net_row(workdir, net)["test_error_mean"])
         # The paper's axes (0-20%) when the nets converged; the whole range for short schedules.
-        ax.set(title=title, xlabel="iterations", ylabel="error (%)", ylim=(0, 20 if max(finals) < 15 else 100))
+        ax.set(
+            title=title + schedule, xlabel="iterations", ylabel="error (%)", ylim=(0, 20 if max(finals) < 15 else 100)
+        )
         ax.grid(alpha=0.3)
         ax.legend(title="dashed: training, bold: test", fontsize=8)
     fig.tight_layout()
@@ -287,6 +328,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.runs,
                 FLAGS.steps_per_dispatch,
                 FLAGS.first_seed,
+                FLAGS.schedule_fraction,
             )
 
         if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config, train_and_evaluate):

@@ -99,13 +99,41 @@ def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_seeds_
     assert rows[2]["runs"] == 3 and rows[2]["test_error_mean"] == 7.17 and rows[2]["test_error_std"] == 0.76
     assert rows[2]["test_error_best"] == 6.5 and rows[2]["paper_test_error"] == 6.43
     table = (tmp_path / "table6.md").read_text()
-    assert "| resnet20 | 0.27M | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table  # last training window, in %
-    assert "| resnet110 | 1.73M | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
+    assert "| resnet20 | 0.27M | full | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table  # last training window, in %
+    assert "| resnet110 | 1.73M | full | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
     assert (tmp_path / "table6.csv").read_text().splitlines()[0] == ",".join(study.FIELDS)
     assert (tmp_path / "figure6.png").stat().st_size > 10_000
     _fake_run(tmp_path / "resnet110_seeds2-3", [(300, 0.07)], config={**_CONFIG, "runs": 2, "seed": 2})
     with pytest.raises(UserError, match=r"resnet110: seeds \[2\] were trained in more than one run"):
         study.collect(tmp_path, ["resnet110"])
+
+
+def test_a_scaled_schedule_scales_every_iteration_count_and_nothing_else():
+    full = cifar10.get_config("plain56")
+    eighth = study.net_config("plain56", schedule_fraction="1/8")
+    assert (eighth.num_steps, eighth.schedule.boundaries) == (8_000, (4_000, 6_000))
+    assert eighth.eval.every_steps == eighth.checkpoint_every_steps == 250  # 32 of each, as in the paper's run
+    assert eighth.steps_per_dispatch == 50 and eighth.schedule_fraction == 0.125 and full.schedule_fraction == 1.0
+    same = ("num_steps", "schedule", "eval", "checkpoint_every_steps", "steps_per_dispatch", "schedule_fraction")
+    assert {k: v for k, v in eighth.items() if k not in same} == {k: v for k, v in full.items() if k not in same}
+    assert eighth.schedule.base_lr == 0.1 and eighth.schedule.ramp_steps == full.schedule.ramp_steps
+    assert cifar10.get_config("resnet110,fraction=1/4").schedule.warmup_lr == 0.01  # the warm-up stays
+    with pytest.raises(ValueError, match="fraction=1/3 must be in"):
+        cifar10.get_config("plain56,fraction=1/3")  # 21,333.3 iterations
+    with pytest.raises(ValueError, match="without quick"):
+        cifar10.get_config("plain56,quick,fraction=1/8")
+
+
+def test_tables_and_figures_are_labelled_with_their_fraction_and_never_mix_two(tmp_path):
+    eighth = {**_CONFIG, "schedule_fraction": 0.125}
+    _fake_run(tmp_path / "resnet20_seed0", [(4000, 0.2), (8000, 0.12)], config=eighth)
+    _fake_run(tmp_path / "plain20_seed0", [(8000, 0.14)], config={**eighth, "model": {"name": "plain20"}})
+    rows = study.collect(tmp_path, ["plain20", "resnet20"])
+    assert [r["schedule"] for r in rows] == ["1/8", "1/8"]
+    assert "| resnet20 | 0.27M | 1/8 | 1 | 8000 |" in (tmp_path / "table6.md").read_text()
+    _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # the full schedule (no fraction recorded: 1)
+    with pytest.raises(UserError, match="different schedule fractions.*resnet20_seed0 1/8.*resnet20_seed1 1"):
+        study.collect(tmp_path, ["plain20", "resnet20"])
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):

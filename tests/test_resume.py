@@ -64,6 +64,23 @@ def test_what_may_change_depends_on_what_decides_the_run():
     # the model, for a run resumed without its config, is tested in test_run.py).
     with pytest.raises(ModelMismatchError, match="another model: model.name saved 'resnet20', now 'resnet32'.*workdir"):
         check_resume(config, cifar10.get_config("resnet32"), 100)
+    # Another fraction of the paper's schedule: another run, refused (its boundaries and its label differ).
+    with pytest.raises(ConfigError, match="schedule.boundaries saved .*schedule_fraction saved 0.125, now 1.0"):
+        check_resume(cifar10.get_config("resnet20,fraction=1/8"), config, 100)
+    # BN's moving variance, biased or not: the same weights, so a change that can be accepted deliberately.
+    biased = _with(config, **{"model.bn_unbiased_var": False})
+    with pytest.raises(ConfigError, match="model.bn_unbiased_var saved False, now True.*--accept_changes=model.bn_"):
+        check_resume(biased, config, 100)
+    changes = check_resume(biased, config, 100, accepted=["model.bn_unbiased_var"])
+    assert changes == {"model.bn_unbiased_var": [False, True]}
+
+
+def test_a_run_started_before_bn_unbiased_var_existed_reads_as_the_biased_variance_it_trained_with(tmp_path):
+    run = RunDir(tmp_path / "old").create()
+    run.config_path.write_text('{"model": {"name": "resnet20"}, "data": {"name": "cifar10"}}')
+    config = run.read_config()
+    assert config.model.bn_unbiased_var is False and cifar10.get_config("resnet20").model.bn_unbiased_var is True
+    assert config.schedule_fraction == 1.0  # every other key added since: its default
 
 
 @pytest.mark.skipif(not (REPO / "results").is_dir(), reason="no committed results")
@@ -79,8 +96,10 @@ def test_the_committed_runs_load_and_resuming_them_with_their_config_is_accepted
             # the paper's config as its file gives it today, reading the data where the run did
             again = cifar10.get_config(saved.model.name)
             again.data.data_dir, again.data.worker_count = saved.data.data_dir, saved.data.worker_count
-            changes = check_resume(saved, again, saved.num_steps)
-            assert set(changes) <= {"steps_per_dispatch"}, changes
+            again.seed, again.runs = saved.seed, saved.runs  # its seeds (a lease trains seeds 1, 2, ...)
+            changes = check_resume(saved, again, saved.num_steps, accepted=["model.bn_unbiased_var"])
+            # Runs trained before the unbiased moving variance became the paper configs' BN: that key too.
+            assert set(changes) <= {"steps_per_dispatch", "model.bn_unbiased_var"}, changes
 
 
 def _with(config, **overrides):

@@ -32,6 +32,7 @@ _OPTIONS = {
     "stride_on_3x3": (False, True),
     "zero_init_last_bn": (False, True),
     "remat": (False, True),
+    "bn_unbiased_var": (False, True),
     "dtype": ("float32", "bfloat16", "float16"),
     "conv_impl": conv.CONV_IMPLS,
 }
@@ -53,7 +54,7 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
       num_classes: output width (1000 for ImageNet, 10 for CIFAR-10).
       **options: `shortcut` ('A'|'B'|'C'; default B for ImageNet nets, A for CIFAR), `stride_on_3x3` (v1.5),
         `zero_init_last_bn`, `remat`, `dtype` ('float32'|'bfloat16'|'float16' or a dtype), `conv_impl`
-        ('auto'|'xla'|'onednn'), `bn_group_size`, `bn_momentum`, `bn_epsilon`.
+        ('auto'|'xla'|'onednn'), `bn_group_size`, `bn_momentum`, `bn_epsilon`, `bn_unbiased_var`.
 
     Raises:
       ValueError: for an unknown name, option or option value; the message lists the valid ones. For

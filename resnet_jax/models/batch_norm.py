@@ -19,13 +19,17 @@ import jax.numpy as jnp
 class GroupedBatchNorm(nn.Module):
     """BatchNorm over the last axis with statistics per group of `group_size` examples in training.
 
-    The moving averages track the mean over groups of the group statistics.
+    The moving averages track the mean over groups of the group statistics. Training normalises with the biased
+    variance of each group; `unbiased_running_var` feeds the moving average with the unbiased one, count / (count - 1)
+    times it (count: the values of a channel in a group), as Caffe (the authors' framework) and PyTorch do; False is
+    Flax's `nn.BatchNorm`.
     """
 
     use_running_average: bool
     group_size: int | None = None
     momentum: float = 0.9
     epsilon: float = 1e-5
+    unbiased_running_var: bool = False
     dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
@@ -58,6 +62,9 @@ class GroupedBatchNorm(nn.Module):
 
         if not self.is_initializing():
             m = self.momentum
+            count = xg[0, ..., 0].size  # the values of one channel in one group
+            if self.unbiased_running_var and count > 1:
+                var = var * (count / (count - 1))
             running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=(0, *axes))
             running_var.value = m * running_var.value + (1 - m) * jnp.mean(var, axis=(0, *axes))
         return y.reshape(x.shape).astype(self.dtype)

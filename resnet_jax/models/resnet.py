@@ -205,6 +205,9 @@ class ResNet(nn.Module):
         reproduce the paper's per-GPU BN (32 per GPU on ImageNet) whatever the device count; None uses the whole
         (global) batch, i.e. cross-device BN.
       bn_momentum: decay of the BN moving averages.
+      bn_unbiased_var: the moving variance averages the unbiased batch variance (n / (n - 1) times the biased one
+        that training normalises with), as Caffe (the authors' framework) and PyTorch do; False is Flax's BatchNorm.
+        The paper's configs set it.
       dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
       remat: recompute each block's activations in the backward pass instead of storing them (`nn.remat`), trading
         about one extra forward pass for memory, for the deepest nets (ResNet-152, CIFAR ResNet-1202).
@@ -226,6 +229,7 @@ class ResNet(nn.Module):
     bn_group_size: int | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    bn_unbiased_var: bool = False
     dtype: Any = jnp.float32
     remat: bool = False
     conv_impl: str = "auto"
@@ -264,6 +268,7 @@ class ResNet(nn.Module):
             group_size=self.bn_group_size,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
+            unbiased_running_var=self.bn_unbiased_var,
             dtype=self.dtype,
         )
         x = self._stem(_keep(x.astype(self.dtype), valid), conv, norm, valid)

@@ -51,6 +51,12 @@ the program and which library computes the convolutions (the same numbers within
 the steps the run takes, with two exceptions `free_keys` withholds."""
 
 
+SAME_WEIGHTS = ("model.bn_group_size", "model.bn_momentum", "model.bn_epsilon", "model.bn_unbiased_var")
+"""Model keys that change what a run computes but not its weights: refused on resume like any computing key, but a
+change that can be accepted (a checkpoint of the model holds the same variables). A key missing from a saved config
+(a run started before the key existed) reads as None."""
+
+
 def free_keys(config: ml_collections.ConfigDict) -> set[str]:
     """`FREE`, less what changes the run under `config`: the log and evaluation intervals when the schedule decides
     on measured errors (a warm-up until an error, or the plateau rule: decided at logs and evaluations), and the
@@ -101,7 +107,7 @@ def check_resume(
     if unknown:
         raise ConfigError(f"--accept_changes names keys the config does not have: {', '.join(sorted(unknown))}.")
     refused = {k: v for k, v in changes.items() if k not in free and k not in accepted and k != "num_steps"}
-    model = {k: v for k, v in refused.items() if k.startswith("model.")}
+    model = {k: v for k, v in refused.items() if k.startswith("model.") and k not in SAME_WEIGHTS}
     if model:  # its checkpoints cannot hold another model's weights: no change to accept
         listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in model.items())
         raise ModelMismatchError(

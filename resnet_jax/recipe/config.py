@@ -23,6 +23,11 @@ PLATEAU_SIGNALS = ("train_error", "validation_error")
 BN_STATISTICS = ("moving_average", "recomputed")
 
 
+BEFORE_THE_KEY = {("model", "bn_unbiased_var"): False}
+"""What a run started before a key existed computed, where the key's default says otherwise: the value its
+config.json, which lacks the key, stands for (every other key added since takes its default)."""
+
+
 def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     """Defaults shared by every run; `dataset` and `model` pick the data and network defaults."""
     facts, net = datasets.get(dataset), models.spec(model)
@@ -30,6 +35,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 256
     c.num_steps = 64_000
+    # The fraction of its paper schedule a config runs (configs/cifar10.py's `fraction=F` scales every iteration
+    # count): recorded so that no table or figure mixes runs of different fractions; 1: the paper's schedule.
+    c.schedule_fraction = 1.0
     # Independent runs trained together in one program, seeds seed .. seed + runs - 1 (needs data.on_device).
     c.runs = 1
     # How the runs share the program (recipe/members.py): "vmap" (batched, for accelerators), "unrolled" (one
@@ -52,6 +60,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.bn_group_size = 32  # per-GPU BN of the authors' ImageNet runs; None: whole-batch (cross-device) BN
     c.model.bn_momentum = 0.9
+    # The moving variance from the unbiased batch variance, as Caffe (the authors' release) and PyTorch; False: Flax's.
+    c.model.bn_unbiased_var = True
     c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
     # How convolutions are computed (resnet_jax/models/conv.py): "auto" (oneDNN's on a single-device CPU program, XLA's
     # elsewhere), "xla", "onednn". The same results within float32 rounding; a resumed run may change it.
@@ -144,6 +154,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.eval.split={e.split!r} is not one of {dataset.split_names(config.data.holdout_val)}",
         ),
         (config.seed >= 0, "config.seed must be >= 0"),
+        (0 < config.schedule_fraction <= 1, "config.schedule_fraction must be in (0, 1]"),
         (
             config.batch_size > 0 and config.num_steps > 0 and e.batch_size > 0,
             "config.batch_size, config.num_steps and config.eval.batch_size must be positive",

@@ -29,7 +29,7 @@ from etils import epath
 
 from resnet_jax.core.errors import WorkdirError
 from resnet_jax.core.files import write_atomically
-from resnet_jax.recipe.config import base_config
+from resnet_jax.recipe.config import BEFORE_THE_KEY, base_config
 from resnet_jax.recipe.members import Members
 
 CONFIG = "config.json"
@@ -160,9 +160,10 @@ class RunDir:
                 for parent in parents:
                     node = node.setdefault(parent, {})
                 node[leaf] = value
-        return ml_collections.ConfigDict(
-            _with_defaults(saved, base_config(saved["data"]["name"], saved["model"]["name"]).to_dict())
-        )
+        defaults = base_config(saved["data"]["name"], saved["model"]["name"]).to_dict()
+        for (parent, key), value in BEFORE_THE_KEY.items():
+            defaults[parent][key] = value
+        return ml_collections.ConfigDict(_with_defaults(saved, defaults))
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_atomically(self.result_path, json.dumps(result, indent=2))

@@ -297,6 +297,8 @@ class Trainer:
             **summarize(results),
             "model": config.model.name,
             "parameters": sum(x[0].size for x in jax.tree.leaves(self.state.params)),
+            "num_steps": config.num_steps,
+            "schedule_fraction": config.schedule_fraction,
             "bn_statistics": (
                 f"recomputed over {config.bn_recompute_examples} training images"
                 if config.bn_statistics == "recomputed"
