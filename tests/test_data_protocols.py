@@ -67,6 +67,34 @@ def test_one_crop_is_the_centre_224_of_the_256_image(sample_records):
         assert np.abs(_blocks(crop) - _blocks(centre)).mean() < 2
 
 
+def test_one_crop_at_another_side_is_the_centre_224_of_that_image(sample_records):
+    """torchvision's V2 weights were measured at resize 232: `data.one_crop_side`, which their entry sets."""
+    from resnet_jax import pretrained
+    from resnet_jax.eval.published import data_config_of
+
+    mean = np.full((224, 224, 3), 0.5, np.float32)
+    for record in sample_records[:6]:
+        crop = 255 * (protocols.OneCropView(mean, side=232)(record)["image"][0] + mean)
+        resized = _resized(record, 232)
+        top, left = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
+        assert np.abs(_blocks(crop) - _blocks(resized[top : top + 224, left : left + 224])).mean() < 3
+    assert data_config_of(pretrained.parse("resnet50:torchvision_v2")).one_crop_side == 232
+    assert data_config_of(pretrained.parse("resnet50:torchvision_v1")).one_crop_side == 256
+
+
+def test_the_one_crop_side_of_the_data_config_reaches_the_view(imagenet_samples_data_dir):
+    dataset, cfg = opened("imagenet2012", imagenet_samples_data_dir)
+    first = {}
+    for side in (256, 232):
+        cfg.one_crop_side = side
+        batches = eval_iterator(dataset, cfg, split="validation", protocol="1crop", global_batch_size=4)
+        first[side] = next(iter(batches))["image"][0, 0]
+        mean, std, _ = dataset.normalization(cfg)
+        expected = protocols.OneCropView(mean, std, side=side)(dataset.source("validation")[0])["image"][0]
+        np.testing.assert_allclose(first[side], expected, atol=1e-5)
+    assert np.abs(first[256] - first[232]).mean() > 0.01
+
+
 def test_multiscale_views_place_each_resized_image_on_its_buckets_canvas(sample_records):
     mean = np.full((224, 224, 3), 0.5, np.float32)
     view = protocols.MultiScaleView(mean)

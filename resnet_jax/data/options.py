@@ -28,6 +28,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       pca_lighting: alphastd of the AlexNet PCA colour noise (paper: 0.1 on ImageNet, none on CIFAR).
       normalization: 'per_pixel_mean' (the paper: RGB / 255 minus the per-pixel training mean) or 'per_channel'
         (minus channel_mean, divided by channel_std, both in 0..255 units: other recipes', e.g. mmpretrain's).
+      one_crop_side: ImageNet only: the shorter side the '1crop' test view resizes to before its centre 224 crop
+        (the paper's 256; torchvision's V2 weights were measured at 232).
       pad_with: the colour CIFAR's 4-pixel padding has: 'mean' (the paper: 0 after the mean is subtracted) or
         'black' (mmpretrain pads the raw image with zeros; needs 'per_channel').
       corrupt_policy: 'fail' (raise, naming the record) or 'skip' (log the record and go on).
@@ -51,6 +53,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
             "normalization": "per_pixel_mean",
             "channel_mean": (0.0, 0.0, 0.0),
             "channel_std": (1.0, 1.0, 1.0),
+            "one_crop_side": 256,
             "pad_with": "mean",
             "corrupt_policy": "fail",
             "worker_count": 8 if imagenet else 2,
@@ -95,6 +98,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "data.pad_with='black' needs data.normalization='per_channel' (a constant colour to pad with)."
         )
+    if cfg.one_crop_side < 224:
+        raise ConfigError(f"data.one_crop_side={cfg.one_crop_side} must be at least the 224 of the crop.")
     if len(cfg.channel_mean) != 3 or len(cfg.channel_std) != 3 or min(cfg.channel_std) <= 0:
         raise ConfigError("data.channel_mean and data.channel_std need 3 values each, the std positive.")
     if cfg.pca_lighting < 0 or cfg.worker_count < 0 or cfg.read_threads < 0 or cfg.prefetch < 1:

@@ -330,7 +330,7 @@ def eval_iterator(
     dataset.facts.check_protocol(protocol)
     source = dataset.source(split)
     mean, std, _ = dataset.normalization(cfg)
-    view = protocols.VIEWS[protocol](mean, std)
+    view = protocols.VIEWS[protocol](mean, std, side=cfg.one_crop_side)
     order, buckets = eval_order(len(source), global_batch_size, eval_buckets(dataset, split, protocol))
     ds = grain.MapDataset.range(len(order) // process_count)
     ds = ds.map(_EvalPosition(order, buckets, global_batch_size, process_index, local_batch)).batch(local_batch)

@@ -71,10 +71,11 @@ def centre_crop(height: int, width: int, side: int = ONE_CROP_SIDE) -> ScaleCrop
     return ScaleCrop(side, (resized_h - IMAGENET_CROP) // 2, (resized_w - IMAGENET_CROP) // 2)
 
 
-def one_crop_pixels(data: bytes) -> np.ndarray:
-    """uint8 [224, 224, 3]: shorter side 256, centre crop (also the geometry of the mean image)."""
+def one_crop_pixels(data: bytes, side: int = ONE_CROP_SIDE) -> np.ndarray:
+    """uint8 [224, 224, 3]: shorter side `side` (256: the paper's, also the geometry of the mean image), centre
+    crop."""
     height, width = images.jpeg_shape(data)
-    box = centre_crop(height, width).source_box(height, width)
+    box = centre_crop(height, width, side).source_box(height, width)
     return images.decode_region(data, box, (IMAGENET_CROP, IMAGENET_CROP))
 
 
@@ -84,6 +85,7 @@ class _View:
 
     mean_image: np.ndarray  # float32: [32, 32, 3] for CIFAR; for ImageNet [224, 224, 3], the 1-crop view's mean
     std: np.ndarray | None = None
+    side: int = ONE_CROP_SIDE  # the 1-crop view's shorter side (data.one_crop_side)
 
 
 class CifarSingleView(_View):
@@ -97,10 +99,10 @@ class CifarSingleView(_View):
 
 
 class OneCropView(_View):
-    """Shorter side 256, centre 224 crop."""
+    """Shorter side `side` (the paper's 256), centre 224 crop."""
 
     def __call__(self, record: dict) -> dict:
-        return {"image": normalize(one_crop_pixels(record["image"]), self.mean_image, self.std)[None]}
+        return {"image": normalize(one_crop_pixels(record["image"], self.side), self.mean_image, self.std)[None]}
 
     def empty(self, bucket: int = 0) -> dict:
         return {"image": np.zeros((1, IMAGENET_CROP, IMAGENET_CROP, 3), np.float32)}

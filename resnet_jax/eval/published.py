@@ -1,8 +1,9 @@
 """Published weights (`resnet_jax.pretrained`) evaluated as a run's checkpoint is: any prepared split, any protocol.
 
 The images are normalised as the weights were trained (the entry's per-channel mean and std), not as the paper's
-runs are; the result is reported beside the publisher's own figure and how it was measured, which may differ from
-our protocol in details (torchvision's V2 weights were measured at resize 232, our '1crop' resizes to 256).
+runs are, and the '1crop' view resizes to the publisher's shorter side (`Weights.one_crop_side`: torchvision's V2
+weights were measured at 232, the rest at the paper's 256); the result is reported beside the publisher's own
+figure and how it was measured.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def data_config_of(entry: pretrained.Weights, data_dir: str | None = None) -> An
     config = default_data_config(entry.dataset)
     config.normalization = "per_channel"
     config.channel_mean, config.channel_std = entry.mean, entry.std
+    if entry.one_crop_side is not None:
+        config.one_crop_side = entry.one_crop_side
     config.data_dir = data_dir
     return config
 

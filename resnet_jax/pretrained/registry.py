@@ -42,6 +42,8 @@ class Weights:
       top1, top5: the publisher's accuracy in percent (None where not published).
       evaluation: how the publisher measured it (the nearest of our protocols is `protocol`).
       protocol: our test protocol that matches the publisher's evaluation best.
+      one_crop_side: for ImageNet weights, the shorter side the publisher resized to before the centre 224 crop
+        (evaluations of the weights use it for '1crop'); None for CIFAR's.
       licence: the licence the weights are published under, as their publisher states it.
       source: where the facts of this entry were read.
     """
@@ -61,6 +63,7 @@ class Weights:
     protocol: str
     licence: str
     source: str
+    one_crop_side: int | None = None
 
     @property
     def name(self) -> str:
@@ -113,10 +116,18 @@ def _torchvision(depth: int, version: int, prefix: str, top1: float, top5: float
         protocol="1crop",
         licence=_TORCHVISION_LICENCE,
         source=_TORCHVISION_SOURCE,
+        one_crop_side=256 if version == 1 else 232,
     )
 
 
 def _akamaster(depth: int, sha256: str, top1: float) -> Weights:
+    """What is known of these files and their figures: trainer.py (@ d5489e8) evaluates on the CIFAR-10 test set
+    after every epoch, records the best of those accuracies as `best_prec1`, and writes `model.th` once, after the
+    last epoch: the files hold the last epoch's weights beside the best epoch's accuracy (ResNet-20/32/44/56:
+    91.78/92.78/93.14/93.62, in the files). `top1` is the repository README's figure, which is neither: lower than
+    each file's best_prec1 (91.73/92.63/93.10/93.39) and not said to be measured on these files. The last epoch's own
+    accuracy is not published; on the 1,017 lossless test images in ../shared/data it is 91.64/92.82/93.41/92.72%
+    (tests/test_pretrained_cifar.py)."""
     return Weights(
         model=f"resnet{depth}",
         tag="akamaster",
@@ -129,7 +140,7 @@ def _akamaster(depth: int, sha256: str, top1: float) -> Weights:
         dataset="cifar10",
         top1=top1,
         top5=None,
-        evaluation="CIFAR-10 test, 32x32 as is; the best epoch's (the repository keeps no validation split)",
+        evaluation="CIFAR-10 test, 32x32 as is; the README's figure, not measured on the file (last epoch's weights)",
         protocol="single",
         licence="BSD-2-Clause",
         source=_AKAMASTER_SOURCE,
@@ -173,6 +184,7 @@ def _mmpretrain_v1d(depth: int, prefix: str, top1: float, top5: float) -> Weight
         protocol="1crop",
         licence="Apache-2.0",
         source=_MMPRETRAIN_SOURCE,
+        one_crop_side=256,
     )
 
 
