@@ -49,6 +49,19 @@ def test_resumes_refuse_computing_changes_accept_the_others_and_record_every_one
         train_and_evaluate(_with(longer, num_steps=6), str(grown))
 
 
+def test_a_change_that_keeps_the_weights_resumes_from_the_checkpoints(cifar_slice_data_dir, tmp_path):
+    """The checkpoints' own model check asks the same question as check_resume: the library computing the
+    convolutions is free, BN's moving-variance rule is a change to accept, the net is neither."""
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4, **{"model.conv_impl": "xla"}), workdir)
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=6, **{"model.conv_impl": "auto"}), workdir)
+    biased = small_config(cifar_slice_data_dir, num_steps=8, **{"model.bn_unbiased_var": False})
+    with pytest.raises(ConfigError, match="model.bn_unbiased_var saved True, now False"):
+        train_and_evaluate(biased, workdir)
+    assert train_and_evaluate(biased, workdir, accept_changes=["model.bn_unbiased_var"]) is not None
+    assert [r["step"] for r in RunDir(workdir).resumes()] == [4, 6]
+
+
 def test_what_may_change_depends_on_what_decides_the_run():
     config = cifar10.get_config("resnet20")
     check_resume(config, _with(config, log_every_steps=50, **{"data.worker_count": 9}), 100)

@@ -57,6 +57,13 @@ change that can be accepted (a checkpoint of the model holds the same variables)
 (a run started before the key existed) reads as None."""
 
 
+def same_weights(model_key: str) -> bool:
+    """Whether a key of the model config ('conv_impl', 'bn_momentum', ...) leaves the model's weights as they are:
+    a checkpoint of the model holds the same variables whatever its value (free, or a change that can be accepted).
+    The one answer for check_resume and for the checkpoints' own model check."""
+    return f"model.{model_key}" in FREE or f"model.{model_key}" in SAME_WEIGHTS
+
+
 def free_keys(config: ml_collections.ConfigDict) -> set[str]:
     """`FREE`, less what changes the run under `config`: the log and evaluation intervals when the schedule decides
     on measured errors (a warm-up until an error, or the plateau rule: decided at logs and evaluations), and the
@@ -107,7 +114,7 @@ def check_resume(
     if unknown:
         raise ConfigError(f"--accept_changes names keys the config does not have: {', '.join(sorted(unknown))}.")
     refused = {k: v for k, v in changes.items() if k not in free and k not in accepted and k != "num_steps"}
-    model = {k: v for k, v in refused.items() if k.startswith("model.") and k not in SAME_WEIGHTS}
+    model = {k: v for k, v in refused.items() if k.startswith("model.") and not same_weights(k.removeprefix("model."))}
     if model:  # its checkpoints cannot hold another model's weights: no change to accept
         listed = "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in model.items())
         raise ModelMismatchError(

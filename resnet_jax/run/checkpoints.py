@@ -31,20 +31,26 @@ from resnet_jax.core.errors import (
     NoRestorableCheckpointError,
     WorkdirError,
 )
+from resnet_jax.recipe.changes import same_weights
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir, local_path
 
 
 def model_signature(model_config: ml_collections.ConfigDict, members: Members, params: Any) -> dict[str, Any]:
-    """What must not change when a run resumes: the model's options, every parameter's shape (as the checkpoint
-    holds them), the members."""
+    """What must not change when a run resumes: the model's options that decide its weights (not those that keep
+    them, `changes.same_weights`, which check_resume rules on), every parameter's shape (as the checkpoint holds
+    them), the members."""
     flat = jax.tree_util.tree_flatten_with_path(jax.eval_shape(members.to_disk, params))[0]
     return {
-        **model_config.to_dict(),
+        **_deciding_weights(model_config.to_dict()),
         "num_parameters": int(sum(x.size for _, x in flat)),
         "parameter_shapes": {jax.tree_util.keystr(p): list(x.shape) for p, x in flat},
         **members.signature(),
     }
+
+
+def _deciding_weights(signature: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in signature.items() if not same_weights(k)}
 
 
 @dataclasses.dataclass
@@ -206,7 +212,7 @@ class Checkpointer:
         return Restored(step, state, restored["data"], self.members.list_from_disk(meta["schedule"])), None
 
     def _check_model(self, saved: dict[str, Any]) -> None:
-        wanted = self.model_signature
+        wanted, saved = self.model_signature, _deciding_weights(saved)  # older checkpoints recorded every option
         if saved == wanted:
             return
         changed = {
