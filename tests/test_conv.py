@@ -194,3 +194,16 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
     assert (np.asarray(doubled) == 2 * np.asarray(x)).all()
     with pytest.raises(Exception, match="test_conv_broken: ValueError: deliberately broken"):
         jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_broken", broken), out))(x).block_until_ready()
+
+    # Any exception at all (Ctrl-C inside the handler, a message that cannot be encoded) is XLA's error too: none
+    # escapes the callback, which would abort the process.
+    def interrupted(args, results):
+        raise KeyboardInterrupt
+
+    def unencodable(args, results):
+        raise ValueError("lone surrogate \udc80")
+
+    with pytest.raises(Exception, match="test_conv_interrupted: KeyboardInterrupt"):
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_interrupted", interrupted), out))(x).block_until_ready()
+    with pytest.raises(Exception, match=r"test_conv_unencodable: ValueError: lone surrogate \\udc80"):
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_unencodable", unencodable), out))(x).block_until_ready()

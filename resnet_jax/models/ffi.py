@@ -143,9 +143,8 @@ def _buffers(buffers: _Buffers) -> list[Buffer]:
 def _error(frame: _CallFrame, message: str) -> int | None:
     api = ctypes.cast(frame.api, ctypes.POINTER(_ApiHead)).contents
     # struct_size as XLA_FFI_DEFINE_STRUCT_TRAITS counts it: up to the end of the last field, without padding
-    args = _ErrorCreateArgs(
-        _ErrorCreateArgs.errc.offset + ctypes.sizeof(ctypes.c_int), None, message.encode(), _ERROR_INTERNAL
-    )
+    text = message.encode("utf-8", "backslashreplace")  # any str, a lone surrogate included
+    args = _ErrorCreateArgs(_ErrorCreateArgs.errc.offset + ctypes.sizeof(ctypes.c_int), None, text, _ERROR_INTERNAL)
     return api.error_create(ctypes.byref(args))
 
 
@@ -162,7 +161,8 @@ def _handler(name: str, function: Callable[[list[Buffer], list[Buffer]], None]):
             return None
         try:
             function(_buffers(frame.args), _buffers(frame.rets))
-        except Exception as error:  # noqa: BLE001 - every failure becomes XLA's error, with its message
+        except BaseException as error:  # noqa: BLE001 - every failure, Ctrl-C's too, becomes XLA's error: an
+            # exception that escaped a ctypes callback would hand XLA a garbage pointer and abort the process
             return _error(frame, f"{name}: {type(error).__name__}: {error}")
         return None
 
