@@ -128,7 +128,8 @@ def test_kill_9_and_resume_is_bit_identical(cifar_slice_data_dir, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_and_exit(cifar_slice_data_dir, tmp_path, signum):
     process = subprocess.Popen(
         command(cifar_slice_data_dir, tmp_path, num_steps=10_000, checkpoint_every_steps=1000),
         cwd=REPO,
@@ -143,10 +144,11 @@ def test_sigterm_saves_and_exits(cifar_slice_data_dir, tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 0, output[-3000:]
-    assert "Preempted: saved step" in output
+    assert "Preempted: saved step" in output and "Traceback" not in output
+    assert ("Ctrl-C: the run saves" in output) == (signum == signal.SIGINT)
     saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
     assert saved and 3 <= saved[-1] < 1000
 

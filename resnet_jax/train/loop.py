@@ -51,12 +51,26 @@ from resnet_jax.train.step import make_dispatch
 
 
 class _Preemption:
-    """Turns SIGTERM (how Cloud TPU and most schedulers preempt) into a flag the loop checks."""
+    """Turns SIGTERM (how Cloud TPU and most schedulers preempt) and a first Ctrl-C into a flag the loop checks: the
+    run saves at the end of the dispatch and stops, to be resumed by the same command. A second Ctrl-C stops at once
+    (KeyboardInterrupt), losing what the newest checkpoint does not hold. `close` puts the previous handlers back."""
 
     def __init__(self):
         self.event = threading.Event()
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+
+    def _interrupt(self, *_) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        logging.warning("Ctrl-C: the run saves at the end of this dispatch and stops; Ctrl-C again stops at once.")
+
+    def close(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def _per_member(tree: Any) -> list[dict[str, float]]:
@@ -197,6 +211,7 @@ class Trainer:
             results = self._finish()
         finally:
             # However the run ends, a save in flight completes and the workers and event files are closed.
+            self.preemption.close()
             try:
                 self.checkpointer.close()
             finally:
