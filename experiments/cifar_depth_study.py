@@ -8,6 +8,7 @@
     python -m experiments.cifar_depth_study --workdir=... --collect                            # table + figure only
     python -m experiments.cifar_depth_study --workdir=... --quick                              # minutes on a CPU
     python -m experiments.cifar_depth_study --workdir=... --schedule_fraction=1/8              # 8k iterations each
+    python -m experiments.cifar_depth_study --workdir=... --publish=results/...                # logs, as each ends
 
 Each net trains with configs/cifar10.py on the paper's schedule (64k iterations) in `<workdir>/<net>_seed<s>` (one
 seed) or `<workdir>/<net>_seeds<a>-<b>` (seeds a..b, trained together in one program, `config.runs`, each in its
@@ -20,6 +21,9 @@ mean curves of the seeds, plain nets and ResNets in two panels as in the paper. 
 paper's recipe with every iteration count times F (configs/cifar10.py's `fraction=F`); the fraction is recorded in
 each run's config.json and result.json, labels the table and figure, and runs of different fractions are never
 mixed: a workdir holds one fraction (the table refuses a mix, a resumed run refuses another fraction).
+`--publish=DIR` copies each run, as soon as it has finished, into DIR without its checkpoints (config.json,
+metrics.jsonl, result.json, curves), with Figure 7's per-layer statistics measured on it (figure7.csv), and
+regenerates Table 6 and Figures 6 and 7 there: a batch job that stops leaves everything it finished ready to commit.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
     flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
     flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
     flags.DEFINE_bool("collect", False, "Only collect the finished runs into the table and figure.")
+    flags.DEFINE_string(
+        "publish", None, "Copy each finished run (no checkpoints) with its Figure 7 statistics here, and tabulate."
+    )
     flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
     flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
@@ -150,20 +157,44 @@ def net_command(net: str, argv: list[str]) -> str:
     return shlex.join([sys.executable, "-m", "experiments.cifar_depth_study", *kept, f"--nets={net}"])
 
 
-def run_nets(workdir: Path, nets: list[str], make_config: Callable, train_fn: Callable) -> bool:
-    """Trains each unfinished net in `<workdir>/<run_name>` (resuming it if it was interrupted); False if
-    preempted."""
+def run_nets(
+    workdir: Path, nets: list[str], make_config: Callable, train_fn: Callable, finished: Callable | None = None
+) -> bool:
+    """Trains each unfinished net in `<workdir>/<run_name>` (resuming it if it was interrupted), calling
+    `finished(net, run_dir)` for each finished run; False if preempted."""
     for net in nets:
         config = make_config(net)
         run_dir = RunDir(workdir / run_name(net, Members.from_config(config)))
         if run_dir.is_finished():
             logging.info("%s: finished earlier (%s), skipping.", net, run_dir.path)
-            continue
-        logging.info("%s: training in %s", net, run_dir.path)
-        if not train_fn(config, str(run_dir.path)):
-            logging.info("%s: preempted and saved; rerun the same command to resume.", net)
-            return False
+        else:
+            logging.info("%s: training in %s", net, run_dir.path)
+            if not train_fn(config, str(run_dir.path)):
+                logging.info("%s: preempted and saved; rerun the same command to resume.", net)
+                return False
+        if finished is not None:
+            finished(net, run_dir)
     return True
+
+
+def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
+    """Copies a finished run into `target` (once) without checkpoints, with Figure 7's statistics measured on it,
+    and regenerates Table 6 and Figures 6 and 7 there."""
+    import shutil
+
+    from experiments.layer_responses import study_figure7, write_run_responses
+
+    copy = target / run_dir.path.name
+    if copy.exists():
+        return
+    partial = target / f".{run_dir.path.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.partial"))
+    write_run_responses(partial, net)
+    partial.rename(copy)  # whole or not at all
+    collect(target, nets)
+    study_figure7(target)
+    logging.info("%s: published to %s", net, copy)
 
 
 def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:
@@ -331,7 +362,13 @@ def main(argv: list[str]) -> None:
                 FLAGS.schedule_fraction,
             )
 
-        if not run_nets(workdir, nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs), make_config, train_and_evaluate):
+        def finished(net, run_dir):
+            if FLAGS.publish:
+                Path(FLAGS.publish).mkdir(parents=True, exist_ok=True)
+                publish(net, run_dir, Path(FLAGS.publish), nets)
+
+        job_nets = nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs)
+        if not run_nets(workdir, job_nets, make_config, train_and_evaluate, finished):
             return
     workdir.mkdir(parents=True, exist_ok=True)
     rows = collect(workdir, nets)

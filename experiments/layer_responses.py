@@ -149,6 +149,35 @@ def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
     }
 
 
+def write_run_responses(workdir: Path, net: str) -> Path:
+    """Measures a trained run's responses (its first seed) into `<workdir>/figure7.csv`; returns the file."""
+    stds = layer_response_stds(str(workdir))
+    lines = ["net,layer_index,layer,std"] + [f"{net},{i + 1},{n},{s:.6f}" for i, (n, s) in enumerate(stds)]
+    path = Path(workdir) / "figure7.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def study_figure7(study_dir: Path) -> None:
+    """Figure 7 of a study folder (one folder per run, `<net>_seed<s>` or `<net>_seeds<a>-<b>`) from the responses
+    measured on its runs (their figure7.csv): one line per net, its lowest seed's; writes figure7.csv and .png."""
+    from experiments.lease_plan import seeds_of
+
+    by_net: dict[str, Path] = {}
+    for path in sorted(study_dir.glob("*/figure7.csv")):
+        net = path.parent.name.split("_seed")[0]
+        if net not in by_net or seeds_of(path.parent.name)[0] < seeds_of(by_net[net].parent.name)[0]:
+            by_net[net] = path
+    if not by_net:
+        return
+    responses = read_responses([str(p) for p in by_net.values()])
+    lines = ["net,layer_index,layer,std"] + [
+        f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
+    ]
+    (study_dir / "figure7.csv").write_text("\n".join(lines) + "\n")
+    plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"))
+
+
 def main(argv: list[str]) -> None:
     del argv
     if bool(FLAGS.workdirs) == bool(FLAGS.from_csv):

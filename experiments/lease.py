@@ -147,12 +147,10 @@ def train_program(spec: dict) -> None:
         **timings,
     }
     if result is not None:
-        from experiments.layer_responses import layer_response_stds
+        from experiments.layer_responses import write_run_responses
 
         started = time.perf_counter()
-        stds = layer_response_stds(str(workdir))
-        lines = ["net,layer_index,layer,std"] + [f"{program.net},{i + 1},{n},{s:.6f}" for i, (n, s) in enumerate(stds)]
-        (workdir / "figure7.csv").write_text("\n".join(lines) + "\n")
+        write_run_responses(workdir, program.net)
         record["figure7_s"] = time.perf_counter() - started
     (RunDir(workdir).path / "program.json").write_text(json.dumps(record, indent=2))
 
@@ -585,6 +583,7 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
     lease's phases and fill table to `results_md` (default: benchmarks/RESULTS.md for the repository's results,
     else <results>/RESULTS.md)."""
     from experiments import cifar_depth_study as study
+    from experiments.layer_responses import study_figure7
 
     folder = source if source.is_dir() else source.parent
     record = _read_json(folder / "lease.json") or {}
@@ -634,7 +633,7 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
     study_dir = results / plan.STUDY
     if study_dir.is_dir():
         study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])
-        _figure7(study_dir)
+        study_figure7(study_dir)
         _runs_md(study_dir, merged["runs"], record)
     if results_md is None:
         results_md = REPO / "benchmarks" / "RESULTS.md" if results.resolve() == (REPO / "results").resolve() else None
@@ -678,25 +677,6 @@ def _results_md(path: Path, record: dict, fill: dict | None, merged: dict) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def _figure7(study_dir: Path) -> None:
-    """Figure 7 from the per-layer statistics measured on the trained nets: one line per net, its lowest seed."""
-    from experiments.layer_responses import plot_figure7, read_responses
-
-    by_net: dict[str, Path] = {}
-    for csv in sorted(study_dir.glob("*/figure7.csv")):
-        net = csv.parent.name.split("_seed")[0]
-        if net not in by_net or plan._seeds_of(csv.parent.name)[0] < plan._seeds_of(by_net[net].parent.name)[0]:
-            by_net[net] = csv
-    if not by_net:
-        return
-    responses = read_responses([str(p) for p in by_net.values()])
-    lines = ["net,layer_index,layer,std"] + [
-        f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
-    ]
-    (study_dir / "figure7.csv").write_text("\n".join(lines) + "\n")
-    plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"))
 
 
 def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:

@@ -176,7 +176,7 @@ def pending_programs(
     carried_seeds = {}
     for run in carried:  # a partial run from an earlier lease keeps its seeds: its checkpoint holds those members
         if any(run.startswith(f"{net}_seed") for net in item.nets):
-            carried_seeds[run] = _seeds_of(run)
+            carried_seeds[run] = seeds_of(run)
     programs = []
     for net in item.nets:
         missing = [s for s in item.seeds if s not in done.get(net, set())]
@@ -197,7 +197,7 @@ def pending_programs(
     return programs
 
 
-def _seeds_of(run: str) -> tuple[int, ...]:
+def seeds_of(run: str) -> tuple[int, ...]:
     match = re.search(r"_seeds?(\d+)(?:-(\d+))?$", run)
     first = int(match[1])
     return tuple(range(first, int(match[2] or first) + 1))

@@ -73,6 +73,35 @@ def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
     assert study.run_name("resnet56", Members.from_config(seeds_1_2)) == "resnet56_seeds1-2"
 
 
+def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as_it_ends(tmp_path, monkeypatch):
+    from experiments import layer_responses
+
+    def responses(workdir, net):  # the measurement needs a trained net: its file, as the real one writes it
+        (Path(workdir) / "figure7.csv").write_text(f"net,layer_index,layer,std\n{net},1,bn1,0.5\n{net},2,x/bn1,0.4\n")
+
+    monkeypatch.setattr(layer_responses, "write_run_responses", responses)
+    work, published = tmp_path / "work", tmp_path / "results"
+    published.mkdir()
+    eighth = {**_CONFIG, "schedule_fraction": 0.125}
+
+    def fake_train(config, workdir):
+        _fake_run(Path(workdir), [(8000, 0.2)], config={**eighth, "model": {"name": config.model.name}})
+        (Path(workdir) / "checkpoints" / "8000").mkdir(parents=True)
+        return {"top1_error": 0.2}
+
+    def finished(net, run_dir):
+        study.publish(net, run_dir, published, ["plain56", "plain20"])
+
+    assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
+    assert sorted(p.name for p in published.iterdir() if p.is_dir()) == ["plain20_seed0", "plain56_seed0"]
+    assert (published / "plain56_seed0" / "figure7.csv").exists() and (published / "figure7.png").exists()
+    assert not list(published.rglob("checkpoints"))
+    assert "| plain56 | 0.85M | 1/8 | 1 | 8000 |" in (published / "table6.md").read_text()
+    (published / "plain56_seed0" / "result.json").write_text("{}")  # published once: a rerun leaves it as it is
+    assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
+    assert (published / "plain56_seed0" / "result.json").read_text() == "{}"
+
+
 def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():
     config = study.net_config("resnet110", quick=True, data_dir="/d", prepare_from=None, batch_size=None)
     quick = cifar10.get_config("resnet110,quick")
