@@ -7,7 +7,8 @@ One CIFAR net at batch 128 keeps a large GPU a few percent busy. For ResNet-20 f
 real training dispatch (`resnet_jax.train.step.make_dispatch`: `--steps_per_dispatch` steps in a `lax.scan`, batches
 made on the device from a CIFAR-sized split of random pixels, the paper's step) for:
   one run;  N runs in one program: vmapped, one after the other (`unrolled`), or in a `lax.map` (`map`);
-  N independent processes sharing the GPU (each one run, `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.9 / N);
+  N independent processes sharing the GPU (each one run, `XLA_PYTHON_CLIENT_MEM_FRACTION` = 0.8 / N, beside this
+  process, which allocates only what it uses);
   the best of them in bfloat16 compute; with XLA's CUDA graphs (`--xla_gpu_graph_min_graph_size=1`); with XLA's
   autotuning off (`--xla_gpu_autotune_level=0`).
 Each figure is images/s over `--dispatches` dispatches after one untimed (compiling) dispatch, and its compile seconds;
@@ -97,12 +98,20 @@ def measure(net: str, members: int, mode: str, dtype: str = "float32", start_at:
     return {"images": images, "seconds": seconds, "images_per_sec": images / seconds, "compile_s": compile_s}
 
 
+def worker_env(processes: int, xla_flags: str = "") -> dict[str, str]:
+    """The environment of one of `processes` workers sharing the GPU: each preallocates its share of the memory,
+    0.8 / processes, beside this process (which allocates only what it uses), with `xla_flags` added."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.8 / processes:.3f}"
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    return env
+
+
 def _in_processes(net: str, processes: int, xla_flags: str = "", dtype: str = "float32", members: int = 1) -> dict:
     """One figure measured by `processes` processes at once (one when only XLA flags differ)."""
     start_at = time.time() + (10 + 5 * processes if FLAGS.tiny else 90 + 15 * processes)  # once all have compiled
-    env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / processes:.3f}"}
-    if xla_flags:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    env = worker_env(processes, xla_flags)
     spec = json.dumps({"net": net, "members": members, "mode": "vmap", "dtype": dtype})
     argv = [sys.executable, "-m", "benchmarks.fill", f"--worker={spec}", f"--start_at={start_at}"]
     argv += [f"--batch_size={FLAGS.batch_size}", f"--steps_per_dispatch={FLAGS.steps_per_dispatch}"]
@@ -166,6 +175,9 @@ def main(argv):
         spec = json.loads(FLAGS.worker)
         print(json.dumps(measure(spec["net"], spec["members"], spec["mode"], spec["dtype"], FLAGS.start_at)))
         return
+    # This process measures the in-program figures, then starts the process figures' workers: it must not keep the
+    # 75% of the GPU's memory JAX takes by default, or the workers' shares would not fit beside it.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if FLAGS.tiny:
         import jax
 

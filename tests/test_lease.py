@@ -310,6 +310,16 @@ def test_every_way_of_sharing_a_device_takes_the_steps_of_the_runs_alone(loop="s
     assert not np.allclose(alone[0], alone[1], rtol=1e-3)  # two seeds, two runs
 
 
+def test_the_fill_s_workers_share_the_memory_its_own_process_leaves(monkeypatch):
+    from benchmarks import fill
+
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the fill's own process: only what it uses
+    monkeypatch.setenv("XLA_FLAGS", "--a")
+    env = fill.worker_env(4, "--b")
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in env and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.200"
+    assert env["XLA_FLAGS"] == "--a --b"
+
+
 def test_independent_processes_share_the_device_and_their_images_add_up(tmp_path):
     """The fill measurement's processes figure, on the CPU at tiny sizes: two processes train at once, and the figure
     is the images both trained over the window they shared."""
