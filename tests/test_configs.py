@@ -19,8 +19,9 @@ from configs import (
 )
 from experiments import paper
 from resnet_jax.core.errors import ConfigError
+from resnet_jax.core.sharding import fitted_batch
 from resnet_jax.data import datasets
-from resnet_jax.recipe.config import model_from_config, validate
+from resnet_jax.recipe.config import device_count_problem, model_from_config, validate
 
 CIFAR = [cifar10.get_config(m) for m in cifar10.CIFAR_MODELS]
 TABLES = {"Table 2": imagenet_table2, "Table 3": imagenet_table3, "Table 4": imagenet_table4}
@@ -163,3 +164,21 @@ def test_several_runs_need_the_data_on_the_devices():
     config.runs, config.data.on_device = 3, False
     with pytest.raises(ConfigError, match="data.on_device=True"):
         validate(config)
+
+
+def test_every_shipped_config_trains_and_evaluates_on_1_to_64_devices():
+    """No devices needed: the set-up's own check of a device count, for every config we ship (mmpretrain's rows
+    too). The evaluation batch is fitted to the device count (it changes no result); the training batch is the
+    recipe, and where it cannot split, the one-line message names both ways out."""
+    from configs import mmpretrain
+
+    shipped = ALL + [mmpretrain.get_config(row) for row in mmpretrain.ROWS]
+    for config in shipped:
+        for devices in (1, 2, 4, 8, 16, 32, 64):
+            assert device_count_problem(config, devices) is None, (config.model.name, devices)
+            fitted = fitted_batch(config.eval.batch_size, devices)
+            assert fitted % devices == 0 and 0 <= fitted - config.eval.batch_size < devices
+    problem = device_count_problem(cifar10.get_config("resnet20"), 256)
+    assert problem.startswith("config.batch_size=128 (the recipe's) does not split across the 256 devices")
+    assert "(e.g. 128)" in problem and "--config.batch_size=N, N a multiple of 256" in problem
+    assert "(e.g. 4)" in device_count_problem(cifar10.get_config("resnet20"), 6)

@@ -68,8 +68,12 @@ def test_one_device_eight_devices_and_two_processes_agree(cifar_slice_data_dir, 
     one, eight = tmp_path / "one", tmp_path / "eight"
     # XLA's convolutions on one device too ('auto' gives a single CPU device oneDNN's): only the device count differs
     run(command(cifar_slice_data_dir, one, num_steps=4, **{"model.conv_impl": "xla"}), devices=1)
-    run(command(cifar_slice_data_dir, eight, num_steps=4), devices=8)
+    # An evaluation batch of 100 on 8 devices: fitted to 104, every test image of the slice counted once.
+    output = run(command(cifar_slice_data_dir, eight, num_steps=4, **{"eval.batch_size": 100}), devices=8)
     np.testing.assert_allclose(train_losses(eight), train_losses(one), rtol=2e-4)
+    result = RunDir(eight).read_result()
+    assert result["examples"] == 500 and result["eval_batch_size"] == 104
+    assert "Evaluation batch 100 rounded up to 104" in output.stderr
 
     two = tmp_path / "two"
     codes, outputs = run_two_processes(command(cifar_slice_data_dir, two, num_steps=4))

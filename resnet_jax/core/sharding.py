@@ -31,6 +31,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def fitted_batch(global_batch_size: int, devices: int) -> int:
+    """The smallest multiple of `devices` at or above `global_batch_size`: an evaluation batch that splits across
+    them (the evaluators mask the padding, so every example still counts once)."""
+    return -(-global_batch_size // devices) * devices
+
+
 def check_divisible(global_batch_size: int, mesh: Mesh, what: str) -> None:
     if global_batch_size % mesh.size:
         raise ConfigError(

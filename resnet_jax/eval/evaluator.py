@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+from absl import logging
 from jax.sharding import Mesh
 
+from resnet_jax.core.sharding import fitted_batch
 from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.eval.device import DeviceEvaluator
 from resnet_jax.eval.streamed import StreamedEvaluator
@@ -51,7 +53,17 @@ def evaluator_for(
     batch_size: int,
 ) -> Evaluator:
     """The evaluator of `protocol` on `split` with the input `data_config` gives: on the devices when it keeps the
-    dataset there (`data.on_device`), streamed from grain otherwise."""
+    dataset there (`data.on_device`), streamed from grain otherwise. A batch that does not split across the devices
+    is rounded up to the next multiple of their count (the padding is masked: every example counts once); its
+    `batch_size` is the batch used."""
+    fitted = fitted_batch(batch_size, mesh.size)
+    if fitted != batch_size:
+        logging.info(
+            "Evaluation batch %d rounded up to %d, a multiple of the %d devices (padding masked).",
+            batch_size,
+            fitted,
+            mesh.size,
+        )
     kind = DeviceEvaluator if data_config.on_device else StreamedEvaluator
     return kind(
         model,
@@ -59,7 +71,7 @@ def evaluator_for(
         data_config,
         protocol=protocol,
         split=split,
-        batch_size=batch_size,
+        batch_size=fitted,
         mesh=mesh,
         members=members,
     )

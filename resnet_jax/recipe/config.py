@@ -248,6 +248,20 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def device_count_problem(config: ml_collections.ConfigDict, devices: int) -> str | None:
+    """Why `config` cannot train on `devices` devices, in one line with both ways out; None if it can. The training
+    batch is the recipe (the evaluation batch is fitted to any device count by the evaluators)."""
+    batch = config.batch_size
+    if batch % devices == 0:
+        return None
+    fewer = max(d for d in range(1, devices) if batch % d == 0)
+    return (
+        f"config.batch_size={batch} (the recipe's) does not split across the {devices} devices: run on a number of "
+        f"devices that divides it (e.g. {fewer}), or override it with --config.batch_size=N, N a multiple of "
+        f"{devices} (a change from the recipe, which config.json records)."
+    )
+
+
 def _flag_value(value) -> str:
     return ",".join(str(v) for v in value).join("()") if isinstance(value, tuple) else str(value)
 

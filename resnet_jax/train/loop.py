@@ -30,14 +30,14 @@ from absl import logging
 
 from resnet_jax import models
 from resnet_jax.core import multihost
-from resnet_jax.core.errors import NonFiniteLossError
-from resnet_jax.core.sharding import check_divisible, make_mesh
+from resnet_jax.core.errors import ConfigError, NonFiniteLossError
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import make_feed
 from resnet_jax.data.prepare import ensure_prepared
 from resnet_jax.eval.evaluator import make_evaluator
 from resnet_jax.eval.results import EvalResult, describe_summary, summarize
 from resnet_jax.recipe.changes import check_resume
-from resnet_jax.recipe.config import model_from_config, validate
+from resnet_jax.recipe.config import device_count_problem, model_from_config, validate
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.recipe.schedules import make_schedule
@@ -115,7 +115,9 @@ class Trainer:
             newest = max(int(p.name) for p in self.run_dir.checkpoints.iterdir() if p.name.isdigit())
             changes = check_resume(self.run_dir.read_config(), config, newest, accept_changes, workdir)
         self.mesh = make_mesh()
-        check_divisible(config.batch_size, self.mesh, "config.batch_size")
+        problem = device_count_problem(config, self.mesh.size)
+        if problem:
+            raise ConfigError(problem)
         self.members = members = Members.from_config(config)
         self.dataset = ensure_prepared(config.data, config.prepare_from)
         self.model = model_from_config(config.model)
@@ -314,6 +316,7 @@ class Trainer:
             "parameters": sum(x[0].size for x in jax.tree.leaves(self.state.params)),
             "num_steps": config.num_steps,
             "schedule_fraction": config.schedule_fraction,
+            "eval_batch_size": self.evaluator.batch_size,  # the config's, fitted to the device count
             "bn_statistics": (
                 f"recomputed over {config.bn_recompute_examples} training images"
                 if config.bn_statistics == "recomputed"
