@@ -198,6 +198,18 @@ def test_imagenet_evaluation_counts_each_example_once(imagenet_samples_data_dir)
     assert not per_process[1][-1]["mask"].any()  # the last global batch: 40 real examples, all on process 0
 
 
+def test_on_8_devices_the_papers_evaluation_batch_counts_every_test_image_once(cifar10_data_dir):
+    """CIFAR's evaluation batch of 500, the config's, on 8 simulated devices: fitted to 504, 10,000 images counted."""
+    import json
+    import sys
+
+    from tests.support.training import run
+
+    argv = [sys.executable, "-m", "tests.support.count_on_devices", str(cifar10_data_dir), "500"]
+    counted = json.loads(run(argv, devices=8).stdout.strip().splitlines()[-1])
+    assert counted == {"devices": 8, "batch_used": 504, "examples": 10_000}
+
+
 def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
     dataset, cfg = opened("cifar10", cifar10_data_dir)
     with pytest.raises(ValueError, match="10crop"):
