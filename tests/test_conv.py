@@ -207,3 +207,24 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
         jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_interrupted", interrupted), out))(x).block_until_ready()
     with pytest.raises(Exception, match=r"test_conv_unencodable: ValueError: lone surrogate \\udc80"):
         jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_unencodable", unencodable), out))(x).block_until_ready()
+
+
+def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_asked_for(caplog):
+    """Negative padding: lax takes it, oneDNN refuses to make the primitive. 'auto' computes it (and its gradients)
+    with XLA and says so in one line; 'onednn' named explicitly raises, naming the reason."""
+    from resnet_jax.models.conv import conv_general_dilated_for
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 4)), jnp.float32)
+    padding = ((-1, 1), (1, 1))
+
+    def loss(conv, x, w):
+        return jnp.sum(conv(x, w, (1, 1), padding, dimension_numbers=DIMS) ** 2)
+
+    expected = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), argnums=(0, 1))(x, w)
+    got = jax.value_and_grad(lambda x, w: loss(conv_general_dilated_for("auto"), x, w), argnums=(0, 1))(x, w)
+    for ours, theirs in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert "oneDNN cannot compute a convolution of (2, 8, 8, 3) by (3, 3, 3, 4)" in caplog.text
+    with pytest.raises(RuntimeError, match="conv_impl='onednn': oneDNN cannot compute this convolution"):
+        loss(conv_general_dilated_for("onednn"), x, w)

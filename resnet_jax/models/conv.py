@@ -65,8 +65,12 @@ def scans_well(impl: str, dtype: Any = jnp.float32) -> bool:
 
 
 def conv_general_dilated_for(impl: str) -> Callable[..., jax.Array]:
-    """The function with `lax.conv_general_dilated`'s signature that `flax.linen.Conv` should call for `impl`."""
-    return onednn_conv_general_dilated if resolve(impl) == "onednn" else lax.conv_general_dilated
+    """The function with `lax.conv_general_dilated`'s signature that `flax.linen.Conv` should call for `impl`. Under
+    'auto', a convolution oneDNN cannot prepare (a shape it refuses, a handler XLA does not register) is XLA's, with
+    one log line; asked for by name, 'onednn' raises instead."""
+    if resolve(impl) != "onednn":
+        return lax.conv_general_dilated
+    return functools.partial(onednn_conv_general_dilated, strict=impl == "onednn")
 
 
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
@@ -84,8 +88,11 @@ def onednn_conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    strict: bool = True,
 ) -> jax.Array:
-    """`lax.conv_general_dilated`, computed by oneDNN where it can be (see the module docstring), by XLA otherwise."""
+    """`lax.conv_general_dilated`, computed by oneDNN where it can be (see the module docstring), by XLA otherwise.
+    Every oneDNN primitive and FFI target the convolution and its gradients need is made here, at trace time: where
+    one fails, `strict` raises (a RuntimeError naming it), else XLA computes this convolution (one log line)."""
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
     kwargs = dict(
         feature_group_count=feature_group_count,
@@ -107,7 +114,20 @@ def onednn_conv_general_dilated(
     if not supported:
         return lax.conv_general_dilated(*args, **kwargs)
     pads = tuple((int(low), int(high)) for low, high in padding)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+    strides = tuple(int(s) for s in window_strides)
+    try:
+        y_shape = onednn.output_shape(lhs.shape, rhs.shape, strides, pads)
+        for kind in ("forward", "input_grad", "kernel_grad"):
+            onednn.prepare(kind, lhs.shape, rhs.shape, y_shape, strides, pads)
+            _target(kind, strides, pads)
+    except Exception as error:
+        if strict:
+            raise RuntimeError(f"conv_impl='onednn': oneDNN cannot compute this convolution: {error}") from error
+        logging.warning(
+            "oneDNN cannot compute a convolution of %s by %s (%s); XLA computes it.", lhs.shape, rhs.shape, error
+        )
+        return lax.conv_general_dilated(*args, **kwargs)
+    return _conv(lhs, rhs, strides, pads)
 
 
 def _target(kind: str, strides: tuple[int, int], padding: onednn.Padding) -> str:
