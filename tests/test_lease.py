@@ -123,7 +123,7 @@ def test_what_comes_back_is_at_most_8_files_of_16_mb_and_is_put_back_together(tm
     assert lease._joined(tmp_path, "runs.tar.gz") == bytes(range(256)) * 10
 
 
-def test_unpack_merges_the_runs_regenerates_table_6_and_keeps_unfinished_runs_out_of_the_repository(
+def test_unpack_merges_the_runs_and_keeps_what_the_next_plan_reads_and_unfinished_runs_out_of_the_repository(
     tmp_path, monkeypatch
 ):
     monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
@@ -144,7 +144,8 @@ def test_unpack_merges_the_runs_regenerates_table_6_and_keeps_unfinished_runs_ou
         archive.add(work / lease_plan.LEASES / "fill", f"{lease_plan.LEASES}/fill")
     with tarfile.open(back / "carry.tar.gz", "w:gz") as archive:
         archive.add(partial, f"{lease_plan.STUDY}/resnet44_seed0")
-    (back / "lease.json").write_text(json.dumps({"device_kind": "nvidia_h200", "started": "2026-12-01T10:00:00Z"}))
+    record = {"device_kind": "nvidia_h200", "started": "2026-12-01T10:00:00Z", **MEASURED}
+    (back / "lease.json").write_text(json.dumps(record))
     results = tmp_path / "results"
     _fake_run(results / lease_plan.STUDY / "resnet20_seed0", [(64_000, 0.12)])
 
@@ -159,21 +160,7 @@ def test_unpack_merges_the_runs_regenerates_table_6_and_keeps_unfinished_runs_ou
     assert "a GPU lease on nvidia_h200" in report and "| resnet56 | 4 x vmap | float32 |  | 34,133 | 2.67 |" in report
     assert (tmp_path / "cache" / "resnet44_seed0" / "checkpoints" / "2000" / "state").read_bytes() == b"weights"
     assert not (results / lease_plan.STUDY / "resnet44_seed0").exists()  # no checkpoint ever enters the repository
-
-
-def test_the_next_lease_reads_the_fill_and_the_paces_that_unpack_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
-    work = tmp_path / "work"
-    (work / lease_plan.LEASES / "fill").mkdir(parents=True)
-    (work / lease_plan.LEASES / "fill" / "fill.json").write_text(json.dumps(FILL))
-    back = tmp_path / "back"
-    back.mkdir()
-    with tarfile.open(back / "runs.tar.gz", "w:gz") as archive:
-        archive.add(work / lease_plan.LEASES / "fill", f"{lease_plan.LEASES}/fill")
-    record = {"device_kind": "nvidia_h200", "started": "2026-12-04T16:33:19Z", **MEASURED}
-    (back / "lease.json").write_text(json.dumps(record))
-    results = tmp_path / "results"
-    lease.unpack(back, results)
+    # The next lease's plan reads what was kept: the fill, and the paces of this lease's programs.
     _, done_items, _, fill, measured = lease.plan_inputs("nvidia_h200", results)
     assert fill == FILL and "fill" in done_items
     assert measured["step_s"] == {"plain20x1": 0.0025} and measured["data_s"] == 31.0
