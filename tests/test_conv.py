@@ -16,9 +16,11 @@ from jax import lax
 from resnet_jax.models import create_model, ffi, onednn
 from resnet_jax.models.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
 
-# resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run.
+# resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run, where JAX
+# computes on the CPU (on an accelerator 'auto' never picks oneDNN, and the tests' programs would run elsewhere).
 pytestmark = pytest.mark.skipif(
-    not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="oneDNN's wheel is for Linux x86-64"
+    not (sys.platform == "linux" and platform.machine() == "x86_64" and jax.default_backend() == "cpu"),
+    reason="oneDNN's wheel is for Linux x86-64, and its convolutions for JAX's CPU backend",
 )
 DIMS = ("NHWC", "HWIO", "NHWC")
 
