@@ -24,6 +24,10 @@ def test_ten_views_average_softmax_scores_and_padding_is_masked():
     x = jax.random.normal(jax.random.key(0), (3, 10, 64, 64, 3))
     variables = model.init(jax.random.key(1), x[:, 0])
     softmax = jax.nn.softmax(model.apply(variables, x.reshape(30, 64, 64, 3))).reshape(3, 10, 7).mean(1)
+    # Scored one view at a time (bounded memory: the model sees batches of 3, never all 30 images at once), the same.
+    np.testing.assert_allclose(scores._view_scores(model, variables, {"image": x}), softmax, rtol=1e-5, atol=1e-7)
+    program = str(jax.make_jaxpr(lambda v, images: scores._view_scores(model, v, {"image": images}))(variables, x))
+    assert "scan" in program and "f32[30,64,64,3]" not in program
     ranked = np.argsort(-np.asarray(softmax), axis=1)
     # example 0: label = its top class; 1: its 3rd (top-5 right, top-1 wrong); 2: padding with a wrong label
     labels = jnp.array([ranked[0, 0], ranked[1, 2], ranked[2, 6]], jnp.int32)
