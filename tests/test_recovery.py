@@ -9,6 +9,8 @@ import errno
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,16 @@ from resnet_jax.core.errors import CheckpointSaveError, NoRestorableCheckpointEr
 from resnet_jax.run.rundir import DAMAGED_CHECKPOINTS, RunDir
 from resnet_jax.train.loop import train_and_evaluate
 from tests.support.faults import FlakyInput
-from tests.support.training import checkpoint_leaves, command, run, run_two_processes, small_config, train_losses
+from tests.support.training import (
+    REPO,
+    checkpoint_leaves,
+    command,
+    env,
+    run,
+    run_two_processes,
+    small_config,
+    train_losses,
+)
 
 GRAIN = {"data.on_device": False, "data.worker_count": 1, "data.retry_backoff_seconds": 0.1, "num_steps": 10}
 
@@ -186,3 +197,20 @@ def test_user_errors_are_one_line_and_exit_status_2(cifar_slice_data_dir, tmp_pa
         "workdir": "cannot be created or written",
         "negative learning rate": "base_lr=-1.0 must be positive",
     }[case] in line
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_grain_workers_die_with_their_run_however_it_dies(cifar_slice_data_dir, tmp_path):
+    overrides = {**GRAIN, "data.worker_count": 2, "num_steps": 100_000, "checkpoint_every_steps": 1000}
+    process = subprocess.Popen(command(cifar_slice_data_dir, tmp_path, **overrides), cwd=REPO, env=env())
+    try:
+        deadline = time.time() + 300
+        while not (RunDir(tmp_path).metrics_path.exists() and len(psutil.Process(process.pid).children(True)) >= 2):
+            assert process.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        workers = psutil.Process(process.pid).children(recursive=True)
+    finally:
+        process.kill()  # kill -9: nothing of the run's own cleanup runs
+        process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"grain workers {[w.pid for w in alive]} outlived their run"

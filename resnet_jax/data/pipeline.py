@@ -21,6 +21,11 @@ masks it out (evaluation).
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+
 import grain
 import ml_collections
 import numpy as np
@@ -180,8 +185,27 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
+    _die_with_parent()
     # The worker processes are the parallelism; OpenCV's own thread pool would oversubscribe the cores they are given.
     images.use_one_thread()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker (SIGKILL) when the process that started it dies, however it dies (kill -9,
+    the OOM killer): grain (0.2.18) does not arrange it, and its orphaned workers held about 225 MB each for minutes.
+    A worker whose parent is already gone exits at once. Elsewhere, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        logging.warning(
+            "prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive its run.", ctypes.get_errno()
+        )
+    elif os.getppid() == 1:  # the parent died before the call: re-parented to init already
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def in_worker_processes(ds: grain.IterDataset, worker_count: int, prefetch: int = 1) -> grain.IterDataset:
