@@ -157,6 +157,30 @@ def test_sigterm_and_ctrl_c_save_and_exit(cifar_slice_data_dir, tmp_path, signum
     assert saved and 3 <= saved[-1] < 1000
 
 
+def test_a_preemption_during_bn_recomputation_stops_it_and_the_rerun_finishes(
+    cifar_slice_data_dir, tmp_path, monkeypatch
+):
+    """SIGTERM or Ctrl-C (the trainer's preemption flag) between the recomputation's dispatches stops the run with
+    RunStopped; the checkpoint of the last step is intact and the same command recomputes and evaluates."""
+    from resnet_jax.core.errors import RunStopped
+    from resnet_jax.train import loop
+
+    config = small_config(cifar_slice_data_dir, num_steps=2, bn_statistics="recomputed", bn_recompute_examples=64)
+    trainer = loop.Trainer(config, str(tmp_path))
+
+    def signalled(*args, **kwargs):  # the signal arrives as the phase starts
+        trainer.preemption.event.set()
+        return recompute_batch_stats(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "recompute_batch_stats", signalled)
+    with pytest.raises(RunStopped, match="Stopped while recomputing the BN statistics: the checkpoints are intact"):
+        trainer.run()
+    assert not RunDir(tmp_path).is_finished() and RunDir(tmp_path).checkpoint(2).exists()
+    monkeypatch.undo()
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["bn_statistics"] == "recomputed over 64 training images" and RunDir(tmp_path).is_finished()
+
+
 def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):
     config = small_config(cifar_slice_data_dir, num_steps=2, bn_statistics="recomputed", bn_recompute_examples=64)
     result = train_and_evaluate(config, str(tmp_path))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
+from resnet_jax.core.errors import RunStopped
 from resnet_jax.core.sharding import replicated
 from resnet_jax.data.feeds import make_feed
 from resnet_jax.data.prepared import PreparedDataset
@@ -18,11 +22,17 @@ from resnet_jax.run.state import TrainState
 
 
 def recompute_batch_stats(
-    config: ml_collections.ConfigDict, dataset: PreparedDataset, state: TrainState, members: Members, mesh: Any
+    config: ml_collections.ConfigDict,
+    dataset: PreparedDataset,
+    state: TrainState,
+    members: Members,
+    mesh: Any,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Any:
     """Every member's BN statistics as a plain average over `bn_recompute_examples` training images (the authors'
     release), each batch's statistics taken over the whole batch rather than per group, from the training stream of
-    the member's seed + 1."""
+    the member's seed + 1. A long phase (ImageNet: 51,200 images, one batch per dispatch): it logs its progress every
+    10 s, and `stop()` (a preemption, Ctrl-C) ends it between dispatches with `RunStopped`; nothing saved changes."""
     model = model_from_config(
         ml_collections.ConfigDict({**config.model.to_dict(), "bn_group_size": None, "bn_momentum": 0.0})
     )
@@ -43,11 +53,26 @@ def recompute_batch_stats(
         return jax.lax.scan(body, zeros, jnp.arange(per_dispatch))[0]  # forward passes only: no XLA:CPU slowdown
 
     run = jax.jit(members.over(one_member, (0, None, feed.inputs_member_axes, 0)), out_shardings=replicated(mesh))
-    total = None
+    total, dispatches = None, batches // per_dispatch
+    logging.info("BN statistics: recomputing them over %d training images.", batches * config.batch_size)
+    started = last_log = time.perf_counter()
     try:
-        for dispatch in range(batches // per_dispatch):
+        for dispatch in range(dispatches):
+            if stop():
+                raise RunStopped(
+                    "Stopped while recomputing the BN statistics: the checkpoints are intact; rerun the same command "
+                    "to recompute them and evaluate."
+                )
             sums = run(state.variables(), feed.data, feed.inputs(dispatch * per_dispatch), np.asarray(seeds))
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+            now = time.perf_counter()
+            if now - last_log >= 10 and dispatch + 1 < dispatches:
+                jax.block_until_ready(total)
+                done = (dispatch + 1) * per_dispatch * config.batch_size
+                rate = done / (now - started)
+                left = (batches * config.batch_size - done) / rate
+                logging.info("BN statistics: %d images, %.0f img/s, ETA %.0f s.", done, rate, left)
+                last_log = now
     finally:
         feed.close()
     return jax.tree.map(lambda x: x / batches, total)

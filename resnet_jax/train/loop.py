@@ -300,7 +300,9 @@ class Trainer:
             )
         recompute = config.bn_statistics == "recomputed"
         if recompute:
-            batch_stats = recompute_batch_stats(config, self.dataset, self.state, self.members, self.mesh)
+            batch_stats = recompute_batch_stats(
+                config, self.dataset, self.state, self.members, self.mesh, stop=self.preemption.event.is_set
+            )
             self.state = self.state.replace(batch_stats=batch_stats)
         same_state_evaluated = self.last_evaluation is not None and self.last_evaluation[0] == self.step
         if final_evaluator is self.evaluator and not recompute and same_state_evaluated:
