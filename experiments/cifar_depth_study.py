@@ -187,10 +187,11 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
     copy = target / run_dir.path.name
     if copy.exists():
         return
+    if not (run_dir.path / "figure7.csv").exists():
+        write_run_responses(run_dir.path, net)  # measured on the trained net: its checkpoint stays behind
     partial = target / f".{run_dir.path.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.partial"))
-    write_run_responses(partial, net)
     partial.rename(copy)  # whole or not at all
     collect(target, nets)
     study_figure7(target)

@@ -76,7 +76,8 @@ def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
 def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as_it_ends(tmp_path, monkeypatch):
     from experiments import layer_responses
 
-    def responses(workdir, net):  # the measurement needs a trained net: its file, as the real one writes it
+    def responses(workdir, net):  # the measurement needs the trained net's checkpoint: its file, as the real one writes
+        assert (Path(workdir) / "checkpoints").is_dir(), f"no checkpoint to measure in {workdir}"
         (Path(workdir) / "figure7.csv").write_text(f"net,layer_index,layer,std\n{net},1,bn1,0.5\n{net},2,x/bn1,0.4\n")
 
     monkeypatch.setattr(layer_responses, "write_run_responses", responses)
