@@ -212,16 +212,14 @@ class Lease:
         self.kind = device_kind()
         self.record["device_kind"] = self.kind
         self.say(f"device kind {self.kind}; deadline in {self.remaining():.0f} s")
-        kind_results = self.results / plan.LEASES / self.kind
-        fill = _read_json(kind_results / "fill" / "fill.json")
-        self.measured = plan.read_paces(kind_results)
+        # What earlier leases of this kind left: the same reading as the plan's (`plan_inputs`).
+        _, done_items, _, fill, self.measured = plan_inputs(self.kind, self.results)
         started = self.clock()
         self._prepare_cifar()
         self.record["phases"]["data_s"] = self.clock() - started
         self.say(f"data ready in {self.record['phases']['data_s']:.0f} s")
         self._publish()
         carried = self._bring_carried()
-        done_items = items_done(kind_results)
         self.agenda, self.done_items = dry_agenda() if self.dry_run else plan.AGENDA, done_items
         for item in plan.next_items(self.agenda, done_items, plan.finished_seeds(self.results / plan.STUDY)):
             if self.remaining() < self.min_start_s:
