@@ -27,10 +27,10 @@ import numpy as np
 from absl import flags, logging
 
 from benchmarks.bare_step import time_train_step
-from benchmarks.machine import describe
 from configs import cifar10
 from resnet_jax import models
 from resnet_jax.core import cli
+from resnet_jax.core.machine import describe
 from resnet_jax.recipe.config import model_from_config
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.rundir import RunDir

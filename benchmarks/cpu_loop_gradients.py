@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 
-from benchmarks.machine import describe
+from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model
 from resnet_jax.recipe.members import Members

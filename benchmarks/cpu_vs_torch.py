@@ -1,18 +1,21 @@
 """Our full train step against PyTorch eager on the same CPU, the same nets, the same batch: the CPU gap.
 
-    python -m benchmarks.cpu_vs_torch [--rounds=2] [--steps=8] [--profile]
+    python -m benchmarks.cpu_vs_torch [--rounds=2] [--steps=8] [--dtypes=float32,bfloat16] [--profile]
 
 CIFAR ResNet-20 at batch 128 (akamaster's net in PyTorch: the same option-A ResNet) and ResNet-50 v1.5 at batch 16
-(torchvision's, channels-last), float32, forward + backward + SGD with momentum and weight decay, on synthetic
-batches already in memory. Ours runs as a user gets it (`conv_impl='auto'`: oneDNN's convolutions on a
+(torchvision's, channels-last), forward + backward + SGD with momentum and weight decay, on synthetic batches
+already in memory; in float32, and in bfloat16: ours built with `dtype='bfloat16'` (bfloat16 activations, float32
+parameters and updates), PyTorch's under `torch.autocast('cpu', dtype=torch.bfloat16)` (its one-line mixed
+precision, the same split). Ours runs as a user gets it (`conv_impl='auto'`: oneDNN's convolutions on a
 single-device CPU program where oneDNN loads) and, for the record, with XLA's own convolutions (`conv_impl='xla'`).
 The three alternate, `--rounds` times, so that all see the same machine state; each figure is the best of its
 round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its time: each convolution shape's
 forward, input gradient and kernel gradient timed alone with XLA's and with oneDNN's convolutions, PyTorch's own
 profile of a step by operator, and 4 ResNet-20 steps with oneDNN's convolutions in one `lax.scan` against 4 calls of
 one step (`resnet_jax.models.conv.scans_well`). The last line is a JSON object with `resnet20_ratio` and
-`resnet50_ratio` (ours over PyTorch's images per second: above 1 we are faster), the same with XLA's convolutions
-(`*_xla_ratio`), what 'auto' chose, and the machine.
+`resnet50_ratio` (ours over PyTorch's images per second, float32: above 1 we are faster), `resnet20_bf16_ratio` and
+`resnet50_bf16_ratio` (the same in bfloat16), the same with XLA's convolutions (`*_xla_ratio`), what 'auto' chose,
+and the machine.
 """
 
 import functools
@@ -26,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from absl import app, flags
 
-from benchmarks.machine import describe
 from experiments.torch_reference import CifarResNet, TorchvisionResNet, TvBottleneck
+from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model, spec
 from resnet_jax.models.conv import conv_general_dilated_for, resolve
@@ -38,6 +41,7 @@ from resnet_jax.train.step import make_train_step, sgd_step
 
 flags.DEFINE_integer("rounds", 2, "Alternating rounds of both frameworks.")
 flags.DEFINE_integer("steps", 8, "Timed steps per framework and round (after warm-up).")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to compare (float32, bfloat16).")
 flags.DEFINE_bool("profile", False, "Also print where a ResNet-20 step spends its time, per operation.")
 flags.DEFINE_bool("tiny", False, "Batch 8 and 2 steps: checks that the script runs, measures nothing.")
 FLAGS = flags.FLAGS
@@ -58,9 +62,11 @@ def _best_step_seconds(step, steps: int) -> float:
     return min(times)
 
 
-def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
+def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto", dtype: str = "float32"):
     """(model, optimizer, one run's train state, a synthetic batch) for net `name`, as both timings of ours use them."""
-    model = create_model(name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=conv_impl, **options)
+    model = create_model(
+        name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=conv_impl, dtype=dtype, **options
+    )
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), make_mesh()))
     rng = np.random.default_rng(0)
@@ -71,9 +77,9 @@ def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto
     return model, optimizer, state, batch
 
 
-def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
+def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto", dtype: str = "float32"):
     """A function that runs one of our train steps and waits for it."""
-    model, optimizer, state, batch = _our_setup(name, options, batch_size, conv_impl)
+    model, optimizer, state, batch = _our_setup(name, options, batch_size, conv_impl, dtype)
     step = make_train_step(model, optimizer, make_mesh())
     holder = [state]
 
@@ -84,8 +90,8 @@ def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto"):
     return run
 
 
-def theirs(make_net, batch_size: int, shape: tuple[int, int, int], num_classes: int):
-    """A function that runs one PyTorch eager train step (channels-last, as oneDNN prefers)."""
+def theirs(make_net, batch_size: int, shape: tuple[int, int, int], num_classes: int, dtype: str = "float32"):
+    """A function that runs one PyTorch eager train step (channels-last, as oneDNN prefers; bfloat16 autocast)."""
     torch.manual_seed(0)
     net = make_net().to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -95,19 +101,22 @@ def theirs(make_net, batch_size: int, shape: tuple[int, int, int], num_classes: 
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = F.cross_entropy(net(images), labels)
+        loss.backward()
         optimizer.step()
 
     return run
 
 
-def compare(name: str) -> dict:
+def compare(name: str, dtype: str) -> dict:
     (model_name, options), make_net, batch_size = NETS[name]
     batch_size = 8 if FLAGS.tiny else batch_size
     steps = 2 if FLAGS.tiny else FLAGS.steps
     shape, classes = spec(model_name).input_shape, spec(model_name).num_classes
-    ours_step, xla_step = ours(model_name, options, batch_size), ours(model_name, options, batch_size, "xla")
-    torch_step = theirs(make_net, batch_size, shape, classes)
+    ours_step = ours(model_name, options, batch_size, "auto", dtype)
+    xla_step = ours(model_name, options, batch_size, "xla", dtype)
+    torch_step = theirs(make_net, batch_size, shape, classes, dtype)
     rounds = []
     for _ in range(1 if FLAGS.tiny else FLAGS.rounds):
         a = batch_size / _best_step_seconds(ours_step, steps)
@@ -122,7 +131,7 @@ def compare(name: str) -> dict:
                 "xla_ratio": round(x / b, 3),
             }
         )
-        print(json.dumps({"net": name, "batch": batch_size, **rounds[-1]}), flush=True)
+        print(json.dumps({"net": name, "dtype": dtype, "batch": batch_size, **rounds[-1]}), flush=True)
     median = {key: float(np.median([r[key] for r in rounds])) for key in ("ratio", "xla_ratio")}
     return {"rounds": rounds, **median}
 
@@ -218,7 +227,10 @@ def scan_against_calls(batch_size: int, steps: int = 4, repeats: int = 3) -> Non
 
 def main(argv):
     del argv
-    results = {name: compare(name) for name in NETS}
+    results = {}
+    for dtype in FLAGS.dtypes:
+        suffix = "" if dtype == "float32" else "_bf16" if dtype == "bfloat16" else f"_{dtype}"
+        results.update({f"{name}{suffix}": compare(name, dtype) for name in NETS})
     if FLAGS.profile:
         profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5)
         if resolve("auto") == "onednn":  # XLA's own convolutions are 7-50x slower in a scan: not worth the wait

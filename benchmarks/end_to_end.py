@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from benchmarks.machine import describe
 from configs import cifar10
 from resnet_jax import models
+from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DevicePrefetchIterator
 from resnet_jax.data.pipeline import train_iterator

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import Mesh
 
-from benchmarks.machine import describe
+from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import batch_sharded, make_mesh, replicated
 from resnet_jax.data import protocols, put_on_mesh
 from resnet_jax.eval.scores import error_counts

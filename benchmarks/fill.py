@@ -182,7 +182,7 @@ def main(argv):
         import jax
 
         jax.config.update("jax_platforms", "cpu")
-    from benchmarks.machine import describe
+    from resnet_jax.core.machine import describe
 
     started, figures = time.perf_counter(), []
     todo = figures_to_measure(FLAGS.nets, [int(m) for m in FLAGS.members], [int(p) for p in FLAGS.processes])

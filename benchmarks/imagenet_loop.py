@@ -30,10 +30,10 @@ from absl import flags, logging
 
 from benchmarks.bare_step import time_train_step
 from benchmarks.input_pipeline import DEFAULT_DATA, prepare_imagenet_samples
-from benchmarks.machine import describe
 from configs import imagenet_r50
 from resnet_jax import models
 from resnet_jax.core import cli
+from resnet_jax.core.machine import describe
 from resnet_jax.models import create_model
 from resnet_jax.recipe.config import model_from_config
 from resnet_jax.recipe.optim import make_optimizer

@@ -30,8 +30,8 @@ import orbax.checkpoint as ocp
 import psutil
 from absl import app, flags, logging
 
-from benchmarks.machine import describe
 from configs import cifar10
+from resnet_jax.core.machine import describe
 from resnet_jax.run.rundir import RunDir
 from resnet_jax.train.loop import Trainer
 from tests.support.faults import FlakyInput

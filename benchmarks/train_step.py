@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks.bare_step import time_train_step
-from benchmarks.machine import describe
+from resnet_jax.core.machine import describe
 from resnet_jax.models import MODEL_NAMES, create_model, spec
 from resnet_jax.models.flops import count_multiply_adds
 from resnet_jax.recipe.optim import make_optimizer

@@ -1,10 +1,13 @@
 """A run's record stays true: a resume may change only what does not change the run, unless told, and records it."""
 
+import json
+
 import chex
 import pytest
 
 from configs import cifar10
 from resnet_jax.core.errors import ConfigError, ModelMismatchError
+from resnet_jax.core.machine import run_machine
 from resnet_jax.recipe.changes import check_resume
 from resnet_jax.run.rundir import RunDir
 from resnet_jax.train.loop import train_and_evaluate
@@ -37,10 +40,17 @@ def test_resumes_refuse_computing_changes_accept_the_others_and_record_every_one
     assert result["config_changes"] == [{"step": 4, "changes": resume["changes"]}]
     assert run.config_path.read_text() == started  # config.json stays the config the run started with
     assert run.read_config().num_steps == 8 and run.read_config(as_started=True).num_steps == 4
+    # Each stretch's machine: the start's and the resume's, one machine here, so one stretch in result.json.
+    here = run_machine()
+    assert [(r["step"], r["machine"]) for r in _jsonl(run.path / "machines.jsonl")] == [(0, here), (4, here)]
+    assert result["machines"] == [{"from_step": 0, "machine": here}]
 
     # A deliberate change of a computing key, named on the command line: accepted and recorded as such.
     longer = small_config(cifar_slice_data_dir, num_steps=10, log_every_steps=2, **{"schedule.boundaries": (9,)})
-    train_and_evaluate(longer, str(grown), accept_changes=["schedule.boundaries"])
+    # A stretch on another machine (its record edited so): result.json names both, each from its first step.
+    (run.path / "machines.jsonl").write_text((run.path / "machines.jsonl").read_text().replace(here, "elsewhere"))
+    result = train_and_evaluate(longer, str(grown), accept_changes=["schedule.boundaries"])
+    assert result["machines"] == [{"from_step": 0, "machine": "elsewhere"}, {"from_step": 8, "machine": here}]
     last = RunDir(grown).resumes()[-1]
     assert last["step"] == 8 and last["accepted"] == ["schedule.boundaries"]
     assert last["changes"] == {"num_steps": [8, 10], "schedule.boundaries": [[32000, 48000], [9]]}
@@ -62,6 +72,10 @@ def test_a_change_that_keeps_the_weights_resumes_from_the_checkpoints(cifar_slic
     assert train_and_evaluate(resumed, workdir, accept_changes=["model.bn_unbiased_var"]) is not None
     (resume,) = RunDir(workdir).resumes()
     assert resume["step"] == 4 and set(resume["changes"]) == {*changed, "num_steps"}
+
+
+def _jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_what_may_change_depends_on_what_decides_the_run():

@@ -3,15 +3,17 @@
 - 'xla': `lax.conv_general_dilated`, compiled by XLA for whatever backend runs the program.
 - 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.models.onednn`) called from the compiled program on XLA's own
   buffers (an XLA FFI handler, `resnet_jax.models.ffi`), with a custom VJP whose input and kernel gradients are
-  oneDNN's too. float32, NHWC/HWIO, no dilation or groups; any other convolution falls back to XLA's. Equal to
-  XLA's within float32 rounding.
+  oneDNN's too. float32 or bfloat16 (all operands of one dtype; bfloat16 summed in float32, on the CPU's AMX or
+  AVX-512 BF16 units where it has them), NHWC/HWIO, no dilation or groups; any other convolution falls back to
+  XLA's. Equal to XLA's within the dtype's rounding.
 - 'auto' (the default): 'onednn' for a single-device program on the CPU backend when oneDNN loads, 'xla' otherwise.
   Accelerators always run XLA's convolutions. A multi-device CPU program (simulated devices, `jax.distributed`)
   keeps XLA's too: a custom call without a sharding rule under a sharded `jit` would gather every shard onto one
   device.
 
 Why: on XLA:CPU a convolution's kernel gradient runs at a few GFLOP/s; oneDNN's made the CIFAR ResNet-20 train step
-2.6x faster and ResNet-50's 1.8x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`).
+2.6x faster and ResNet-50's 1.8x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`);
+XLA:CPU's bfloat16 convolutions are slower still (its bfloat16 train step ran at a quarter of PyTorch's).
 Deterministic on one machine and thread count, like XLA's. Limits of the 'onednn' path: no forward-mode or second
 derivatives (`jax.jvp`, `jax.hessian`: use 'xla'), and under `jax.vmap` the calls run once per mapped element.
 """
@@ -52,9 +54,15 @@ def resolve(impl: str) -> str:
     return impl
 
 
+def onednn_dtype(dtype: Any) -> str | None:
+    """The name of `dtype` if oneDNN computes its convolutions here ('float32', 'bfloat16'), else None."""
+    name = jnp.dtype(dtype).name
+    return name if name in onednn.DATA_TYPES else None
+
+
 def uses_onednn(impl: str, dtype: Any = jnp.float32) -> bool:
-    """Whether oneDNN computes the convolutions of `dtype` under `impl` in this process (it takes float32 only)."""
-    return resolve(impl) == "onednn" and jnp.dtype(dtype) == jnp.float32
+    """Whether oneDNN computes the convolutions of `dtype` under `impl` in this process (float32 and bfloat16)."""
+    return resolve(impl) == "onednn" and onednn_dtype(dtype) is not None
 
 
 def scans_well(impl: str, dtype: Any = jnp.float32) -> bool:
@@ -100,10 +108,12 @@ def onednn_conv_general_dilated(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+    dtype = onednn_dtype(lhs.dtype)
     supported = (
         lhs.ndim == 4
-        and lhs.dtype == rhs.dtype == jnp.float32
-        and preferred_element_type in (None, jnp.float32)
+        and dtype is not None
+        and rhs.dtype == lhs.dtype
+        and (preferred_element_type is None or jnp.dtype(preferred_element_type) == lhs.dtype)
         and not isinstance(padding, str)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
@@ -118,8 +128,8 @@ def onednn_conv_general_dilated(
     try:
         y_shape = onednn.output_shape(lhs.shape, rhs.shape, strides, pads)
         for kind in ("forward", "input_grad", "kernel_grad"):
-            onednn.prepare(kind, lhs.shape, rhs.shape, y_shape, strides, pads)
-            _target(kind, strides, pads)
+            onednn.prepare(kind, dtype, lhs.shape, rhs.shape, y_shape, strides, pads)
+            _target(kind, dtype, strides, pads)
     except Exception as error:
         if strict:
             raise RuntimeError(f"conv_impl='onednn': oneDNN cannot compute this convolution: {error}") from error
@@ -130,10 +140,10 @@ def onednn_conv_general_dilated(
     return _conv(lhs, rhs, strides, pads)
 
 
-def _target(kind: str, strides: tuple[int, int], padding: onednn.Padding) -> str:
-    """The XLA FFI target that runs oneDNN's `kind` convolution with these strides and padding."""
+def _target(kind: str, dtype: str, strides: tuple[int, int], padding: onednn.Padding) -> str:
+    """The XLA FFI target that runs oneDNN's `kind` convolution of `dtype` with these strides and padding."""
     (top, bottom), (left, right) = padding
-    name = f"resnet_jax_onednn_{kind}_s{strides[0]}x{strides[1]}_p{top}_{bottom}_{left}_{right}"
+    name = f"resnet_jax_onednn_{kind}_{dtype}_s{strides[0]}x{strides[1]}_p{top}_{bottom}_{left}_{right}"
 
     def function(args: list[ffi.Buffer], results: list[ffi.Buffer]) -> None:
         if kind == "forward":
@@ -142,16 +152,17 @@ def _target(kind: str, strides: tuple[int, int], padding: onednn.Padding) -> str
             (y, w), (x,) = args, results
         else:
             (x, y), (w,) = args, results
-        onednn.run(kind, strides, padding, x, w, y)
+        onednn.run(kind, dtype, strides, padding, x, w, y)
 
     return ffi.register(name, function)
 
 
 def _call(kind: str, strides, padding, shapes, result_shape, *operands: jax.Array) -> jax.Array:
-    onednn.prepare(kind, *shapes, strides, padding)
+    dtype = jnp.dtype(operands[0].dtype).name
+    onednn.prepare(kind, dtype, *shapes, strides, padding)
     call = jax.ffi.ffi_call(
-        _target(kind, strides, padding),
-        jax.ShapeDtypeStruct(tuple(result_shape), jnp.float32),
+        _target(kind, dtype, strides, padding),
+        jax.ShapeDtypeStruct(tuple(result_shape), operands[0].dtype),
         vmap_method="sequential",
     )
     return call(*operands)

@@ -1,4 +1,5 @@
-"""oneDNN's float32 convolutions (forward, input gradient, kernel gradient) on memory in place, through its C API.
+"""oneDNN's float32 and bfloat16 convolutions (forward, input gradient, kernel gradient) on memory in place, through
+its C API.
 
 Why: XLA:CPU computes a convolution's kernel gradient at a few GFLOP/s, so a CIFAR ResNet-20 train step spent half
 its time there (benchmarks/RESULTS.md). oneDNN, the library PyTorch's CPU convolutions run on, computes the net's
@@ -15,6 +16,10 @@ layout (a blocked one, where its fast kernels live) and reorders the small kerne
 activations are never copied. The primitives are made once per shape and kept. Executions are serialised: oneDNN's
 library-managed scratch memory is shared between primitives, and its OpenMP threads use every core anyway.
 Deterministic: the same inputs give the same bits on the same machine and thread count.
+
+bfloat16: activations, kernel and output all bfloat16 (as XLA's bfloat16 convolution takes and gives them), summed
+in float32 inside oneDNN; on a CPU with AMX or AVX-512 BF16 it runs on those units (oneDNN picks the kernel), and
+elsewhere oneDNN emulates it or refuses the shape, which `prepare` reports.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 ENV = "RESNET_JAX_ONEDNN_LIBRARY"
 
 # Values of the C API's enums (oneapi/dnnl/dnnl_types.h, oneDNN 3.x).
-_CPU, _F32, _TAG_ANY, _NHWC, _HWIO = 1, 3, 1, 22, 28
+_CPU, _TAG_ANY, _NHWC, _HWIO = 1, 1, 22, 28
+DATA_TYPES = {"bfloat16": 2, "float32": 3}  # dnnl_data_type_t of each NumPy dtype name oneDNN computes here
 _FORWARD_TRAINING, _DIRECT = 64, 1
 _ARG_SRC, _ARG_WEIGHTS, _ARG_DST = 1, 33, 17
 _ARG_DIFF_SRC, _ARG_DIFF_WEIGHTS, _ARG_DIFF_DST = 129, 161, 145
@@ -67,16 +73,16 @@ class _Library:
         if status != 0:
             raise RuntimeError(f"oneDNN ({self.path}): {call} failed with status {status}{what}.")
 
-    def memory_desc(self, dims: tuple[int, ...], tag: int) -> _P:
-        desc = _P()
+    def memory_desc(self, dims: tuple[int, ...], dtype: str, tag: int) -> _P:
+        desc, dims_t = _P(), _Dims(*dims)
         self._check(
-            self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), _Dims(*dims), _F32, tag),
+            self.lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), dims_t, DATA_TYPES[dtype], tag),
             "dnnl_memory_desc_create_with_tag",
         )
         return desc
 
-    def plan(self, kind: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
-        key = (kind, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
+    def plan(self, kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
+        key = (kind, dtype, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
         with self.lock:
             if key not in self._plans:
                 self._plans[key] = _Plan(self, *key)
@@ -103,19 +109,20 @@ class _Library:
 
 
 class _Plan:
-    """One convolution primitive ('forward', 'input_grad' or 'kernel_grad') for one set of shapes, with the
-    reorder of its kernel tensor between HWIO and the layout the primitive chose (None when they are the same)."""
+    """One convolution primitive ('forward', 'input_grad' or 'kernel_grad') of one dtype (every tensor's) for one set
+    of shapes, with the reorder of its kernel tensor between HWIO and the layout the primitive chose (None when they
+    are the same)."""
 
-    def __init__(self, library: _Library, kind, x_shape, w_shape, y_shape, strides, padding):
+    def __init__(self, library: _Library, kind, dtype, x_shape, w_shape, y_shape, strides, padding):
         lib, check = library.lib, library._check
-        what = f" for a {kind} convolution of {x_shape} by {w_shape}, strides {strides}, padding {padding}"
+        what = f" for a {dtype} {kind} convolution of {x_shape} by {w_shape}, strides {strides}, padding {padding}"
         n, h, w, c_in = x_shape
         kh, kw, _, c_out = w_shape
         _, oh, ow, _ = y_shape
-        self.x = library.memory_desc((n, c_in, h, w), _NHWC)  # oneDNN's dims are logical NCHW / OIHW
-        self.y = library.memory_desc((n, c_out, oh, ow), _NHWC)
-        self.w_hwio = library.memory_desc((c_out, c_in, kh, kw), _HWIO)
-        w_any = library.memory_desc((c_out, c_in, kh, kw), _TAG_ANY)
+        self.x = library.memory_desc((n, c_in, h, w), dtype, _NHWC)  # oneDNN's dims are logical NCHW / OIHW
+        self.y = library.memory_desc((n, c_out, oh, ow), dtype, _NHWC)
+        self.w_hwio = library.memory_desc((c_out, c_in, kh, kw), dtype, _HWIO)
+        w_any = library.memory_desc((c_out, c_in, kh, kw), dtype, _TAG_ANY)
         conv = (_Dims(*strides), _Dims(0, 0), _Dims(padding[0][0], padding[1][0]), _Dims(padding[0][1], padding[1][1]))
         forward = _P()
         check(
@@ -223,17 +230,20 @@ def output_shape(x_shape, w_shape, strides, padding: Padding) -> tuple[int, int,
     )
 
 
-def prepare(kind: str, x_shape, w_shape, y_shape, strides, padding: Padding) -> None:
+def prepare(kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding: Padding) -> None:
     """Makes the primitive `run` will use (at trace time, so that a shape oneDNN refuses fails there, in Python)."""
-    _library_or_raise().plan(kind, x_shape, w_shape, y_shape, tuple(strides), padding)
+    _library_or_raise().plan(kind, dtype, x_shape, w_shape, y_shape, tuple(strides), padding)
 
 
-def run(kind: str, strides, padding: Padding, x: tuple[int, tuple], w: tuple[int, tuple], y: tuple[int, tuple]) -> None:
-    """One float32 convolution on memory given as (data pointer, shape): the activations `x` (NHWC), the kernel `w`
-    (HWIO) and the output `y` (NHWC). 'forward' writes y from x and w; 'input_grad' writes x (its gradient) from y
-    (the output's gradient) and w; 'kernel_grad' writes w (its gradient) from x and y (the output's gradient)."""
+def run(
+    kind: str, dtype: str, strides, padding: Padding, x: tuple[int, tuple], w: tuple[int, tuple], y: tuple[int, tuple]
+) -> None:
+    """One convolution of `dtype` ('float32' or 'bfloat16', every tensor's) on memory given as (data pointer, shape):
+    the activations `x` (NHWC), the kernel `w` (HWIO) and the output `y` (NHWC). 'forward' writes y from x and w;
+    'input_grad' writes x (its gradient) from y (the output's gradient) and w; 'kernel_grad' writes w (its gradient)
+    from x and y (the output's gradient)."""
     library = _library_or_raise()
-    plan = library.plan(kind, x[1], w[1], y[1], tuple(strides), padding)
+    plan = library.plan(kind, dtype, x[1], w[1], y[1], tuple(strides), padding)
     with library.lock:
         blocked = np.empty(plan.w_bytes, np.uint8) if plan.reorder is not None else None
         kernel = w[0] if blocked is None else blocked.ctypes.data

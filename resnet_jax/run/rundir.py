@@ -2,6 +2,7 @@
 
     <workdir>/config.json            the run's config, as it started
     <workdir>/resumes.jsonl          one JSON record per resume: its step and the config changes it made
+    <workdir>/machines.jsonl         one JSON record per start and resume: its step, time and machine
     <workdir>/result.json            the final evaluation (with every member's, their mean and std, in a multi-run)
     <workdir>/metrics.jsonl          one JSON record per log ("train") and evaluation ("eval")
     <workdir>/tensorboard/           the same as TensorBoard event files
@@ -29,11 +30,13 @@ from etils import epath
 
 from resnet_jax.core.errors import WorkdirError
 from resnet_jax.core.files import write_atomically
+from resnet_jax.core.machine import run_machine
 from resnet_jax.recipe.config import BEFORE_THE_KEY, base_config
 from resnet_jax.recipe.members import Members
 
 CONFIG = "config.json"
 RESUMES = "resumes.jsonl"
+MACHINES = "machines.jsonl"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
@@ -136,6 +139,28 @@ class RunDir:
             "accepted": accepted,
         }
         write_atomically(self.resumes_path, "".join(json.dumps(r) + "\n" for r in [*self.resumes(), record]))
+
+    def record_machine(self, step: int) -> None:
+        """Appends the machine this stretch of the run computes on from `step` (`machine.run_machine`) to
+        machines.jsonl: a batch job of hours may start on one machine and resume on another."""
+        record = {
+            "step": step,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": run_machine(),
+        }
+        path = self.path / MACHINES
+        old = path.read_text() if step > 0 and path.exists() else ""
+        write_atomically(path, old + json.dumps(record) + "\n")
+
+    def machines(self) -> list[dict[str, Any]]:
+        """Each stretch's first step and machine, oldest first, the same machine's consecutive stretches merged."""
+        path = self.path / MACHINES
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        merged = []
+        for r in records:
+            if not merged or merged[-1]["machine"] != r["machine"]:
+                merged.append({"from_step": r["step"], "machine": r["machine"]})
+        return merged
 
     def resumes(self) -> list[dict[str, Any]]:
         """The run's resumes, oldest first (see `record_resume`)."""

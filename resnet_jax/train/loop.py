@@ -156,6 +156,7 @@ class Trainer:
                 self.run_dir.start(config)
             else:
                 self.run_dir.record_resume(restored.step, changes, sorted(set(accept_changes) & set(changes)))
+            self.run_dir.record_machine(0 if restored is None else restored.step)
             for member in self.member_dirs:
                 member.path.mkdir(exist_ok=True)
         self.writer = MetricWriter(self.member_dirs, config.num_steps, self.step)
@@ -328,6 +329,7 @@ class Trainer:
         resumes = [{"step": r["step"], "changes": r["changes"]} for r in self.run_dir.resumes() if r["changes"]]
         if resumes:
             result["config_changes"] = resumes  # the run's config is config.json with these (resumes.jsonl)
+        result["machines"] = self.run_dir.machines()  # where each stretch of it computed (machines.jsonl)
         if multihost.is_main():
             # A single run's member directory is the run's own: its result.json is then the run's, written last.
             for member, seed, member_result in zip(self.member_dirs, self.members.seeds, results, strict=True):

@@ -1,4 +1,5 @@
-"""A description of the machine a benchmark ran on, recorded beside every figure."""
+"""A description of the machine a benchmark or a stretch of a run ran on, recorded beside every figure: runs of
+hours cross machines (a batch job resumed elsewhere), and speeds and bits differ between them."""
 
 import datetime
 import os
@@ -8,6 +9,7 @@ import jax
 
 
 def describe() -> dict:
+    """The date, JAX's first device and count, the CPU's model name and cores, and JAX's version."""
     device = jax.devices()[0]
     cpu = platform.processor() or platform.machine()
     try:
@@ -24,3 +26,9 @@ def describe() -> dict:
         "cpu_cores": os.cpu_count(),
         "jax": jax.__version__,
     }
+
+
+def run_machine() -> str:
+    """One line naming the machine a stretch of a run computes on: its devices and, for the CPU, its model."""
+    d = describe()
+    return f"{d['devices']} x {d['device']} ({d['platform']}), host CPU {d['cpu']} with {d['cpu_cores']} cores"
