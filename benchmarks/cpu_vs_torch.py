@@ -1,6 +1,7 @@
 """Our full train step against PyTorch eager on the same CPU, the same nets, the same batch: the CPU gap.
 
-    python -m benchmarks.cpu_vs_torch [--rounds=2] [--steps=8] [--dtypes=float32,bfloat16] [--profile]
+    python -m benchmarks.cpu_vs_torch [--rounds=2] [--steps=8] [--dtypes=float32,bfloat16] [--nets=resnet20,resnet50]
+        [--profile]
 
 CIFAR ResNet-20 at batch 128 (akamaster's net in PyTorch: the same option-A ResNet) and ResNet-50 v1.5 at batch 16
 (torchvision's, channels-last), forward + backward + SGD with momentum and weight decay, on synthetic batches
@@ -42,6 +43,7 @@ from resnet_jax.train.step import make_train_step, sgd_step
 flags.DEFINE_integer("rounds", 2, "Alternating rounds of both frameworks.")
 flags.DEFINE_integer("steps", 8, "Timed steps per framework and round (after warm-up).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to compare (float32, bfloat16).")
+flags.DEFINE_list("nets", ["resnet20", "resnet50"], "Nets to compare (resnet20, resnet50).")
 flags.DEFINE_bool("profile", False, "Also print where a ResNet-20 step spends its time, per operation.")
 flags.DEFINE_bool("tiny", False, "Batch 8 and 2 steps: checks that the script runs, measures nothing.")
 FLAGS = flags.FLAGS
@@ -230,7 +232,7 @@ def main(argv):
     results = {}
     for dtype in FLAGS.dtypes:
         suffix = "" if dtype == "float32" else "_bf16" if dtype == "bfloat16" else f"_{dtype}"
-        results.update({f"{name}{suffix}": compare(name, dtype) for name in NETS})
+        results.update({f"{name}{suffix}": compare(name, dtype) for name in FLAGS.nets})
     if FLAGS.profile:
         profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5)
         if resolve("auto") == "onednn":  # XLA's own convolutions are 7-50x slower in a scan: not worth the wait

@@ -20,7 +20,8 @@ one): the mean +- standard deviation and the best over seeds, beside Table 6 (do
 mean curves of the seeds, plain nets and ResNets in two panels as in the paper. `--schedule_fraction=F` runs the
 paper's recipe with every iteration count times F (configs/cifar10.py's `fraction=F`); the fraction is recorded in
 each run's config.json and result.json, labels the table and figure, and runs of different fractions are never
-mixed: a workdir holds one fraction (the table refuses a mix, a resumed run refuses another fraction).
+mixed: a workdir holds one fraction (the table refuses a mix, a resumed run refuses another fraction). The same
+holds for `--dtype` (float32, the paper's, by default; bfloat16 for a precision control), recorded as `model.dtype`.
 `--publish=DIR` copies each run, as soon as it has finished, into DIR without its checkpoints (config.json,
 metrics.jsonl, result.json, curves), with Figure 7's per-layer statistics measured on it (figure7.csv), and
 regenerates Table 6 and Figures 6 and 7 there: a batch job that stops leaves everything it finished ready to commit.
@@ -82,6 +83,13 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
     flags.DEFINE_string("prepare_from", None, "Local CIFAR-10 files to prepare the dataset from if it is missing.")
     flags.DEFINE_integer("batch_size", None, "Override the paper's batch of 128 (e.g. to fit a device).")
     flags.DEFINE_integer("steps_per_dispatch", None, "Override the config's steps per call into the devices.")
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        ["float32", "bfloat16"],
+        "The nets' compute dtype (float32: the paper's; bfloat16: activations, parameters stay float32). Recorded "
+        "in each run's config; a table or figure takes runs of one precision.",
+    )
 
 
 def study_nets(nets: list[str] | None, quick: bool, with_1202: bool) -> list[str]:
@@ -111,6 +119,7 @@ def net_config(
     steps_per_dispatch: int | None = None,
     first_seed: int = 0,
     schedule_fraction: str | None = None,
+    dtype: str = "float32",
 ):
     variant = ",quick" if quick else (f",fraction={schedule_fraction}" if schedule_fraction else "")
     config = cifar10.get_config(net + variant)
@@ -119,6 +128,7 @@ def net_config(
     if steps_per_dispatch:
         config.steps_per_dispatch = steps_per_dispatch
     config.runs, config.seed = runs, first_seed
+    config.model.dtype = dtype
     config.data.data_dir = data_dir
     config.prepare_from = prepare_from
     return config
@@ -216,17 +226,32 @@ def schedule_fraction(run: RunDir) -> float:
     return float(run.read_config().get("schedule_fraction", 1.0)) if run.config_path.exists() else 1.0
 
 
-def study_fraction(workdir: Path, nets: list[str]) -> float | None:
-    """The one schedule fraction of every finished run of `nets` in `workdir` (None if there is none); UserError
-    naming the runs if they mix fractions."""
-    fractions = {run.path.name: schedule_fraction(run) for net in nets for run in net_runs(workdir, net)}
-    if len(set(fractions.values())) > 1:
-        listed = ", ".join(f"{name} {Fraction(f).limit_denominator()}" for name, f in sorted(fractions.items()))
+def precision(run: RunDir) -> str:
+    """The dtype a run computed in (its config.json's `model.dtype`)."""
+    return run.read_config().model.dtype if run.config_path.exists() else "float32"
+
+
+def _one_setting(workdir: Path, nets: list[str], what: str, value_of: Callable, label: Callable):
+    """The one value (`value_of(run)`) of every finished run of `nets` in `workdir` (None if there is none);
+    UserError naming the runs if they mix values: a table or figure takes one."""
+    values = {run.path.name: value_of(run) for net in nets for run in net_runs(workdir, net)}
+    if len(set(values.values())) > 1:
+        listed = ", ".join(f"{name} {label(v)}" for name, v in sorted(values.items()))
         raise UserError(
-            f"{workdir} holds runs of different schedule fractions ({listed}): a table or figure takes one; "
-            f"keep each fraction in a workdir of its own."
+            f"{workdir} holds runs of different {what}s ({listed}): a table or figure takes one; "
+            f"keep each {what} in a workdir of its own."
         )
-    return next(iter(fractions.values()), None)
+    return next(iter(values.values()), None)
+
+
+def study_fraction(workdir: Path, nets: list[str]) -> float | None:
+    """The one schedule fraction of the finished runs of `nets` in `workdir` (see `_one_setting`)."""
+    return _one_setting(workdir, nets, "schedule fraction", schedule_fraction, fraction_label)
+
+
+def study_precision(workdir: Path, nets: list[str]) -> str | None:
+    """The one precision (dtype) of the finished runs of `nets` in `workdir` (see `_one_setting`)."""
+    return _one_setting(workdir, nets, "precision", precision, str)
 
 
 def fraction_label(fraction: float | None) -> str:
@@ -246,6 +271,7 @@ def net_row(workdir: Path, net: str) -> dict:
     return {
         "net": net,
         "schedule": fraction_label(study_fraction(workdir, [net])),
+        "precision": study_precision(workdir, [net]),
         "runs": len(members),
         "steps": finals[0][0][0],
         "parameters": parameters(net),
@@ -259,7 +285,8 @@ def net_row(workdir: Path, net: str) -> dict:
 
 def collect(workdir: Path, nets: list[str]) -> list[dict]:
     """Rows of the nets with finished seeds; writes table6.md, table6.csv and figure6.png into `workdir`."""
-    study_fraction(workdir, nets)  # one fraction, or an error before anything is written
+    study_fraction(workdir, nets)  # one fraction and one precision, or an error before anything is written
+    study_precision(workdir, nets)
     rows = [net_row(workdir, net) for net in nets if net_runs(workdir, net)]
     _write_tables(workdir, rows)
     if rows:
@@ -270,6 +297,7 @@ def collect(workdir: Path, nets: list[str]) -> list[dict]:
 FIELDS = [
     "net",
     "schedule",
+    "precision",
     "runs",
     "steps",
     "parameters",
@@ -287,14 +315,15 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        "| net | parameters | schedule | runs | iterations | final training error % (mean) | final test error % "
-        "(mean +- std) | best | paper (Table 6) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| net | parameters | schedule | precision | runs | iterations | final training error % (mean) | "
+        "final test error % (mean +- std) | best | paper (Table 6) |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         spread = f" +- {r['test_error_std']:.2f}" if r["test_error_std"] != "" else ""
         lines.append(
-            f"| {r['net']} | {r['parameters'] / 1e6:.2f}M | {r['schedule']} | {r['runs']} | {r['steps']} | "
+            f"| {r['net']} | {r['parameters'] / 1e6:.2f}M | {r['schedule']} | {r['precision']} | {r['runs']} | "
+            f"{r['steps']} | "
             f"{r['train_error_mean']:.2f} | "
             f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
         )
@@ -319,6 +348,8 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
     panels = [(title, group) for title, group in panels if group]
     fraction = study_fraction(workdir, nets)
     schedule = "" if fraction_label(fraction) == "full" else f", {fraction_label(fraction)} schedule"
+    dtype = study_precision(workdir, nets)
+    schedule += "" if dtype in (None, "float32") else f", {dtype}"
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     for i, (title, group) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -361,6 +392,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.steps_per_dispatch,
                 FLAGS.first_seed,
                 FLAGS.schedule_fraction,
+                FLAGS.dtype,
             )
 
         def finished(net, run_dir):

@@ -97,7 +97,7 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     assert sorted(p.name for p in published.iterdir() if p.is_dir()) == ["plain20_seed0", "plain56_seed0"]
     assert (published / "plain56_seed0" / "figure7.csv").exists() and (published / "figure7.png").exists()
     assert not list(published.rglob("checkpoints"))
-    assert "| plain56 | 0.85M | 1/8 | 1 | 8000 |" in (published / "table6.md").read_text()
+    assert "| plain56 | 0.85M | 1/8 | float32 | 1 | 8000 |" in (published / "table6.md").read_text()
     (published / "plain56_seed0" / "result.json").write_text("{}")  # published once: a rerun leaves it as it is
     assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
     assert (published / "plain56_seed0" / "result.json").read_text() == "{}"
@@ -129,8 +129,9 @@ def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_seeds_
     assert rows[2]["runs"] == 3 and rows[2]["test_error_mean"] == 7.17 and rows[2]["test_error_std"] == 0.76
     assert rows[2]["test_error_best"] == 6.5 and rows[2]["paper_test_error"] == 6.43
     table = (tmp_path / "table6.md").read_text()
-    assert "| resnet20 | 0.27M | full | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table  # last training window, in %
-    assert "| resnet110 | 1.73M | full | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
+    # the last training window's error, in %
+    assert "| resnet20 | 0.27M | full | float32 | 1 | 300 | 5.03 | 9.00 | 9.00 | 8.75 |" in table
+    assert "| resnet110 | 1.73M | full | float32 | 3 | 300 | 5.03 | 7.17 +- 0.76 | 6.50 | 6.43 |" in table
     assert (tmp_path / "table6.csv").read_text().splitlines()[0] == ",".join(study.FIELDS)
     assert (tmp_path / "figure6.png").stat().st_size > 10_000
     _fake_run(tmp_path / "resnet110_seeds2-3", [(300, 0.07)], config={**_CONFIG, "runs": 2, "seed": 2})
@@ -160,10 +161,24 @@ def test_tables_and_figures_are_labelled_with_their_fraction_and_never_mix_two(t
     _fake_run(tmp_path / "plain20_seed0", [(8000, 0.14)], config={**eighth, "model": {"name": "plain20"}})
     rows = study.collect(tmp_path, ["plain20", "resnet20"])
     assert [r["schedule"] for r in rows] == ["1/8", "1/8"]
-    assert "| resnet20 | 0.27M | 1/8 | 1 | 8000 |" in (tmp_path / "table6.md").read_text()
+    assert "| resnet20 | 0.27M | 1/8 | float32 | 1 | 8000 |" in (tmp_path / "table6.md").read_text()
     _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # the full schedule (no fraction recorded: 1)
-    with pytest.raises(UserError, match="different schedule fractions.*resnet20_seed0 1/8.*resnet20_seed1 1"):
+    with pytest.raises(UserError, match="different schedule fractions.*resnet20_seed0 1/8.*resnet20_seed1 full"):
         study.collect(tmp_path, ["plain20", "resnet20"])
+
+
+def test_tables_and_figures_are_labelled_with_their_precision_and_never_mix_two(tmp_path):
+    bf16 = {**_CONFIG, "model": {**_CONFIG["model"], "dtype": "bfloat16"}}
+    assert study.net_config("resnet20", dtype="bfloat16").model.dtype == "bfloat16"
+    _fake_run(tmp_path / "resnet20_seed0", [(64_000, 0.12)], config=bf16)
+    (row,) = study.collect(tmp_path, ["resnet20"])
+    assert (
+        row["precision"] == "bfloat16"
+        and "| resnet20 | 0.27M | full | bfloat16 | 1 |" in (tmp_path / "table6.md").read_text()
+    )
+    _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # float32, the default
+    with pytest.raises(UserError, match="different precisions.*resnet20_seed0 bfloat16.*resnet20_seed1 float32"):
+        study.collect(tmp_path, ["resnet20"])
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):
