@@ -189,7 +189,8 @@ def run_nets(
 
 def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
     """Copies a finished run into `target` (once) without checkpoints, with Figure 7's statistics measured on it,
-    and regenerates Table 6 and Figures 6 and 7 there."""
+    and regenerates Table 6 and Figures 6 and 7 there: of `nets` and of every net published there before (a study
+    may be run a few nets per command)."""
     import shutil
 
     from experiments.layer_responses import study_figure7, write_run_responses
@@ -203,7 +204,7 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.partial"))
     partial.rename(copy)  # whole or not at all
-    collect(target, nets)
+    collect(target, [n for n in cifar10.CIFAR_MODELS if n in nets or net_runs(target, n)])
     study_figure7(target)
     logging.info("%s: published to %s", net, copy)
 

@@ -108,3 +108,24 @@ def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(var
                     map_, _ = model.apply(variables, view, score_map=True)
                     posteriors.append(jax.nn.softmax(np.asarray(map_).mean((1, 2))))
             np.testing.assert_allclose(ours[k], np.mean(posteriors, 0)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_multiscale_scores_slices_of_the_batch_as_it_scores_it_whole(varied_imagenet, monkeypatch):
+    """The larger scales are scored a slice of the batch at a time, within the pixels of one 224 view per example:
+    the same posteriors as the whole batch at once (within float32 rounding), in the batch's order."""
+    assert scores.slices_for(256, 640, 1280) == 32 and scores.slices_for(256, 640, 1280, devices=8) == 32
+    assert scores.slices_for(256, 224, 224) == 1 and scores.slices_for(6, 480, 640) == 6  # 6 examples: 1 each
+    dataset, cfg, count = varied_imagenet
+    monkeypatch.setattr(protocols, "MULTISCALE_SIDES", (224, 384))
+    monkeypatch.setattr(scores, "MULTISCALE_SIDES", (224, 384))
+    model = tiny_resnet(num_classes=7)
+    variables = noisy_batch_stats(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    batch = next(iter(eval_iterator(dataset, cfg, split="validation", protocol="multiscale", global_batch_size=4)))
+    assert [scores.slices_for(4, *batch[f"image_{side}"].shape[1:3]) for side in (224, 384)] == [2, 4]
+    sliced = jax.jit(lambda v, b: multiscale_scores(model, v, b))
+    assert "scan" in str(jax.make_jaxpr(lambda v, b: multiscale_scores(model, v, b))(variables, batch))
+    ours = np.asarray(sliced(variables, batch))
+    monkeypatch.setattr(scores, "slices_for", lambda *args, **kwargs: 1)
+    whole = np.asarray(jax.jit(lambda v, b: multiscale_scores(model, v, b))(variables, batch))
+    np.testing.assert_allclose(ours, whole, rtol=1e-5, atol=1e-7)
+    assert len(set(np.argmax(whole, 1).tolist())) > 1 or not np.allclose(whole[0], whole[1])  # the examples differ

@@ -98,6 +98,10 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     assert (published / "plain56_seed0" / "figure7.csv").exists() and (published / "figure7.png").exists()
     assert not list(published.rglob("checkpoints"))
     assert "| plain56 | 0.85M | 1/8 | float32 | 1 | 8000 |" in (published / "table6.md").read_text()
+    # A later command with other nets: the table keeps those published before.
+    assert study.run_nets(work, ["resnet20"], study.net_config, fake_train, finished)
+    table = (published / "table6.md").read_text()
+    assert all(f"| {net} |" in table for net in ("plain20", "plain56", "resnet20"))
     (published / "plain56_seed0" / "result.json").write_text("{}")  # published once: a rerun leaves it as it is
     assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
     assert (published / "plain56_seed0" / "result.json").read_text() == "{}"

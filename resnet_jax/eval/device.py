@@ -40,7 +40,9 @@ class DeviceEvaluator:
         check_divisible(batch_size, mesh, "the evaluation batch size (config.eval.batch_size)")
         self.protocol, self.split, self.batch_size = protocol, split, batch_size
         self._data = on_device.EvalData.load(dataset, data_config, split, batch_size, mesh)
-        step = members.over(lambda variables, batch: error_counts(model, protocol, variables, batch), (0, None))
+        step = members.over(
+            lambda variables, batch: error_counts(model, protocol, variables, batch, devices=mesh.size), (0, None)
+        )
 
         def evaluate_split(variables, arrays):
             def body(totals, i):

@@ -4,6 +4,10 @@ Views of one example are scored by averaging softmax outputs: over the 10 crops,
 the fully-convolutional protocol (`models.ResNet` computes the score map). Padding examples (mask False) count
 nowhere, so every example of the split is counted exactly once whatever the batch size or number of hosts. Batch
 formats: `resnet_jax.data.protocols`.
+
+Memory: the model never sees more pixels at once than one 224x224 view of each example of the batch (a loop in the
+program over the 10 crops; over slices of the batch at the multi-scale protocol's larger canvases), so every
+protocol's passes need about the memory of 1-crop at the same batch; the batches themselves differ (protocols.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.data.protocols import MULTISCALE_SIDES
+from resnet_jax.data.transforms import IMAGENET_CROP
 
 
 def _error_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -50,21 +55,57 @@ def mirror_on_canvas(canvas: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid[..., None], mirrored, 0)
 
 
-def multiscale_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
+def slices_for(batch_size: int, height: int, width: int, devices: int = 1) -> int:
+    """How many slices a batch of `batch_size` canvases of height x width is scored in: the fewest whose examples
+    hold no more pixels than one 224x224 view of the whole batch, each slice an equal share of every device's
+    examples (so the slices need no data to move between devices)."""
+    local = batch_size // devices
+    fits = [
+        n for n in range(1, local + 1) if local % n == 0 and (local // n) * height * width <= local * IMAGENET_CROP**2
+    ]
+    return fits[0] if fits else local  # one example at a time when even that is larger than the budget
+
+
+def _in_slices(f, slices: int, *arrays: jax.Array) -> jax.Array:
+    """`f(*arrays)` over the batch axis, computed `slices` slices at a time (a loop in the program): slice j takes
+    examples j, j + slices, j + 2 * slices, ..., every device's equal share; the results in the batch's order."""
+    if slices == 1:
+        return f(*arrays)
+    b = arrays[0].shape[0]
+    strided = [jnp.moveaxis(a.reshape(b // slices, slices, *a.shape[1:]), 1, 0) for a in arrays]
+    out = jax.lax.map(lambda parts: f(*parts), strided)  # [slices, b // slices, ...]
+    return jnp.moveaxis(out, 0, 1).reshape(b, *out.shape[2:])
+
+
+def multiscale_scores(model: nn.Module, variables: Any, batch: dict, devices: int = 1) -> jax.Array:
     """Table 4's fully-convolutional multi-scale testing: for each scale and for the image and its mirror, the class
-    scores averaged over the score map's positions, then their softmax averaged over the ten."""
-    posteriors = []
-    for side in MULTISCALE_SIDES:
-        canvas, valid = batch[f"image_{side}"], batch[f"valid_{side}"]
+    scores averaged over the score map's positions, then their softmax averaged over the ten. The larger scales are
+    scored a slice of the batch at a time (`slices_for`; `devices`: the devices the batch is split over)."""
+
+    def posteriors_of(canvas, valid):  # [2, n, classes]: the image's and its mirror's
+        posteriors = []
         for image in (canvas, mirror_on_canvas(canvas, valid)):
             scores, positions = model.apply(variables, image, train=False, score_map=True, valid=valid)
             weights = positions[..., None].astype(jnp.float32)
             mean = jnp.sum(scores * weights, (1, 2)) / jnp.maximum(jnp.sum(weights, (1, 2)), 1)
             posteriors.append(jax.nn.softmax(mean))
-    return jnp.mean(jnp.stack(posteriors), axis=0)
+        return jnp.stack(posteriors, axis=1)
+
+    posteriors = []
+    for side in MULTISCALE_SIDES:
+        canvas, valid = batch[f"image_{side}"], batch[f"valid_{side}"]
+        slices = slices_for(canvas.shape[0], canvas.shape[1], canvas.shape[2], devices)
+        posteriors.append(_in_slices(posteriors_of, slices, canvas, valid))
+    return jnp.mean(jnp.concatenate(posteriors, axis=1), axis=1)
 
 
-def error_counts(model: nn.Module, protocol: str, variables: Any, batch: dict) -> dict[str, jax.Array]:
-    """{examples, top1_errors, top5_errors} of one batch of `protocol`, summed over its masked-in examples."""
-    score = multiscale_scores if protocol == "multiscale" else _view_scores
-    return _error_counts(score(model, variables, batch), batch["label"], batch["mask"])
+def error_counts(
+    model: nn.Module, protocol: str, variables: Any, batch: dict, devices: int = 1
+) -> dict[str, jax.Array]:
+    """{examples, top1_errors, top5_errors} of one batch of `protocol`, summed over its masked-in examples (`devices`:
+    the devices the batch is split over)."""
+    if protocol == "multiscale":
+        scores = multiscale_scores(model, variables, batch, devices)
+    else:
+        scores = _view_scores(model, variables, batch)
+    return _error_counts(scores, batch["label"], batch["mask"])

@@ -43,7 +43,9 @@ class StreamedEvaluator:
         check_divisible(batch_size, mesh, "the evaluation batch size (config.eval.batch_size)")
         self.protocol, self.split, self.batch_size = protocol, split, batch_size
         self._dataset, self._data_config, self._batch_size, self._mesh = dataset, data_config, batch_size, mesh
-        step = members.over(lambda variables, batch: error_counts(model, protocol, variables, batch), (0, None))
+        step = members.over(
+            lambda variables, batch: error_counts(model, protocol, variables, batch, devices=mesh.size), (0, None)
+        )
         self._step = jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh))
         self._steps = pipeline.eval_steps(dataset, split, protocol, batch_size)  # global batches per pass
 
