@@ -1,15 +1,20 @@
 """Scoring under the test protocols: views averaged as softmax scores, padding never counted, results summarised."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from resnet_jax.core.errors import ConfigError
 from resnet_jax.core.sharding import make_mesh
-from resnet_jax.data import on_device, protocols
+from resnet_jax.data import on_device, pipeline, protocols
 from resnet_jax.data.pipeline import eval_iterator
 from resnet_jax.eval import scores
 from resnet_jax.eval.device import DeviceEvaluator
+from resnet_jax.eval.evaluator import evaluator_for
 from resnet_jax.eval.results import EvalResult, describe_summary, summarize
 from resnet_jax.eval.scores import error_counts, multiscale_scores
 from resnet_jax.eval.streamed import StreamedEvaluator
@@ -129,3 +134,45 @@ def test_multiscale_scores_slices_of_the_batch_as_it_scores_it_whole(varied_imag
     whole = np.asarray(jax.jit(lambda v, b: multiscale_scores(model, v, b))(variables, batch))
     np.testing.assert_allclose(ours, whole, rtol=1e-5, atol=1e-7)
     assert len(set(np.argmax(whole, 1).tolist())) > 1 or not np.allclose(whole[0], whole[1])  # the examples differ
+
+
+def test_streamed_evaluation_batches_fit_host_memory_with_the_same_scores(varied_imagenet, monkeypatch, caplog):
+    """A 10-crop batch of 256 ImageNet images is 1.4 GiB and several are in flight: where they would not fit in a
+    third of the memory available, the batch is made smaller (one log line) and the grain workers fewer; the scores
+    are the same; ConfigError when not even one example per device fits."""
+    dataset, cfg, count = varied_imagenet
+    per_example = pipeline.example_bytes(pipeline.eval_view(dataset, cfg, "10crop"), "10crop")
+    assert per_example == 10 * 224 * 224 * 3 * 4 + 9  # the views, label, mask and index
+    multiscale = pipeline.example_bytes(pipeline.eval_view(dataset, cfg, "multiscale"), "multiscale")
+    assert 20 * 2**20 < multiscale < 25 * 2**20  # the five canvases of the widest bucket and their masks
+    room_for = lambda n: 3 * pipeline.in_flight(cfg, 0) * per_example * n  # noqa: E731  (bytes available)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: room_for(6.5))
+    with caplog.at_level(logging.INFO):
+        assert pipeline.eval_batch_that_fits(dataset, cfg, "10crop", 256, multiple=4) == 4
+    assert "evaluating in batches of 4" in caplog.text
+    assert pipeline.eval_batch_that_fits(dataset, cfg, "10crop", 256, multiple=1) == 6
+    assert pipeline.eval_batch_that_fits(dataset, cfg, "10crop", 5, multiple=1) == 5
+    with pytest.raises(ConfigError, match="10crop evaluation batch of 8 .*more than a third"):
+        pipeline.eval_batch_that_fits(dataset, cfg, "10crop", 256, multiple=8)
+    eight = ml_collections.ConfigDict({"worker_count": 8, "prefetch": 2, "read_threads": 2})
+    assert pipeline.in_flight(eight, 8) == 34 and pipeline.in_flight(eight, 0) == 4
+    # batches of one example: a third of the memory holds 26 of them, 2 + 4 per worker
+    assert pipeline.eval_workers(eight, "10crop", per_example) == 6
+
+    model = tiny_resnet(num_classes=7)
+    variables = jax.tree.map(
+        lambda x: x[None], noisy_batch_stats(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    )
+
+    def evaluate():
+        evaluator = evaluator_for(
+            cfg, model, dataset, make_mesh(), Members(), protocol="10crop", split="validation", batch_size=3
+        )
+        return evaluator.batch_size, evaluator(variables)[0]
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: room_for(2.5))
+    small, fitted = evaluate()
+    monkeypatch.setattr(pipeline, "available_memory", lambda: room_for(100))
+    whole, unfitted = evaluate()
+    assert (small, whole) == (2, 3) and fitted.examples == unfitted.examples == count
+    assert (fitted.top1_error, fitted.top5_error) == (unfitted.top1_error, unfitted.top5_error)

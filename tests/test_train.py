@@ -2,6 +2,7 @@
 resume, and the errors a person sees."""
 
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -173,12 +174,50 @@ def test_a_preemption_during_bn_recomputation_stops_it_and_the_rerun_finishes(
         return recompute_batch_stats(*args, **kwargs)
 
     monkeypatch.setattr(loop, "recompute_batch_stats", signalled)
-    with pytest.raises(RunStopped, match="Stopped while recomputing the BN statistics: the checkpoints are intact"):
+    with pytest.raises(RunStopped, match="BN statistics: stopped. The checkpoints are intact; rerun"):
         trainer.run()
     assert not RunDir(tmp_path).is_finished() and RunDir(tmp_path).checkpoint(2).exists()
     monkeypatch.undo()
-    result = train_and_evaluate(config, str(tmp_path))
-    assert result["bn_statistics"] == "recomputed over 64 training images" and RunDir(tmp_path).is_finished()
+
+    # The same during the final evaluation (streamed from grain: the phase that is long on ImageNet).
+    streamed = small_config(
+        cifar_slice_data_dir,
+        num_steps=2,
+        bn_statistics="recomputed",
+        bn_recompute_examples=64,
+        **{"data.on_device": False},
+    )
+    trainer = loop.Trainer(streamed, str(tmp_path / "streamed"))
+
+    def then_signalled(*args, **kwargs):  # the signal arrives once the statistics are recomputed
+        stats = recompute_batch_stats(*args, **kwargs)
+        trainer.preemption.event.set()
+        return stats
+
+    monkeypatch.setattr(loop, "recompute_batch_stats", then_signalled)
+    with pytest.raises(RunStopped, match=r"Evaluation \(single, test\): stopped. The checkpoints are intact"):
+        trainer.run()
+    assert not RunDir(tmp_path / "streamed").is_finished() and RunDir(tmp_path / "streamed").checkpoint(2).exists()
+    monkeypatch.undo()
+    for run_config, workdir in ((config, tmp_path), (streamed, tmp_path / "streamed")):
+        result = train_and_evaluate(run_config, str(workdir))
+        assert result["bn_statistics"] == "recomputed over 64 training images" and RunDir(workdir).is_finished()
+
+
+def test_a_long_phase_logs_its_rate_and_eta_and_stops_when_asked(caplog):
+    from resnet_jax.core.errors import RunStopped
+    from resnet_jax.core.progress import Progress
+
+    asked = []
+    progress = Progress("Phase", 100, stop=lambda: bool(asked), stopped="Rerun it.", every=0.0)
+    with caplog.at_level(logging.INFO):
+        progress.step(40)
+        progress.step(100)  # the last step logs nothing: the phase's own line follows
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Phase")]
+    assert re.fullmatch(r"Phase: 40/100 images, [\d.]+ images/s, ETA \d+ s\.", line), line
+    asked.append(True)
+    with pytest.raises(RunStopped, match=r"^Phase: stopped. Rerun it.$"):
+        progress.step(50)
 
 
 def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_data_dir, tmp_path):

@@ -32,3 +32,12 @@ def run_machine() -> str:
     """One line naming the machine a stretch of a run computes on: its devices and, for the CPU, its model."""
     d = describe()
     return f"{d['devices']} x {d['device']} ({d['platform']}), host CPU {d['cpu']} with {d['cpu_cores']} cores"
+
+
+def available_memory() -> int:
+    """Bytes of host memory available to a new allocation now (Linux's MemAvailable; elsewhere the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from resnet_jax.core.files import write_atomically
+from resnet_jax.core.progress import Progress
 from resnet_jax.data import datasets, images, pipeline, prepared, protocols
 
 
@@ -57,8 +58,10 @@ def compute(source, name: str, worker_count: int = 0) -> dict[str, np.ndarray]:
     ds = pipeline.in_worker_processes(ds, worker_count)
     total = kept_total = None
     count = kept_count = 0
+    progress = Progress("Per-pixel mean", n)
     with contextlib.closing(iter(ds)) as batches:
-        for batch in batches:
+        for seen, batch in enumerate(batches, 1):
+            progress.step(min(seen * 256, n))
             pixels = batch["pixels"].astype(np.float64)
             kept = batch["index"] < n - held_out
             batch_total, batch_kept = pixels.sum(0), pixels[kept].sum(0)

@@ -32,6 +32,8 @@ import numpy as np
 from absl import flags, logging
 from google.protobuf import message as protobuf_message
 
+from resnet_jax.core.errors import ConfigError
+from resnet_jax.core.machine import available_memory
 from resnet_jax.data import images, protocols, transforms
 from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.data.resilient import ResilientIterator
@@ -245,10 +247,14 @@ class _OutOfSharedMemory:
         return getattr(self._iterator, name)
 
 
-def _loader(ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str, wrap=None) -> ResilientIterator:
+def _loader(
+    ds: grain.IterDataset, cfg: ml_collections.ConfigDict, what: str, wrap=None, worker_count: int | None = None
+) -> ResilientIterator:
+    workers = cfg.worker_count if worker_count is None else worker_count
+
     def make():
-        iterator = iter(in_worker_processes(ds, cfg.worker_count, cfg.prefetch))
-        if cfg.worker_count:
+        iterator = iter(in_worker_processes(ds, workers, cfg.prefetch))
+        if workers:
             iterator = _OutOfSharedMemory(iterator)
         return iterator if wrap is None else wrap(iterator)
 
@@ -353,8 +359,7 @@ def eval_iterator(
     local_batch = _local_batch(global_batch_size, process_count)
     dataset.facts.check_protocol(protocol)
     source = dataset.source(split)
-    mean, std, _ = dataset.normalization(cfg)
-    view = protocols.VIEWS[protocol](mean, std, side=cfg.one_crop_side)
+    view = eval_view(dataset, cfg, protocol)
     order, buckets = eval_order(len(source), global_batch_size, eval_buckets(dataset, split, protocol))
     ds = grain.MapDataset.range(len(order) // process_count)
     ds = ds.map(_EvalPosition(order, buckets, global_batch_size, process_index, local_batch)).batch(local_batch)
@@ -364,4 +369,78 @@ def eval_iterator(
         )
     )
     ds = ds.to_iter_dataset(_read_options(cfg))
-    return _loader(ds, cfg, f"{dataset.name} {split}")
+    workers = eval_workers(cfg, protocol, local_batch * example_bytes(view, protocol))
+    return _loader(ds, cfg, f"{dataset.name} {split}", worker_count=workers)
+
+
+def example_bytes(view: protocols._View, protocol: str) -> int:
+    """Host bytes of one example of a test view's batches: its largest canvas bucket's views, label, mask, index."""
+    buckets = range(protocols.NUM_BUCKETS) if protocols.bucketed(protocol) else (0,)
+    return max(sum(a.nbytes for a in view.empty(bucket).values()) for bucket in buckets) + 4 + 1 + 4
+
+
+def in_flight(cfg: ml_collections.ConfigDict, workers: int) -> int:
+    """Batches of an input pipeline that may be in host memory at once: each worker's ready ones (`data.prefetch`)
+    and its reading threads' (one each), the main process's reading threads' when it reads itself, the batch in hand
+    and its copy on the devices (on a CPU, host memory too)."""
+    reading = max(cfg.read_threads, 1)
+    return 2 + (workers * (cfg.prefetch + reading) if workers else reading)
+
+
+def eval_view(dataset: PreparedDataset, cfg: ml_collections.ConfigDict, protocol: str) -> protocols._View:
+    """The test view of `protocol` with the dataset's normalisation, as `eval_iterator` applies it."""
+    mean, std, _ = dataset.normalization(cfg)
+    return protocols.VIEWS[protocol](mean, std, side=cfg.one_crop_side)
+
+
+def eval_batch_that_fits(
+    dataset: PreparedDataset,
+    cfg: ml_collections.ConfigDict,
+    protocol: str,
+    global_batch_size: int,
+    multiple: int,
+    process_count: int | None = None,
+) -> int:
+    """`global_batch_size`, or where its batches in flight (`in_flight`, reading in this process) would need more
+    than a third of the host memory available now, the largest multiple of `multiple` that fits, in one log line (the
+    scores do not depend on the batch: every example counts once). A 10-crop batch of 256 ImageNet images is
+    1.4 GiB, a multi-scale one up to 5.8 GiB. ConfigError if not even `multiple` examples fit."""
+    _, process_count = _processes(None, process_count)
+    per_batch = example_bytes(eval_view(dataset, cfg, protocol), protocol) * in_flight(cfg, 0) / process_count
+    limit = available_memory() / 3  # the rest: the devices' program (on a CPU), the model, other processes
+    if global_batch_size * per_batch <= limit:
+        return global_batch_size
+    fitted = min(global_batch_size, int(limit // (per_batch * multiple)) * multiple)
+    if fitted < multiple:
+        raise ConfigError(
+            f"A {protocol} evaluation batch of {multiple} (one example per device) needs "
+            f"{multiple * per_batch / 2**30:.1f} GiB in flight, more than a third of the "
+            f"{available_memory() / 2**30:.1f} GiB of host memory available: free memory, or evaluate on fewer "
+            "devices per host."
+        )
+    logging.info(
+        "Evaluation (%s): batches of %d would need %.1f GiB of host memory in flight, more than a third of the "
+        "%.1f GiB available: evaluating in batches of %d (%.1f GiB; the scores do not depend on it; --batch_size of "
+        "resnet_jax.evaluate or config.eval.batch_size sets it).",
+        protocol, global_batch_size, global_batch_size * per_batch / 2**30, available_memory() / 2**30, fitted,
+        fitted * per_batch / 2**30,
+    )  # fmt: skip
+    return fitted
+
+
+def eval_workers(cfg: ml_collections.ConfigDict, protocol: str, batch_bytes: int) -> int:
+    """The grain workers an evaluation pass with batches of `batch_bytes` (per process) uses: `data.worker_count`,
+    fewer where the batches in flight (`in_flight`) would exceed a third of the host memory available now (8 workers
+    hold up to 34 batches: tens of GiB at 10 crops), in one log line."""
+    available = available_memory()
+    workers = cfg.worker_count
+    while workers and in_flight(cfg, workers) * batch_bytes > available // 3:
+        workers -= 1
+    if workers < cfg.worker_count:
+        logging.info(
+            "Evaluation (%s): batches of %.2f GiB, so %d of data.worker_count=%d grain workers: %d batches in flight "
+            "(%.1f GiB) of the %.1f GiB available.",
+            protocol, batch_bytes / 2**30, workers, cfg.worker_count, in_flight(cfg, workers),
+            in_flight(cfg, workers) * batch_bytes / 2**30, available / 2**30,
+        )  # fmt: skip
+    return workers

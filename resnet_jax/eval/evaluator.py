@@ -9,6 +9,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from resnet_jax.core.sharding import fitted_batch
+from resnet_jax.data.pipeline import eval_batch_that_fits
 from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.eval.device import DeviceEvaluator
 from resnet_jax.eval.streamed import StreamedEvaluator
@@ -54,8 +55,9 @@ def evaluator_for(
 ) -> Evaluator:
     """The evaluator of `protocol` on `split` with the input `data_config` gives: on the devices when it keeps the
     dataset there (`data.on_device`), streamed from grain otherwise. A batch that does not split across the devices
-    is rounded up to the next multiple of their count (the padding is masked: every example counts once); its
-    `batch_size` is the batch used."""
+    is rounded up to the next multiple of their count (the padding is masked: every example counts once), and a
+    streamed batch whose copies in flight would not fit in host memory is made smaller
+    (`pipeline.eval_batch_that_fits`); its `batch_size` is the batch used."""
     fitted = fitted_batch(batch_size, mesh.size)
     if fitted != batch_size:
         logging.info(
@@ -64,6 +66,8 @@ def evaluator_for(
             fitted,
             mesh.size,
         )
+    if not data_config.on_device:  # batches streamed through host memory: as many as fit
+        fitted = eval_batch_that_fits(dataset, data_config, protocol, fitted, mesh.size)
     kind = DeviceEvaluator if data_config.on_device else StreamedEvaluator
     return kind(
         model,

@@ -36,11 +36,12 @@ def _error_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict
 def _view_scores(model: nn.Module, variables: Any, batch: dict) -> jax.Array:
     """The views' softmax averaged, one view of the whole batch at a time (a loop in the program): the memory of one
     view's pass at the evaluation batch, not of all ten crops at once (2,560 ImageNet passes at batch 256)."""
-    images = batch["image"]  # [b, V, H, W, 3]
+    images = jnp.asarray(batch["image"])  # [b, V, H, W, 3]
     if images.shape[1] == 1:
         return jax.nn.softmax(model.apply(variables, images[:, 0], train=False))
+    # Each view sliced out in the loop (not the batch transposed first, which would copy all of it).
     posteriors = jax.lax.map(
-        lambda view: jax.nn.softmax(model.apply(variables, view, train=False)), jnp.moveaxis(images, 1, 0)
+        lambda v: jax.nn.softmax(model.apply(variables, images[:, v], train=False)), jnp.arange(images.shape[1])
     )
     return posteriors.mean(axis=0)
 
@@ -72,8 +73,8 @@ def _in_slices(f, slices: int, *arrays: jax.Array) -> jax.Array:
     if slices == 1:
         return f(*arrays)
     b = arrays[0].shape[0]
-    strided = [jnp.moveaxis(a.reshape(b // slices, slices, *a.shape[1:]), 1, 0) for a in arrays]
-    out = jax.lax.map(lambda parts: f(*parts), strided)  # [slices, b // slices, ...]
+    grouped = [jnp.asarray(a).reshape(b // slices, slices, *a.shape[1:]) for a in arrays]  # nothing is copied
+    out = jax.lax.map(lambda j: f(*(a[:, j] for a in grouped)), jnp.arange(slices))  # [slices, b // slices, ...]
     return jnp.moveaxis(out, 0, 1).reshape(b, *out.shape[2:])
 
 

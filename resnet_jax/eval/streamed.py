@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax.core.progress import Progress
 from resnet_jax.core.sharding import batch_sharded, check_divisible, replicated
 from resnet_jax.data import pipeline
 from resnet_jax.data.feeds import put_on_mesh
@@ -24,7 +26,8 @@ class StreamedEvaluator:
     """One protocol on one split, its batches from grain (`pipeline.eval_iterator`), built once.
 
     Calling it with the members' variables (leading member axis) returns one `EvalResult` per member. Each call reads
-    the split anew; nothing is compiled after the first call (at most one shape per canvas bucket).
+    the split anew; nothing is compiled after the first call (at most one shape per canvas bucket). A pass logs its
+    progress every 10 s, and `stop()` (a preemption, Ctrl-C), if given, ends it between batches with `RunStopped`.
     """
 
     def __init__(
@@ -49,10 +52,10 @@ class StreamedEvaluator:
         self._step = jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh))
         self._steps = pipeline.eval_steps(dataset, split, protocol, batch_size)  # global batches per pass
 
-    def __call__(self, variables: Any) -> list[EvalResult]:
-        return results_from_counts(self.protocol, self.split, self._stream(variables))
+    def __call__(self, variables: Any, stop: Callable[[], bool] = lambda: False) -> list[EvalResult]:
+        return results_from_counts(self.protocol, self.split, self._stream(variables, stop))
 
-    def _stream(self, variables: Any) -> dict[str, jax.Array]:
+    def _stream(self, variables: Any, stop: Callable[[], bool]) -> dict[str, jax.Array]:
         """Sums the counts over one pass of the grain pipeline. A process whose pipeline fails for good goes on with
         masked-out batches to the end of the pass, so that no process waits alone; then all stop together."""
         iterator = pipeline.eval_iterator(
@@ -64,10 +67,18 @@ class StreamedEvaluator:
         )
         batches = Lockstep(iterator, blank=lambda last: {**last, "mask": np.zeros_like(last["mask"])})
         totals = None
+        progress = Progress(
+            f"Evaluation ({self.protocol}, {self.split})",
+            self._steps * self._batch_size,
+            stop=stop,
+            stopped="The checkpoints are intact; rerun the same command to evaluate.",
+            sync=lambda: jax.block_until_ready(totals),
+        )
         try:
-            for _ in range(self._steps):
+            for i in range(self._steps):
                 counts = self._step(variables, put_on_mesh(next(batches), self._mesh))
                 totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+                progress.step((i + 1) * self._batch_size)
         finally:
             batches.close()  # stops grain's worker processes
         batches.stop_together(f"{self.split} (evaluation)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax.core.errors import RunStopped
+from resnet_jax.core.progress import Progress
 from resnet_jax.core.sharding import replicated
 from resnet_jax.data.feeds import make_feed
 from resnet_jax.data.prepared import PreparedDataset
@@ -54,25 +53,21 @@ def recompute_batch_stats(
 
     run = jax.jit(members.over(one_member, (0, None, feed.inputs_member_axes, 0)), out_shardings=replicated(mesh))
     total, dispatches = None, batches // per_dispatch
-    logging.info("BN statistics: recomputing them over %d training images.", batches * config.batch_size)
-    started = last_log = time.perf_counter()
+    images = batches * config.batch_size
+    logging.info("BN statistics: recomputing them over %d training images.", images)
+    progress = Progress(
+        "BN statistics",
+        images,
+        stop=stop,
+        stopped="The checkpoints are intact; rerun the same command to recompute them and evaluate.",
+        sync=lambda: jax.block_until_ready(total),
+    )
     try:
+        progress.check()
         for dispatch in range(dispatches):
-            if stop():
-                raise RunStopped(
-                    "Stopped while recomputing the BN statistics: the checkpoints are intact; rerun the same command "
-                    "to recompute them and evaluate."
-                )
             sums = run(state.variables(), feed.data, feed.inputs(dispatch * per_dispatch), np.asarray(seeds))
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-            now = time.perf_counter()
-            if now - last_log >= 10 and dispatch + 1 < dispatches:
-                jax.block_until_ready(total)
-                done = (dispatch + 1) * per_dispatch * config.batch_size
-                rate = done / (now - started)
-                left = (batches * config.batch_size - done) / rate
-                logging.info("BN statistics: %d images, %.0f img/s, ETA %.0f s.", done, rate, left)
-                last_log = now
+            progress.step((dispatch + 1) * per_dispatch * config.batch_size)
     finally:
         feed.close()
     return jax.tree.map(lambda x: x / batches, total)

@@ -268,8 +268,8 @@ class Trainer:
         )
         self.window.update(sums=None, start=time.perf_counter(), **{"from": self.step})
 
-    def _evaluate(self, evaluator: Any) -> list[EvalResult]:
-        results = evaluator(self.state.variables())
+    def _evaluate(self, evaluator: Any, stop: Callable[[], bool] = lambda: False) -> list[EvalResult]:
+        results = evaluator(self.state.variables(), stop)
         kind = "eval" if evaluator is self.evaluator else f"eval_{evaluator.protocol}"
         self.writer.write(self.step, kind, [r.to_dict() for r in results])
         logging.info("step %d  %s", self.step, describe_summary(summarize(results), self.config.model.name))
@@ -308,7 +308,7 @@ class Trainer:
         same_state_evaluated = self.last_evaluation is not None and self.last_evaluation[0] == self.step
         if final_evaluator is self.evaluator and not recompute and same_state_evaluated:
             return self.last_evaluation[1]  # the periodic evaluation of this very state
-        return self._evaluate(final_evaluator)
+        return self._evaluate(final_evaluator, stop=self.preemption.event.is_set)  # saved: the rerun evaluates
 
     def _write_results(self, results: list[EvalResult]) -> dict[str, Any]:
         """result.json of every member (with its seed) and of the run (their summary), and each member's curves."""
