@@ -13,7 +13,7 @@ The three alternate, `--rounds` times, so that all see the same machine state; e
 round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its time: each convolution shape's
 forward, input gradient and kernel gradient timed alone with XLA's and with oneDNN's convolutions, PyTorch's own
 profile of a step by operator, and 4 ResNet-20 steps with oneDNN's convolutions in one `lax.scan` against 4 calls of
-one step (`resnet_jax.models.conv.scans_well`). The last line is a JSON object with `resnet20_ratio` and
+one step (`resnet_jax.kernels.conv.scans_well`). The last line is a JSON object with `resnet20_ratio` and
 `resnet50_ratio` (ours over PyTorch's images per second, float32: above 1 we are faster), `resnet20_bf16_ratio` and
 `resnet50_bf16_ratio` (the same in bfloat16), the same with XLA's convolutions (`*_xla_ratio`), what 'auto' chose,
 and the machine.
@@ -33,8 +33,8 @@ from absl import app, flags
 from experiments.torch_reference import CifarResNet, TorchvisionResNet, TvBottleneck
 from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import make_mesh
+from resnet_jax.kernels.conv import conv_general_dilated_for, resolve
 from resnet_jax.models import create_model, spec
-from resnet_jax.models.conv import conv_general_dilated_for, resolve
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.state import create_train_state, member

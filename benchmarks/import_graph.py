@@ -16,7 +16,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = "resnet_jax"
-LAYERS = ("core", "data", "models", "pretrained", "recipe", "run", "eval", "train")
+LAYERS = ("core", "kernels", "data", "models", "interop", "pretrained", "recipe", "run", "eval", "train")
 """Bottom to top; top-level modules (`main`, `evaluate`, ...) are the commands, above them all."""
 COMMANDS = len(LAYERS)
 

@@ -3,7 +3,7 @@
     RESNET_JAX_WEIGHTS_MIRROR=../shared/data/weights \
         python examples/nnx_transfer.py --data_dir=~/tensorflow_datasets [--weights=resnet20:akamaster] [--steps=5]
 
-Our nets are flax.linen modules; `resnet_jax.models.nnx_bridge.to_nnx` wraps one in flax's bridge
+Our nets are flax.linen modules; `resnet_jax.interop.nnx_bridge.to_nnx` wraps one in flax's bridge
 (`nnx.bridge.ToNNX`) holding the weights as `nnx.Param` and `nnx.BatchStat`, so an nnx program trains it with
 `nnx.Optimizer` and `nnx.value_and_grad` like any nnx module. This script fits one batch of the training split a few
 times (the loss must fall: the step works) and checks the nnx module against the linen one it came from. It takes a
@@ -22,7 +22,7 @@ from PIL import Image
 
 from resnet_jax import pretrained
 from resnet_jax.data.prepared import PreparedDataset
-from resnet_jax.models.nnx_bridge import to_linen_variables, to_nnx
+from resnet_jax.interop.nnx_bridge import to_linen_variables, to_nnx
 
 flags.DEFINE_string("weights", "resnet20:akamaster", "Published weights MODEL:TAG (CIFAR-sized).")
 flags.DEFINE_string("data_dir", None, "tfds data dir of the prepared dataset the weights were trained on.")

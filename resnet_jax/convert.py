@@ -1,6 +1,6 @@
-"""Weights to and from PyTorch state dicts: `resnet_jax.models.convert`, under its public name."""
+"""Weights to and from PyTorch state dicts: `resnet_jax.interop.convert`, under its public name."""
 
-from resnet_jax.models.convert import (
+from resnet_jax.interop.convert import (
     TORCH_LAYOUTS,
     detect_layout,
     export_torch_state_dict,

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from resnet_jax.models import create_model, ffi, onednn
-from resnet_jax.models.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
+from resnet_jax.kernels import ffi, onednn
+from resnet_jax.kernels.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
+from resnet_jax.models import create_model
 
 # resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run, where JAX
 # computes on the CPU (on an accelerator 'auto' never picks oneDNN, and the tests' programs would run elsewhere).
@@ -178,11 +179,11 @@ def _run(code: str, **env) -> str:
 
 
 def test_auto_keeps_xla_on_several_devices_and_without_onednn(tmp_path):
-    code = "from resnet_jax.models.conv import resolve, scans_well; print(resolve('auto'), scans_well('auto'))"
+    code = "from resnet_jax.kernels.conv import resolve, scans_well; print(resolve('auto'), scans_well('auto'))"
     assert _run(code, XLA_FLAGS="--xla_force_host_platform_device_count=2") == "xla False"
     assert _run(code, RESNET_JAX_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3") == "xla False"
     asked = (
-        "from resnet_jax.models.conv import resolve\n"
+        "from resnet_jax.kernels.conv import resolve\n"
         "try:\n    resolve('onednn')\nexcept ValueError as e:\n    print(type(e).__name__, e)"
     )
     message = _run(asked, RESNET_JAX_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3")
@@ -233,7 +234,7 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
 def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_asked_for(caplog):
     """Negative padding: lax takes it, oneDNN refuses to make the primitive. 'auto' computes it (and its gradients)
     with XLA and says so in one line; 'onednn' named explicitly raises, naming the reason."""
-    from resnet_jax.models.conv import conv_general_dilated_for
+    from resnet_jax.kernels.conv import conv_general_dilated_for
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 4)), jnp.float32)

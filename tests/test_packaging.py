@@ -22,7 +22,7 @@ TRAINING_STACK = (
 
 
 def test_the_models_conversion_and_published_weights_import_without_the_training_stack():
-    # (flax.nnx itself imports optax, which flax installs: models/nnx_bridge.py is not tried here)
+    # (flax.nnx itself imports optax, which flax installs: interop/nnx_bridge.py is not tried here)
     blocked = ", ".join(repr(name) for name in TRAINING_STACK)
     code = f"""
 import importlib.abc, sys

@@ -23,7 +23,7 @@ import pytest
 from resnet_jax import models, pretrained
 from resnet_jax.core.errors import ConfigError, WeightsError
 from resnet_jax.core.sharding import make_mesh
-from resnet_jax.models import convert
+from resnet_jax.interop import convert
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.state import create_train_state, start_from_weights
 from tests.support.paths import SHARED_DATA, requires_shared_data

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from resnet_jax.convert import read_state_dict
-from resnet_jax.models.torch_files import read_torch_file, state_dict_of
+from resnet_jax.interop.torch_files import read_torch_file, state_dict_of
 from tests.support.paths import SHARED_DATA
 
 WEIGHTS = SHARED_DATA / "weights"

@@ -5,8 +5,8 @@
     spec("resnet50").input_shape                            # (224, 224, 3)
 
 `resnet.py` holds the one `ResNet` module and its blocks, `specs.py` one explicit entry per named net,
-`batch_norm.py` the grouped BatchNorm, `conv.py` which library computes the convolutions (XLA or oneDNN,
-`onednn.py`), `flops.py` what a net costs, `convert.py` its weights to and from PyTorch.
+`batch_norm.py` the grouped BatchNorm, `flops.py` what a net costs. The library that computes the convolutions is
+chosen in `resnet_jax.kernels`; the weights to and from PyTorch are `resnet_jax.interop`'s.
 This package imports JAX, Flax and NumPy only (no training stack).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from resnet_jax.models import conv
+from resnet_jax.kernels import conv
 from resnet_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from resnet_jax.models.specs import SPECS, ModelSpec
 

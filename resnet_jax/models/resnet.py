@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.kernels.conv import conv_general_dilated_for, uses_onednn
 from resnet_jax.models.batch_norm import GroupedBatchNorm
-from resnet_jax.models.conv import conv_general_dilated_for, uses_onednn
 
 ModuleDef = Any
 Shortcut = Literal["A", "B", "C"]
@@ -79,7 +79,7 @@ def conv_module(
     dtype: Any = jnp.float32,
     **kwargs: Any,
 ) -> nn.Conv:
-    """The blocks' convolution factory: an `nn.Conv` computed as `conv_impl` says (`resnet_jax.models.conv`), or a
+    """The blocks' convolution factory: an `nn.Conv` computed as `conv_impl` says (`resnet_jax.kernels.conv`), or a
     `PointwiseConv` for a 1x1 convolution that XLA would compute."""
     pointwise = tuple(kernel_size) == (1, 1) and not use_bias and all(tuple(p) == (0, 0) for p in padding)
     if pointwise and not uses_onednn(conv_impl, dtype):
@@ -212,7 +212,7 @@ class ResNet(nn.Module):
       remat: recompute each block's activations in the backward pass instead of storing them (`nn.remat`), trading
         about one extra forward pass for memory, for the deepest nets (ResNet-152, CIFAR ResNet-1202).
       conv_impl: how the convolutions are computed: 'auto' (oneDNN's kernels for a single-device program on XLA:CPU
-        where oneDNN loads, XLA's everywhere else), 'xla' or 'onednn' (`resnet_jax.models.conv`). The same
+        where oneDNN loads, XLA's everywhere else), 'xla' or 'onednn' (`resnet_jax.kernels.conv`). The same
         variables and, within float32 rounding, the same results.
     """
 

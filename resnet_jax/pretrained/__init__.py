@@ -8,7 +8,7 @@
 
 `registry.py` holds one entry per published file (URL, hash, options, normalisation, published accuracy, licence),
 `download.py` the cache and mirror. PyTorch files are read without torch and without running code from them
-(`resnet_jax.models.torch_files`). `python -m resnet_jax.evaluate --weights=resnet20:akamaster` evaluates an entry on
+(`resnet_jax.interop.torch_files`). `python -m resnet_jax.evaluate --weights=resnet20:akamaster` evaluates an entry on
 a prepared dataset; `config.init_from` starts a training run from one.
 """
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from resnet_jax import models
 from resnet_jax.core.errors import ConfigError, WeightsError
-from resnet_jax.models import convert
+from resnet_jax.interop import convert
 from resnet_jax.pretrained.download import CACHE_ENV, MIRROR_ENV, cache_dir, fetch
 from resnet_jax.pretrained.registry import WEIGHTS, Weights, get, names, parse
 

@@ -34,7 +34,7 @@ class Weights:
       tag: its name among that net's weights ('torchvision_v1', 'akamaster', ...): `load(model, tag)`.
       url: where its publisher serves it; the last path component is the file name a mirror and the cache use.
       sha256: its SHA-256, in full where known, otherwise the published prefix (checked as `torch.hub` does).
-      layout: the PyTorch state-dict naming (`resnet_jax.models.convert.TORCH_LAYOUTS`).
+      layout: the PyTorch state-dict naming (`resnet_jax.interop.convert.TORCH_LAYOUTS`).
       options: the `create_model` options that reproduce the publisher's net (torchvision's v1.5 bottleneck:
         `stride_on_3x3=True`); the other options keep their defaults.
       mean, std: the per-channel input normalisation the weights were trained with, in 0..255 units, RGB.

@@ -63,7 +63,7 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     # The moving variance from the unbiased batch variance, as Caffe (the authors' release) and PyTorch; False: Flax's.
     c.model.bn_unbiased_var = True
     c.model.remat = False  # recompute activations in the backward pass (memory for the deepest nets)
-    # How convolutions are computed (resnet_jax/models/conv.py): "auto" (oneDNN's on a single-device CPU program, XLA's
+    # How convolutions are computed (resnet_jax/kernels/conv.py): "auto" (oneDNN's on a single-device CPU program, XLA's
     # elsewhere), "xla", "onednn". The same results within float32 rounding; a resumed run may change it.
     c.model.conv_impl = "auto"
 

@@ -24,7 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from resnet_jax.core.sharding import batch_sharded, replicated
-from resnet_jax.models.conv import scans_well
+from resnet_jax.kernels.conv import scans_well
 from resnet_jax.recipe.config import LOOPS
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.state import TrainState
@@ -101,7 +101,7 @@ def make_dispatch(
     metric sums cover the `steps` steps, per member. `state` (with the member axis) is donated.
 
     `loop` 'scan' runs the steps in one `lax.scan`, 'host' as `steps` calls of one jitted step; 'auto' (`LOOPS`) scans
-    unless the model's convolutions are XLA's own on the CPU backend (`resnet_jax.models.conv.scans_well`), whose
+    unless the model's convolutions are XLA's own on the CPU backend (`resnet_jax.kernels.conv.scans_well`), whose
     gradients run 7-50x slower inside a loop body than outside one (benchmarks/RESULTS.md). Both compute the same
     steps on the same batches.
     """

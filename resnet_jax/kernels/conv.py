@@ -1,8 +1,8 @@
 """How the nets compute their convolutions: the model option `conv_impl`.
 
 - 'xla': `lax.conv_general_dilated`, compiled by XLA for whatever backend runs the program.
-- 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.models.onednn`) called from the compiled program on XLA's own
-  buffers (an XLA FFI handler, `resnet_jax.models.ffi`), with a custom VJP whose input and kernel gradients are
+- 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.kernels.onednn`) called from the compiled program on XLA's own
+  buffers (an XLA FFI handler, `resnet_jax.kernels.ffi`), with a custom VJP whose input and kernel gradients are
   oneDNN's too. float32 or bfloat16 (all operands of one dtype; bfloat16 summed in float32, on the CPU's AMX or
   AVX-512 BF16 units where it has them), NHWC/HWIO, no dilation or groups; any other convolution falls back to
   XLA's. Equal to XLA's within the dtype's rounding.
@@ -30,7 +30,7 @@ from absl import logging
 from jax import lax
 
 from resnet_jax.core.errors import ConfigError
-from resnet_jax.models import ffi, onednn
+from resnet_jax.kernels import ffi, onednn
 
 CONV_IMPLS = ("auto", "xla", "onednn")
 

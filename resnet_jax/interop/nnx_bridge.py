@@ -1,7 +1,7 @@
 """Our linen nets inside a `flax.nnx` program, through flax's own bridge (`nnx.bridge.ToNNX`).
 
     from resnet_jax import pretrained
-    from resnet_jax.models.nnx_bridge import to_nnx
+    from resnet_jax.interop.nnx_bridge import to_nnx
     model, variables, entry = pretrained.load("resnet20", "akamaster", num_classes=100)
     net = to_nnx(model, variables)                         # an nnx.Module holding nnx.Param / nnx.BatchStat
     logits = net(images, train=False)                      # inference: BN's running statistics

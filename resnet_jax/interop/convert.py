@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import models
+from resnet_jax.interop.torch_files import read_torch_file, state_dict_of
 from resnet_jax.models.specs import TorchLayout
-from resnet_jax.models.torch_files import read_torch_file, state_dict_of
 
 # Flax leaf name -> PyTorch parameter or buffer name.
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}

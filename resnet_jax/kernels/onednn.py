@@ -4,8 +4,8 @@ its C API.
 Why: XLA:CPU computes a convolution's kernel gradient at a few GFLOP/s, so a CIFAR ResNet-20 train step spent half
 its time there (benchmarks/RESULTS.md). oneDNN, the library PyTorch's CPU convolutions run on, computes the net's
 kernel gradients 2.5-6x faster on the same CPU, its forward convolutions and input gradients as fast or up to 2.3x
-faster. `resnet_jax.models.conv` calls `run` on XLA's own buffers from a jitted program (an XLA FFI handler,
-`resnet_jax.models.ffi`); this module knows nothing of JAX.
+faster. `resnet_jax.kernels.conv` calls `run` on XLA's own buffers from a jitted program (an XLA FFI handler,
+`resnet_jax.kernels.ffi`); this module knows nothing of JAX.
 
 The library: `libdnnl.so.3` of the `onednn-cpu-gomp` wheel (installed with `resnet_jax[train]` on Linux x86-64, where
 it lands in `sys.prefix/lib`), or any oneDNN 3.x named by `$RESNET_JAX_ONEDNN_LIBRARY`. Only the C API's stable
