@@ -212,10 +212,11 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
 
     x = jnp.arange(6, dtype=jnp.float32).reshape(2, 3)
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    doubled = jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_double", double), out))(x)
+    one = ffi.Signature(args=1, results=1, rank=2, dtype=ffi.DTYPES["float32"])
+    doubled = jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_double", double, one), out))(x)
     assert (np.asarray(doubled) == 2 * np.asarray(x)).all()
     with pytest.raises(Exception, match="test_conv_broken: ValueError: deliberately broken"):
-        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_broken", broken), out))(x).block_until_ready()
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_broken", broken, one), out))(x).block_until_ready()
 
     # Any exception at all (Ctrl-C inside the handler, a message that cannot be encoded) is XLA's error too: none
     # escapes the callback, which would abort the process.
@@ -226,9 +227,46 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
         raise ValueError("lone surrogate \udc80")
 
     with pytest.raises(Exception, match="test_conv_interrupted: KeyboardInterrupt"):
-        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_interrupted", interrupted), out))(x).block_until_ready()
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_interrupted", interrupted, one), out))(x).block_until_ready()
     with pytest.raises(Exception, match=r"test_conv_unencodable: ValueError: lone surrogate \\udc80"):
-        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_unencodable", unencodable), out))(x).block_until_ready()
+        jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_unencodable", unencodable, one), out))(x).block_until_ready()
+
+    # A call that does not match the handler's signature is XLA's error before any buffer is read: another dtype,
+    # another rank, another number of arguments.
+    call = jax.ffi.ffi_call("test_conv_double", out)
+    with pytest.raises(
+        Exception, match="test_conv_double: the call does not match the handler: argument 0 has XLA dtype 16"
+    ):
+        jax.jit(jax.ffi.ffi_call("test_conv_double", jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)))(
+            x.astype(jnp.bfloat16)
+        ).block_until_ready()
+    with pytest.raises(Exception, match="argument 0 has XLA dtype 11 and rank 1, expected dtype 11 and rank 2"):
+        jax.jit(jax.ffi.ffi_call("test_conv_double", jax.ShapeDtypeStruct((6,), x.dtype)))(
+            x.reshape(6)
+        ).block_until_ready()
+    with pytest.raises(Exception, match="2 arguments, expected 1"):
+        jax.jit(call)(x, x).block_until_ready()
+
+
+def test_auto_keeps_xla_when_the_handler_cannot_read_xla_s_call_and_onednn_fails_in_one_line():
+    """A jaxlib whose FFI structs differ from the handler's mirror (simulated: the call frame it expects made larger
+    than XLA's): the handler refuses the call, 'auto' finds out from its one-time check and keeps XLA's convolutions
+    with one warning, and 'onednn' named explicitly fails with one line naming the mismatch."""
+    patch = "from resnet_jax.kernels import ffi; ffi._FRAME_SIZE = 10**6\n"
+    code = patch + "from resnet_jax.kernels.conv import resolve; print(resolve('auto'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "xla", result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "failed their check" in line]
+    assert "XLA's call frame is" in warning and "XLA computes them (conv_impl='auto')" in warning
+    asked = patch + (
+        "import jax.numpy as jnp\n"
+        "from resnet_jax.kernels.conv import onednn_conv_general_dilated as conv\n"
+        "conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), (1, 1), [(1, 1)] * 2,"
+        " dimension_numbers=('NHWC', 'HWIO', 'NHWC')).block_until_ready()"
+    )
+    result = subprocess.run([sys.executable, "-c", asked], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "the call does not match the handler: XLA's call frame is" in result.stderr
+    assert "Aborted" not in result.stderr and "free()" not in result.stderr
 
 
 def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_asked_for(caplog):
@@ -250,3 +288,23 @@ def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_aske
     assert "oneDNN cannot compute a convolution of (2, 8, 8, 3) by (3, 3, 3, 4)" in caplog.text
     with pytest.raises(RuntimeError, match="conv_impl='onednn': oneDNN cannot compute this convolution"):
         loss(conv_general_dilated_for("onednn"), x, w)
+
+
+def test_the_primitive_cache_is_bounded_and_an_evicted_primitive_is_made_again(monkeypatch):
+    """At most MAX_PLANS primitives are kept (the least recently used are destroyed); a program whose primitive was
+    evicted makes it again and computes the same."""
+    library = onednn._load()
+    monkeypatch.setattr(onednn, "MAX_PLANS", 3)
+    rng = np.random.default_rng(3)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 4)), jnp.float32)
+    convs = {}
+    for side in (5, 6, 7):  # three shapes: three forward primitives each time, and more for the gradients
+        x = jnp.asarray(rng.normal(size=(1, side, side, 4)), jnp.float32)
+        conv = jax.jit(lambda x, w: onednn_conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=DIMS))
+        convs[side] = (conv, x, conv(x, w))
+        assert library.plans <= 3
+    for conv, x, first in convs.values():  # the 5x5 primitives were evicted long ago
+        assert (np.asarray(conv(x, w)) == np.asarray(first)).all()
+        reference = lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=DIMS)
+        assert _relative_error(first, reference) < 2e-6
+    assert library.plans <= 3

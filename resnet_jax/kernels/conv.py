@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from jax import lax
 
@@ -49,9 +50,36 @@ def resolve(impl: str) -> str:
     check(impl)
     if impl == "auto":
         on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-        impl = "onednn" if on_one_cpu and onednn.available() else "xla"
+        impl = "onednn" if on_one_cpu and onednn.available() and _onednn_works() else "xla"
         logging.log_first_n(logging.INFO, "Convolutions (conv_impl='auto'): %s.", 1, impl)
     return impl
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """Whether a small oneDNN convolution and its gradients, compiled and run end to end through the FFI handler,
+    give XLA's results in this process (once; a warning naming the failure if not). A library that loads can still
+    fail later: a jaxlib whose FFI structs differ from the handler's (`ffi.py` checks them at each call), a oneDNN
+    that miscomputes; 'auto' then keeps XLA's convolutions rather than failing the run."""
+
+    def value_and_grads(conv):
+        loss = lambda x, w: jnp.sum(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+    x = np.linspace(-1, 1, 2 * 5 * 5 * 3, dtype=np.float32).reshape(2, 5, 5, 3)
+    w = np.linspace(1, -1, 3 * 3 * 3 * 4, dtype=np.float32).reshape(3, 3, 3, 4)
+    try:
+        with jax.ensure_compile_time_eval():  # concrete results even when asked from inside a trace
+            ours = value_and_grads(functools.partial(onednn_conv_general_dilated, strict=True))(x, w)
+            theirs = value_and_grads(lax.conv_general_dilated)(x, w)
+            leaves = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
+            if all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5) for a, b in leaves):
+                return True
+            failure = "its results differ from XLA's"
+    except Exception as error:  # noqa: BLE001 - whatever fails, 'auto' must still run
+        failure = f"{type(error).__name__}: {error}".splitlines()[0]
+    logging.warning("oneDNN's convolutions failed their check (%s); XLA computes them (conv_impl='auto').", failure)
+    return False
 
 
 def onednn_dtype(dtype: Any) -> str | None:
@@ -81,6 +109,7 @@ def conv_general_dilated_for(impl: str) -> Callable[..., jax.Array]:
     return functools.partial(onednn_conv_general_dilated, strict=impl == "onednn")
 
 
+_DIMS = ("NHWC", "HWIO", "NHWC")
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -154,7 +183,7 @@ def _target(kind: str, dtype: str, strides: tuple[int, int], padding: onednn.Pad
             (x, y), (w,) = args, results
         onednn.run(kind, dtype, strides, padding, x, w, y)
 
-    return ffi.register(name, function)
+    return ffi.register(name, function, ffi.Signature(args=2, results=1, rank=4, dtype=ffi.DTYPES[dtype]))
 
 
 def _call(kind: str, strides, padding, shapes, result_shape, *operands: jax.Array) -> jax.Array:

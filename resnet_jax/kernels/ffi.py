@@ -9,12 +9,16 @@ makes `jax.ffi.ffi_call(name, ...)` call `function(args, results)` with each ope
 The handler follows XLA's FFI C API (xla/ffi/api/c_api.h, API version 0.3, as `jax.ffi.include_dir()` ships it):
 it answers XLA's metadata query with that version, runs at the execute stage only, and turns an exception of
 `function` into an XLA error carrying its message, so a failure stops the computation rather than leaving a buffer
-unwritten. ctypes takes the GIL for the call; the function should hand long work to a library that releases it.
+unwritten. Before it reads a buffer it checks what XLA handed it against what this mirror of the header knows: the
+API's major version, each struct's `struct_size` (a newer minor version may only append fields), the arguments'
+kinds, counts, dtypes and ranks (`Signature`); a mismatch is an XLA error naming it, never a read of memory laid out
+otherwise. ctypes takes the GIL for the call; the function should hand long work to a library that releases it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 from collections.abc import Callable
 
@@ -24,6 +28,18 @@ Buffer = tuple[int, tuple[int, ...]]  # (data pointer, shape)
 _P = ctypes.c_void_p
 _API_MAJOR, _API_MINOR = 0, 3
 _EXTENSION_METADATA, _STAGE_EXECUTE, _ERROR_INTERNAL = 1, 3, 13
+_ARG_BUFFER = 1  # XLA_FFI_ArgType_BUFFER (and XLA_FFI_RetType_BUFFER)
+DTYPES = {"float32": 11, "bfloat16": 16}  # XLA_FFI_DataType of the dtypes handlers here take
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """What a handler takes: how many arguments and results, every buffer's rank and XLA_FFI_DataType (`DTYPES`)."""
+
+    args: int
+    results: int
+    rank: int
+    dtype: int
 
 
 class _ExtensionBase(ctypes.Structure):
@@ -132,6 +148,47 @@ _handlers: dict[str, object] = {}  # name: the ctypes handler, kept alive as lon
 _lock = threading.Lock()
 
 
+def _size_to(struct: type[ctypes.Structure], last_field: str) -> int:
+    """`struct_size` as XLA_FFI_DEFINE_STRUCT_TRAITS counts it: up to the end of `last_field`, without padding."""
+    field = getattr(struct, last_field)
+    return field.offset + field.size
+
+
+_FRAME_SIZE = _size_to(_CallFrame, "attrs")  # the header's traits end the call frame at `attrs`, not `future`
+_BUFFERS_SIZE = _size_to(_Buffers, "items")
+_BUFFER_SIZE = _size_to(_Buffer, "dims")
+
+
+def _mismatch(frame: _CallFrame, signature: Signature) -> str | None:
+    """What in XLA's call frame differs from this mirror of the header and from `signature`; None if nothing."""
+    api = ctypes.cast(frame.api, ctypes.POINTER(_ApiHead)).contents
+    ours = f"API {_API_MAJOR}.{_API_MINOR}'s"
+    if api.api_version.major != _API_MAJOR:
+        return f"XLA speaks FFI API {api.api_version.major}.{api.api_version.minor}; this handler {_API_MAJOR}.x"
+    if frame.struct_size < _FRAME_SIZE:
+        return f"XLA's call frame is {frame.struct_size} bytes; {ours} is {_FRAME_SIZE}"
+    for what, buffers, count in (("argument", frame.args, signature.args), ("result", frame.rets, signature.results)):
+        if buffers.struct_size < _BUFFERS_SIZE:
+            return (
+                f"XLA's {what} list is {buffers.struct_size} bytes; API {_API_MAJOR}.{_API_MINOR}'s is {_BUFFERS_SIZE}"
+            )
+        if buffers.size != count:
+            return f"{buffers.size} {what}s, expected {count}"
+        kinds = ctypes.cast(buffers.types, ctypes.POINTER(ctypes.c_int))
+        for i in range(count):
+            if kinds[i] != _ARG_BUFFER:
+                return f"{what} {i} is not a buffer (kind {kinds[i]})"
+            b = buffers.items[i].contents
+            if b.struct_size < _BUFFER_SIZE:
+                return f"XLA's buffer is {b.struct_size} bytes; {ours} is {_BUFFER_SIZE}"
+            if b.dtype != signature.dtype or b.rank != signature.rank:
+                return (
+                    f"{what} {i} has XLA dtype {b.dtype} and rank {b.rank}, expected dtype {signature.dtype} and "
+                    f"rank {signature.rank}"
+                )
+    return None
+
+
 def _buffers(buffers: _Buffers) -> list[Buffer]:
     result = []
     for i in range(buffers.size):
@@ -142,13 +199,12 @@ def _buffers(buffers: _Buffers) -> list[Buffer]:
 
 def _error(frame: _CallFrame, message: str) -> int | None:
     api = ctypes.cast(frame.api, ctypes.POINTER(_ApiHead)).contents
-    # struct_size as XLA_FFI_DEFINE_STRUCT_TRAITS counts it: up to the end of the last field, without padding
     text = message.encode("utf-8", "backslashreplace")  # any str, a lone surrogate included
-    args = _ErrorCreateArgs(_ErrorCreateArgs.errc.offset + ctypes.sizeof(ctypes.c_int), None, text, _ERROR_INTERNAL)
+    args = _ErrorCreateArgs(_size_to(_ErrorCreateArgs, "errc"), None, text, _ERROR_INTERNAL)
     return api.error_create(ctypes.byref(args))
 
 
-def _handler(name: str, function: Callable[[list[Buffer], list[Buffer]], None]):
+def _handler(name: str, function: Callable[[list[Buffer], list[Buffer]], None], signature: Signature):
     def handle(frame_pointer):
         frame = frame_pointer.contents
         extension = frame.extension_start
@@ -160,6 +216,9 @@ def _handler(name: str, function: Callable[[list[Buffer], list[Buffer]], None]):
         if frame.stage != _STAGE_EXECUTE:
             return None
         try:
+            mismatch = _mismatch(frame, signature)
+            if mismatch is not None:
+                return _error(frame, f"{name}: the call does not match the handler: {mismatch}.")
             function(_buffers(frame.args), _buffers(frame.rets))
         except BaseException as error:  # noqa: BLE001 - every failure, Ctrl-C's too, becomes XLA's error: an
             # exception that escaped a ctypes callback would hand XLA a garbage pointer and abort the process
@@ -169,12 +228,12 @@ def _handler(name: str, function: Callable[[list[Buffer], list[Buffer]], None]):
     return _HANDLER(handle)
 
 
-def register(name: str, function: Callable[[list[Buffer], list[Buffer]], None]) -> str:
-    """Makes `jax.ffi.ffi_call(name, ...)` on the CPU call `function(args, results)` (once per name; later calls
-    with the same name keep the first function). Returns `name`."""
+def register(name: str, function: Callable[[list[Buffer], list[Buffer]], None], signature: Signature) -> str:
+    """Makes `jax.ffi.ffi_call(name, ...)` on the CPU call `function(args, results)` for calls that match
+    `signature` (once per name; later calls with the same name keep the first function). Returns `name`."""
     with _lock:
         if name not in _handlers:
-            handler = _handler(name, function)
+            handler = _handler(name, function, signature)
             pointer = ctypes.cast(handler, _P).value
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(pointer), platform="cpu")
             _handlers[name] = handler

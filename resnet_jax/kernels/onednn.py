@@ -13,8 +13,10 @@ calls are used. Nothing is loaded at import: `available()` loads it on first use
 
 Layouts: activations NHWC and kernels HWIO, as Flax keeps them. Each convolution lets oneDNN pick its kernel's
 layout (a blocked one, where its fast kernels live) and reorders the small kernel tensor to and from HWIO; the
-activations are never copied. The primitives are made once per shape and kept. Executions are serialised: oneDNN's
-library-managed scratch memory is shared between primitives, and its OpenMP threads use every core anyway.
+activations are never copied. The primitives are made once per shape and kept, the most recently used `MAX_PLANS`
+of them (a multi-scale evaluation meets a few hundred shapes; the least recently used are destroyed). Executions are
+serialised, and a primitive is looked up, run and evicted under one lock: oneDNN's library-managed scratch memory is
+shared between primitives, and its OpenMP threads use every core anyway.
 Deterministic: the same inputs give the same bits on the same machine and thread count.
 
 bfloat16: activations, kernel and output all bfloat16 (as XLA's bfloat16 convolution takes and gives them), summed
@@ -24,6 +26,7 @@ elsewhere oneDNN emulates it or refuses the shape, which `prepare` reports.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import sys
@@ -45,6 +48,7 @@ _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
 
 _P = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
+MAX_PLANS = 1024
 
 
 class _ExecArg(ctypes.Structure):
@@ -66,7 +70,7 @@ class _Library:
         self.engine, self.stream = _P(), _P()
         self._check(self.lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, 0), "dnnl_engine_create")
         self._check(self.lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, 1), "dnnl_stream_create")
-        self._plans: dict[tuple, _Plan] = {}
+        self._plans: collections.OrderedDict[tuple, _Plan] = collections.OrderedDict()  # least recently used first
         self.lock = threading.Lock()
 
     def _check(self, status: int, call: str, what: str = "") -> None:
@@ -82,11 +86,21 @@ class _Library:
         return desc
 
     def plan(self, kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
+        """The plan of a convolution, made if it is not kept; call with `lock` held (the plan is valid until it is
+        released: a later call may evict it)."""
         key = (kind, dtype, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
-        with self.lock:
-            if key not in self._plans:
-                self._plans[key] = _Plan(self, *key)
-            return self._plans[key]
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(self, *key)
+            while len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)[1].destroy()
+        self._plans.move_to_end(key)
+        return plan
+
+    @property
+    def plans(self) -> int:
+        """How many plans are kept."""
+        return len(self._plans)
 
     def execute(self, primitive: _P, args: list[tuple[int, _P, int]]) -> None:
         """Runs `primitive` on (argument, memory descriptor, data pointer) triples; call with `lock` held."""
@@ -153,6 +167,8 @@ class _Plan:
                 "dnnl_convolution_backward_weights_primitive_desc_create",
                 what,
             )
+        self._lib, self._descs = lib, [self.x, self.y, self.w_hwio, w_any]
+        self._primitive_descs = [forward] if desc is forward else [desc, forward]
         self.primitive = _P()
         check(lib.dnnl_primitive_create(ctypes.byref(self.primitive), desc), "dnnl_primitive_create", what)
         self.w = _P(lib.dnnl_primitive_desc_query_md(desc, query, 0))
@@ -168,7 +184,19 @@ class _Plan:
                 "dnnl_reorder_primitive_desc_create",
                 what,
             )
+            self._primitive_descs.append(reorder_desc)
             check(lib.dnnl_primitive_create(ctypes.byref(self.reorder), reorder_desc), "dnnl_primitive_create", what)
+
+    def destroy(self) -> None:
+        """Frees the primitives, their descriptors (and the kernel layout they own) and the memory descriptors."""
+        for primitive in (self.primitive, self.reorder):
+            if primitive:
+                self._lib.dnnl_primitive_destroy(primitive)
+        for desc in self._primitive_descs:
+            self._lib.dnnl_primitive_desc_destroy(desc)
+        for desc in self._descs:
+            self._lib.dnnl_memory_desc_destroy(desc)
+        self.primitive = self.reorder = None
 
 
 _library: _Library | None = None
@@ -232,7 +260,9 @@ def output_shape(x_shape, w_shape, strides, padding: Padding) -> tuple[int, int,
 
 def prepare(kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding: Padding) -> None:
     """Makes the primitive `run` will use (at trace time, so that a shape oneDNN refuses fails there, in Python)."""
-    _library_or_raise().plan(kind, dtype, x_shape, w_shape, y_shape, tuple(strides), padding)
+    library = _library_or_raise()
+    with library.lock:
+        library.plan(kind, dtype, x_shape, w_shape, y_shape, tuple(strides), padding)
 
 
 def run(
@@ -243,8 +273,8 @@ def run(
     'input_grad' writes x (its gradient) from y (the output's gradient) and w; 'kernel_grad' writes w (its gradient)
     from x and y (the output's gradient)."""
     library = _library_or_raise()
-    plan = library.plan(kind, dtype, x[1], w[1], y[1], tuple(strides), padding)
     with library.lock:
+        plan = library.plan(kind, dtype, x[1], w[1], y[1], tuple(strides), padding)
         blocked = np.empty(plan.w_bytes, np.uint8) if plan.reorder is not None else None
         kernel = w[0] if blocked is None else blocked.ctypes.data
         if kind == "kernel_grad":
