@@ -161,8 +161,9 @@ def _emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
-    """Where a ResNet-20 step's time goes: our convolutions timed alone per shape and direction, PyTorch's operators."""
+def profile_resnet20(batch_size: int = 128, repeats: int = 5, dtype: str = "float32") -> None:
+    """Where a ResNet-20 step's time goes in `dtype`: our convolutions timed alone per shape and direction, the rest
+    of our step, and PyTorch's operators (under bfloat16 autocast for bfloat16)."""
     rng = np.random.default_rng(0)
     # (input side, in channels, out channels, stride, how many in the net)
     shapes = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1)]
@@ -171,8 +172,8 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
     for conv_impl in impls:
         total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0}
         for side, cin, cout, stride, count in shapes:
-            x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), jnp.float32)
-            w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.float32)
+            x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), dtype)
+            w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, dtype)
             parts = _conv_parts(stride, conv_impl)
             g = parts["forward"](x, w, None)
             row = {}
@@ -181,27 +182,28 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5) -> None:
                 row[part] = round(1e3 * seconds, 2)
                 total[part] += count * seconds
             _emit(
-                profile=f"ours ({conv_impl}), one convolution alone, ms",
+                profile=f"ours ({conv_impl}, {dtype}), one convolution alone, ms",
                 shape=f"{side}x{side}x{cin}->{cout}/s{stride}",
                 count=count,
                 **row,
             )
-        whole = _best_step_seconds(ours("resnet20", {}, batch_size, conv_impl), repeats)
+        whole = _best_step_seconds(ours("resnet20", {}, batch_size, conv_impl, dtype), repeats)
         rest = whole - sum(total.values())
         in_ms = {k: round(1e3 * v, 1) for k, v in total.items()}
         _emit(
-            profile=f"ours ({conv_impl}), one step, ms",
+            profile=f"ours ({conv_impl}, {dtype}), one step, ms",
             step=round(1e3 * whole, 1),
             **in_ms,
             everything_else=round(1e3 * rest, 1),
         )
-    torch_step = theirs(lambda: CifarResNet(3), batch_size, (32, 32, 3), 10)
+    torch_step = theirs(lambda: CifarResNet(3), batch_size, (32, 32, 3), 10, dtype)
     torch_step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             torch_step()
-    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
-        _emit(profile="torch operator, self ms per step", op=e.key, ms=round(e.self_cpu_time_total / 1e3 / repeats, 2))
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]:
+        ms = round(e.self_cpu_time_total / 1e3 / repeats, 2)
+        _emit(profile=f"torch operator ({dtype}), self ms per step", op=e.key, ms=ms)
 
 
 def scan_against_calls(batch_size: int, steps: int = 4, repeats: int = 3) -> None:
@@ -234,7 +236,8 @@ def main(argv):
         suffix = "" if dtype == "float32" else "_bf16" if dtype == "bfloat16" else f"_{dtype}"
         results.update({f"{name}{suffix}": compare(name, dtype) for name in FLAGS.nets})
     if FLAGS.profile:
-        profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5)
+        for dtype in FLAGS.dtypes:
+            profile_resnet20(8 if FLAGS.tiny else 128, 1 if FLAGS.tiny else 5, dtype)
         if resolve("auto") == "onednn":  # XLA's own convolutions are 7-50x slower in a scan: not worth the wait
             scan_against_calls(8 if FLAGS.tiny else 128, 2 if FLAGS.tiny else 4, 1 if FLAGS.tiny else 3)
     summary = {f"{name}_ratio": r["ratio"] for name, r in results.items()}

@@ -21,7 +21,9 @@ def test_evaluation_mistakes_are_one_line_with_status_2(cifar_slice_data_dir, tm
     if case == "figure 7 of no run":
         argv = [sys.executable, "-m", "experiments.layer_responses", f"--workdirs={tmp_path / 'nothing'}"]
     result = run(argv + extra, expect=2)
-    (line,) = result.stderr.strip().splitlines()[-1:]
+    lines = result.stderr.strip().splitlines()
+    line = lines[-1]  # the error is the last line, and the only one that names it
+    assert [entry for entry in lines if entry.startswith("resnet_jax:")] == [line]
     assert "Traceback" not in result.stderr and line.startswith("resnet_jax: error: "), result.stderr[-2000:]
     assert {
         "not a run": "is not the workdir of a resnet_jax run",

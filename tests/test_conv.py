@@ -146,7 +146,10 @@ def test_nets_give_xla_s_logits_gradients_and_bn_statistics(name, side, dtype, n
             logits, updates = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
             return jnp.sum(jax.nn.log_softmax(logits.astype(jnp.float32))[:, 0]), (logits, updates)
 
-        return jax.tree.leaves(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        program = str(jax.make_jaxpr(step)(variables["params"]))
+        assert ("resnet_jax_onednn_kernel_grad" in program) == (impl == "onednn")  # oneDNN ran where asked
+        return jax.tree.leaves(step(variables["params"]))
 
     def distance(a, b):
         a, b = ([jnp.asarray(p, jnp.float32) for p in t] for t in (a, b))

@@ -6,6 +6,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import scipy.stats
 
@@ -117,3 +118,23 @@ np.save("{tmp_path}/batch_" + str(jax.device_count()) + ".npy", np.asarray(batch
         )
         assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "batch_1.npy"), np.load(tmp_path / "batch_8.npy"))
+
+
+def test_black_padding_is_black_in_the_raw_image(cifar_slice_data_dir):
+    """mmpretrain's CIFAR recipe pads the raw image with black (`data.pad_with='black'`, per-channel normalisation):
+    a white image's augmented views, mapped back to [0, 1] RGB, are white inside and exactly black in the padding;
+    with the paper's padding the border is the mean colour instead."""
+    from configs import mmpretrain
+
+    dataset, _ = opened("cifar10", cifar_slice_data_dir)
+    cfg = mmpretrain.get_config("cifar10_resnet18").data
+    assert cfg.pad_with == "black" and cfg.normalization == "per_channel"
+    norm = on_device.normalization_arrays(dataset, cfg)
+    np.testing.assert_allclose(norm["pad"] * norm["std"] + norm["mean"][0, 0], 0, atol=1e-6)
+    white = jnp.full((32, 32, 3), 255, jnp.uint8)
+    views = jax.vmap(lambda i: on_device.augment(white, norm, jnp.int32(0), jnp.int32(0), i))(jnp.arange(64))
+    raw = np.asarray(views) * norm["std"] + norm["mean"][0, 0]
+    black, inside = np.all(np.abs(raw) < 1e-5, -1), np.all(np.abs(raw - 1) < 1e-5, -1)
+    assert (black | inside).all() and black.sum() > 64 * 32  # the padding is seen, and is black
+    mean_padded = ml_collections.ConfigDict({**cfg.to_dict(), "pad_with": "mean"})
+    assert (on_device.normalization_arrays(dataset, mean_padded)["pad"] == 0).all()

@@ -110,10 +110,18 @@ def test_finishing_on_the_devices_equals_subtracting_on_the_host():
         np.testing.assert_allclose(np.asarray(finished["image"][i]), host, atol=1e-6)
 
 
+# AlexNet's PCA of ImageNet's RGB pixels on [0, 1], typed from fb.resnet.torch (datasets/imagenet.lua, `pca`), the
+# constants every PyTorch port copies: independent of the code under test.
+ALEXNET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+ALEXNET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+
 def test_pca_lighting_has_the_alexnet_covariance():
+    """fb.resnet.torch's Lighting: rgb = eigvec @ (alpha * eigval), alpha ~ N(0, 0.1^2) per component, so the
+    offsets' covariance is eigvec diag((0.1 eigval)^2) eigvec^T."""
     rng = np.random.default_rng(0)
     offsets = np.stack([transforms.pca_lighting(rng, 0.1) for _ in range(100_000)])
-    v, eigval = transforms.PCA_EIGVEC, transforms.PCA_EIGVAL
+    v, eigval = ALEXNET_EIGVEC, ALEXNET_EIGVAL
     expected = v @ np.diag((0.1 * eigval) ** 2) @ v.T
     np.testing.assert_allclose(offsets.mean(0), 0, atol=3e-4)
     np.testing.assert_allclose(np.cov(offsets.T), expected, rtol=0.03, atol=2e-7)
@@ -123,15 +131,26 @@ def test_pca_lighting_has_the_alexnet_covariance():
 
 
 def test_inception_crops_have_the_documented_area_and_aspect():
+    """Every box lies in the image with area in [8%, 100%] and aspect in [3/4, 4/3] (or is the fallback); and for an
+    ordinary image the boxes are drawn, not the fallback: their areas spread over the whole range and their log
+    aspects centre on 0."""
     rng = np.random.default_rng(0)
     for height, width in [(375, 500), (500, 333), (100, 1000)]:
-        for _ in range(500):
+        areas, log_aspects, fallbacks = [], [], 0
+        for _ in range(2000):
             left, top, right, bottom = transforms.sample_inception_box(rng, height, width)
             assert 0 <= left < right <= width and 0 <= top < bottom <= height
             area = (right - left) * (bottom - top) / (height * width)
             aspect = (right - left) / (bottom - top)
             fallback = top == (height - (bottom - top)) // 2 and left == (width - (right - left)) // 2
             assert fallback or (0.07 < area <= 1.0 and 0.7 < aspect < 1.4)
+            fallbacks += fallback and area > 0.5  # a drawn box is rarely both centred and large
+            areas.append(area)
+            log_aspects.append(np.log(aspect))
+        if (height, width) != (100, 1000):  # 1:10: a large square-ish box rarely fits, the fallback is common
+            assert fallbacks < 0.02 * len(areas)
+            assert min(areas) < 0.1 and max(areas) > 0.8 and 0.35 < np.median(areas) < 0.6  # 2:3 fits at most 89%
+            assert abs(np.mean(log_aspects)) < 0.06 and min(log_aspects) < -0.25 and max(log_aspects) > 0.25
 
 
 def test_cifar_train_view_is_a_flipped_window_of_the_padded_mean_subtracted_image(cifar10_data_dir):

@@ -54,7 +54,19 @@ class PreparedDataset:
                 f"data.holdout_val holds out {self.facts.holdout} training examples, but this {name} has only "
                 f"{self.builder.info.splits['train'].num_examples}."
             )
+        self._check_files()
         self._sources: dict[str, Any] = {}
+
+    def _check_files(self) -> None:
+        """DatasetMissingError if a shard of a split or the per-pixel mean is missing: one listing of the dataset's
+        folder (a run on a pod opens its dataset from a bucket: one request, not one per shard)."""
+        present = {p.name for p in self.path.iterdir()}
+        if MEAN_FILE not in present:
+            raise self._missing(f"the per-pixel mean {self.path / MEAN_FILE} was not written")
+        for split, info in self.builder.info.splits.items():
+            missing = [f for f in info.filepaths if f.name not in present]
+            if missing:
+                raise self._missing(f"{len(missing)} shard file(s) of split {split!r} are missing, e.g. {missing[0]}")
 
     @classmethod
     def open(cls, data_config: Any) -> PreparedDataset:
