@@ -47,15 +47,16 @@ def test_three_steps_match_pytorch_sgd():
         loss = _torch_step(reference, sgd, images, labels)
         # The same forward pass, then float32 summation order: gradients differ by about 1e-3 of their size.
         np.testing.assert_allclose(float(metrics["loss"]) / 32, loss, rtol=1e-6 if i == 0 else 1e-3)
+        ours = export_torch_state_dict("resnet20", state.variables())
+        theirs = {k: v.detach().numpy() for k, v in reference.state_dict().items() if "num_batches" not in k}
         if i == 0:  # the first update (learning rate, weight decay, BN gradients) agrees to 1% of its size
-            ours = export_torch_state_dict("resnet20", state.variables())
-            for name, theirs in reference.state_dict().items():
-                if name.endswith("num_batches_tracked"):
-                    continue
-                update = np.abs(theirs.detach().numpy() - initial[name]).max()
-                np.testing.assert_allclose(
-                    ours[name], theirs.detach().numpy(), rtol=0, atol=0.01 * update + 1e-7, err_msg=name
-                )
+            for name in theirs:
+                update = np.abs(theirs[name] - initial[name]).max()
+                np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=0.01 * update + 1e-7, err_msg=name)
+        else:  # momentum acts from the second update on (a wrong momentum is invisible in the first): every
+            # tensor's distance to PyTorch's against the size of its updates so far
+            d = {k: np.linalg.norm(ours[k] - theirs[k]) / np.linalg.norm(theirs[k] - initial[k]) for k in theirs}
+            assert np.median(list(d.values())) < 0.02 and max(d.values()) < 0.15, (i, d)  # measured: 0.006, 0.07
 
 
 def test_a_resnet50_step_matches_pytorch_sgd_as_closely_as_xla_s_convolutions_do():
