@@ -269,10 +269,16 @@ def test_quick_start_trains(tmp_path, cifar10_data_dir):
             f"--workdir={tmp_path / 'run'}",
             "--config.num_steps=25",
             "--config.eval.every_steps=25",
+            "--config.log_every_steps=5",
+            "--config.steps_per_dispatch=5",
         ]
     )
     assert "resnet20 test (single): top-1 error" in result.stderr
-    assert RunDir(tmp_path / "run").read_result()["examples"] == 10_000
+    run_dir = RunDir(tmp_path / "run")
+    assert run_dir.read_result()["examples"] == 10_000
+    losses = [r["loss"] for r in run_dir.read_metrics() if r["kind"] == "train"]
+    # It learns: the training loss falls, and the test error is below chance (90%).
+    assert len(losses) == 5 and losses[-1] < 0.95 * losses[0] and run_dir.read_result()["top1_error"] < 0.89
 
 
 def test_the_imagenet_recipe_trains_end_to_end(eight_imagenet_data_dir, tmp_path):
