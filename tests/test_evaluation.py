@@ -155,8 +155,8 @@ def test_streamed_evaluation_batches_fit_host_memory_with_the_same_scores(varied
     with pytest.raises(ConfigError, match="10crop evaluation batch of 8 .*more than a third"):
         pipeline.eval_batch_that_fits(dataset, cfg, "10crop", 256, multiple=8)
     eight = ml_collections.ConfigDict({"worker_count": 8, "prefetch": 2, "read_threads": 2})
-    assert pipeline.in_flight(eight, 8) == 34 and pipeline.in_flight(eight, 0) == 4
-    # batches of one example: a third of the memory holds 26 of them, 2 + 4 per worker
+    assert pipeline.in_flight(eight, 8) == 50 and pipeline.in_flight(eight, 0) == 6
+    # batches of one example: a third of the memory holds 6.5 * 6 = 39 of them, 2 + 6 per worker
     assert pipeline.eval_workers(eight, "10crop", per_example) == 6
 
     model = tiny_resnet(num_classes=7)

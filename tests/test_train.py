@@ -156,6 +156,10 @@ def test_sigterm_and_ctrl_c_save_and_exit(cifar_slice_data_dir, tmp_path, signum
     assert ("Ctrl-C: the run saves" in output) == (signum == signal.SIGINT)
     saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
     assert saved and 3 <= saved[-1] < 1000
+    if signum == signal.SIGTERM:  # the rerun resumes at that step (here told to stop one step later)
+        config = small_config(cifar_slice_data_dir, num_steps=saved[-1] + 1, checkpoint_every_steps=1000)
+        train_and_evaluate(config, str(tmp_path))
+        assert [r["step"] for r in RunDir(tmp_path).resumes()] == [saved[-1]] and RunDir(tmp_path).is_finished()
 
 
 def test_a_preemption_during_bn_recomputation_stops_it_and_the_rerun_finishes(
