@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,8 @@ from resnet_jax.core.errors import NonFiniteLossError
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data import on_device
 from resnet_jax.data.prepared import PreparedDataset
+from resnet_jax.eval.evaluator import make_evaluator
+from resnet_jax.recipe.config import model_from_config
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.load import load_run
 from resnet_jax.run.rundir import RunDir
@@ -246,6 +249,16 @@ def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_d
     recomputed = recompute_batch_stats(config, dataset, state, Members.from_config(config), make_mesh())
     np.testing.assert_allclose(recomputed["bn1"]["mean"][0], np.mean(means, 0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(recomputed["bn1"]["var"][0], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
+    # Loading the run gives the statistics its final evaluation used (stored beside the checkpoint, which keeps
+    # the moving averages): an evaluation of the loaded run is the run's own result.
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, state.batch_stats), jax.tree.map(np.asarray, recomputed))
+    moving_bn1_mean = checkpoint_leaves(tmp_path, 2, "batch_stats")[0].reshape(-1)  # sorted keys: bn1, then mean
+    assert moving_bn1_mean.shape == recomputed["bn1"]["mean"][0].shape
+    assert not np.allclose(moving_bn1_mean, recomputed["bn1"]["mean"][0])
+    model = model_from_config(config.model)
+    evaluator = make_evaluator(config, model, dataset, make_mesh(), Members.from_config(config))
+    (again,) = evaluator(state.variables())
+    assert again.top1_error == result["top1_error"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):

@@ -8,6 +8,9 @@
     <workdir>/tensorboard/           the same as TensorBoard event files
     <workdir>/curves.png             training error dashed, test error bold, against iterations
     <workdir>/evaluations/<protocol>_<split>_<step>.json   evaluations run later by `python -m resnet_jax.evaluate`
+    <workdir>/bn_statistics/<step>.msgpack   BN statistics recomputed after training (`bn_statistics='recomputed'`):
+                                     what the final evaluation used, and what loading the run gives (the
+                                     checkpoint keeps the moving averages, for a run resumed to train further)
     <workdir>/checkpoints/<step>/    orbax checkpoints
     <workdir>/damaged_checkpoints/<time>/<step>/   checkpoints that failed to restore, moved aside untouched
 
@@ -25,7 +28,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import flax.serialization
+import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
 from resnet_jax.core.errors import WorkdirError
@@ -44,6 +50,7 @@ CURVES = "curves.png"
 EVALUATIONS = "evaluations"
 CHECKPOINTS = "checkpoints"
 DAMAGED_CHECKPOINTS = "damaged_checkpoints"
+BN_STATISTICS = "bn_statistics"
 
 
 class RunDir:
@@ -192,6 +199,17 @@ class RunDir:
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_atomically(self.result_path, json.dumps(result, indent=2))
+
+    def write_bn_statistics(self, step: int, batch_stats: Any) -> None:
+        """Stores the BN statistics recomputed for the state of `step` (every member's, on the host), whole."""
+        data = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, batch_stats))
+        (self.path / BN_STATISTICS).mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path / BN_STATISTICS / f"{step}.msgpack", data)
+
+    def read_bn_statistics(self, step: int) -> Any | None:
+        """The BN statistics recomputed for the state of `step` (NumPy arrays), None if none were stored."""
+        path = self.path / BN_STATISTICS / f"{step}.msgpack"
+        return flax.serialization.msgpack_restore(path.read_bytes()) if path.exists() else None
 
     def read_result(self) -> dict[str, Any] | None:
         path = self.result_path

@@ -305,6 +305,8 @@ class Trainer:
                 config, self.dataset, self.state, self.members, self.mesh, stop=self.preemption.event.is_set
             )
             self.state = self.state.replace(batch_stats=batch_stats)
+            if multihost.is_main():  # what `load_run` (and `resnet_jax.evaluate`) gives for this step
+                self.run_dir.write_bn_statistics(self.step, batch_stats)
         same_state_evaluated = self.last_evaluation is not None and self.last_evaluation[0] == self.step
         if final_evaluator is self.evaluator and not recompute and same_state_evaluated:
             return self.last_evaluation[1]  # the periodic evaluation of this very state
