@@ -1,14 +1,14 @@
 """Whether a CPU run is deterministic end to end, in float32 and bfloat16: the quick start twice, and killed with
 SIGKILL mid-run then resumed, each against an uninterrupted run, bit for bit.
 
-    python -m benchmarks.determinism --data_dir=DIR [--dtypes=float32,bfloat16] [--steps=100] [--kill_at_s=60]
+    python -m benchmarks.determinism --data_dir=DIR [--dtypes=float32,bfloat16] [--steps=100] [--kill_at_s=5]
 
 Each run is `python -m resnet_jax.main --config=configs/cifar10.py:resnet20,quick` as a user starts it (a process of
 its own, oneDNN's convolutions where 'auto' picks them), shortened to `--steps` iterations with a checkpoint every
-tenth of them. Per dtype: run A uninterrupted; run B the same command again; run C killed with SIGKILL once it has
-trained for `--kill_at_s` seconds past its compilation (at least one checkpoint written), then resumed by the same
-command. B and C must end with A's final test error and A's parameters, BN statistics and optimizer state, bit for
-bit. One JSON line per dtype and the machine; exit status 1 if any differs.
+tenth of them. Per dtype: run A uninterrupted; run B the same command again; run C killed with SIGKILL `--kill_at_s`
+seconds after its first checkpoint is on disk, then resumed by the same command. B and C must end with A's final test
+error and A's parameters, BN statistics and optimizer state, bit for bit. One JSON line per dtype and the machine;
+exit status 1 if any differs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from resnet_jax.run.rundir import RunDir
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to check.")
 flags.DEFINE_integer("steps", 100, "Iterations of each run (a checkpoint every tenth).")
-flags.DEFINE_float("kill_at_s", 30.0, "Seconds after the first logged step at which run C is killed.")
+flags.DEFINE_float("kill_at_s", 5.0, "Seconds after its first checkpoint at which run C is killed.")
 FLAGS = flags.FLAGS
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,8 @@ def _run(workdir: Path, dtype: str) -> float:
 
 
 def _killed_and_resumed(workdir: Path, dtype: str) -> int:
-    """Starts the run, SIGKILLs it `kill_at_s` after its first log with a checkpoint on disk, resumes it; returns the
-    step it resumed from."""
+    """Starts the run, SIGKILLs it `kill_at_s` after its first checkpoint is on disk, resumes it; returns the step it
+    resumed from."""
     process = subprocess.Popen(_command(workdir, dtype), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = RunDir(workdir)
     while not (run.metrics_path.exists() and _saved_steps(run)):
