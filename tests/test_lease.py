@@ -152,7 +152,7 @@ def test_unpack_merges_the_runs_and_keeps_what_the_next_plan_reads_and_unfinishe
     merged = lease.unpack(back, results)
     assert merged == {"runs": ["resnet32_seed0"], "leases": ["fill"], "carried": ["resnet44_seed0"]}
     table = (results / lease_plan.STUDY / "table6.md").read_text()
-    assert "| resnet20 |" in table and "| resnet32 | 0.46M | full | 1 | 64000 |" in table
+    assert "| resnet20 |" in table and "| resnet32 | 0.46M | full | float32 | 1 | 64000 |" in table
     assert (results / lease_plan.STUDY / "figure7.png").exists()
     assert "| resnet32_seed0 | nvidia_h200 | 2026-12-01 |" in (results / lease_plan.STUDY / "RUNS.md").read_text()
     assert json.loads((results / lease_plan.LEASES / "nvidia_h200" / "fill" / "fill.json").read_text()) == FILL
