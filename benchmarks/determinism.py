@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags
 
 from resnet_jax.core.machine import describe
 from resnet_jax.run.rundir import RunDir
+from tests.support.training import checkpoint_leaves
 
 flags.DEFINE_string("data_dir", None, "tfds data directory holding the prepared cifar10.", required=True)
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to check.")
@@ -79,19 +78,8 @@ def _saved_steps(run: RunDir) -> list[int]:
     return [int(p.name) for p in run.checkpoints.iterdir() if p.name.isdigit()] if run.checkpoints.exists() else []
 
 
-def _final_state(workdir: Path) -> list[np.ndarray]:
-    """Every array of the final checkpoint's state, as NumPy arrays, in a fixed order."""
-    path = Path(RunDir(workdir).checkpoint(FLAGS.steps)) / "state"
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=lambda x: hasattr(x, "shape")
-    )
-    return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, restore_args=as_numpy))]
-
-
 def _same(a: Path, b: Path) -> bool:
-    first, second = _final_state(a), _final_state(b)
+    first, second = checkpoint_leaves(a, FLAGS.steps), checkpoint_leaves(b, FLAGS.steps)  # every array, fixed order
     same_state = len(first) == len(second) and all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
     return same_state and RunDir(a).read_result()["top1_error"] == RunDir(b).read_result()["top1_error"]
 

@@ -30,26 +30,23 @@ PROTOCOLS = ("1crop", "10crop", "multiscale")
 MIB = 2**20
 
 
-def _example(protocol: str) -> dict[str, np.ndarray]:
-    """One example of the protocol's batches, at its largest (the multi-scale widest bucket)."""
-    view = protocols.VIEWS[protocol](np.zeros((224, 224, 3), np.float32))
-    buckets = range(protocols.NUM_BUCKETS) if protocols.bucketed(protocol) else (0,)
-    return max((view.empty(b) for b in buckets), key=lambda e: sum(a.nbytes for a in e.values()))
+def _view(protocol: str) -> protocols._View:
+    return protocols.VIEWS[protocol](np.zeros((224, 224, 3), np.float32))  # shapes only: any mean will do
 
 
 def main(argv: list[str]) -> None:
     del argv
     b = FLAGS.batch_size
     for protocol in PROTOCOLS:
-        view = protocols.VIEWS[protocol](np.zeros((224, 224, 3), np.float32))
-        per_example = pipeline.example_bytes(view, protocol)
+        per_example = pipeline.example_bytes(_view(protocol), protocol)
         print(json.dumps({"protocol": protocol, "host_mib_per_example": round(per_example / MIB, 2)}), flush=True)
     for name in FLAGS.nets:
         model = create_model(name, num_classes=1000)
         variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
         parameters = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(variables))
         for protocol in PROTOCOLS:
-            batch = {k: jax.ShapeDtypeStruct((b, *a.shape), a.dtype) for k, a in _example(protocol).items()}
+            example = pipeline.largest_example(_view(protocol), protocol)
+            batch = {k: jax.ShapeDtypeStruct((b, *a.shape), a.dtype) for k, a in example.items()}
             batch.update(label=jax.ShapeDtypeStruct((b,), jnp.int32), mask=jax.ShapeDtypeStruct((b,), jnp.bool_))
             step = jax.jit(lambda v, batch, m=model, p=protocol: error_counts(m, p, v, batch))
             memory = step.lower(variables, batch).compile().memory_analysis()

@@ -26,6 +26,8 @@ from resnet_jax.core.files import write_atomically
 from resnet_jax.core.progress import Progress
 from resnet_jax.data import datasets, images, pipeline, prepared, protocols
 
+_BATCH = 256  # records decoded per grain element
+
 
 class _PixelBatch(grain.transforms.Map):
     """Record indices -> {"index", "pixels": uint8 views}; unreadable records are logged and left out."""
@@ -54,14 +56,14 @@ def compute(source, name: str, worker_count: int = 0) -> dict[str, np.ndarray]:
     imagenet = dataset.imagenet_like
     holdout = 0 < dataset.holdout < n
     held_out = dataset.holdout if holdout else 0
-    ds = grain.MapDataset.range(n).batch(256).map(_PixelBatch(source, imagenet)).to_iter_dataset()
+    ds = grain.MapDataset.range(n).batch(_BATCH).map(_PixelBatch(source, imagenet)).to_iter_dataset()
     ds = pipeline.in_worker_processes(ds, worker_count)
     total = kept_total = None
     count = kept_count = 0
     progress = Progress("Per-pixel mean", n)
     with contextlib.closing(iter(ds)) as batches:
         for seen, batch in enumerate(batches, 1):
-            progress.step(min(seen * 256, n))
+            progress.step(min(seen * _BATCH, n))
             pixels = batch["pixels"].astype(np.float64)
             kept = batch["index"] < n - held_out
             batch_total, batch_kept = pixels.sum(0), pixels[kept].sum(0)

@@ -373,10 +373,19 @@ def eval_iterator(
     return _loader(ds, cfg, f"{dataset.name} {split}", worker_count=workers)
 
 
-def example_bytes(view: protocols._View, protocol: str) -> int:
-    """Host bytes of one example of a test view's batches: its largest canvas bucket's views, label, mask, index."""
+def largest_example(view: protocols._View, protocol: str) -> dict[str, np.ndarray]:
+    """The views of one example of a test view's batches at their largest (the multi-scale widest canvas bucket)."""
     buckets = range(protocols.NUM_BUCKETS) if protocols.bucketed(protocol) else (0,)
-    return max(sum(a.nbytes for a in view.empty(bucket).values()) for bucket in buckets) + 4 + 1 + 4
+    return max((view.empty(bucket) for bucket in buckets), key=lambda e: sum(a.nbytes for a in e.values()))
+
+
+def example_bytes(view: protocols._View, protocol: str) -> int:
+    """Host bytes of one example of a test view's batches: its largest views, label, mask, index."""
+    return sum(a.nbytes for a in largest_example(view, protocol).values()) + 4 + 1 + 4
+
+
+_IN_FLIGHT_SHARE = 3  # an evaluation's batches in flight take at most 1/3 of the host memory available; the rest is
+# the devices' program (on a CPU, host memory too), the model, other processes
 
 
 def in_flight(cfg: ml_collections.ConfigDict, workers: int) -> int:
@@ -409,7 +418,8 @@ def eval_batch_that_fits(
     1.4 GiB, a multi-scale one up to 5.8 GiB. ConfigError if not even `multiple` examples fit."""
     _, process_count = _processes(None, process_count)
     per_batch = example_bytes(eval_view(dataset, cfg, protocol), protocol) * in_flight(cfg, 0) / process_count
-    limit = available_memory() / 3  # the rest: the devices' program (on a CPU), the model, other processes
+    available = available_memory()
+    limit = available / _IN_FLIGHT_SHARE
     if global_batch_size * per_batch <= limit:
         return global_batch_size
     fitted = min(global_batch_size, int(limit // (per_batch * multiple)) * multiple)
@@ -417,14 +427,14 @@ def eval_batch_that_fits(
         raise ConfigError(
             f"A {protocol} evaluation batch of {multiple} (one example per device) needs "
             f"{multiple * per_batch / 2**30:.1f} GiB in flight, more than a third of the "
-            f"{available_memory() / 2**30:.1f} GiB of host memory available: free memory, or evaluate on fewer "
+            f"{available / 2**30:.1f} GiB of host memory available: free memory, or evaluate on fewer "
             "devices per host."
         )
     logging.info(
         "Evaluation (%s): batches of %d would need %.1f GiB of host memory in flight, more than a third of the "
         "%.1f GiB available: evaluating in batches of %d (%.1f GiB; the scores do not depend on it; --batch_size of "
         "resnet_jax.evaluate or config.eval.batch_size sets it).",
-        protocol, global_batch_size, global_batch_size * per_batch / 2**30, available_memory() / 2**30, fitted,
+        protocol, global_batch_size, global_batch_size * per_batch / 2**30, available / 2**30, fitted,
         fitted * per_batch / 2**30,
     )  # fmt: skip
     return fitted
@@ -436,7 +446,7 @@ def eval_workers(cfg: ml_collections.ConfigDict, protocol: str, batch_bytes: int
     hold up to 34 batches: tens of GiB at 10 crops), in one log line."""
     available = available_memory()
     workers = cfg.worker_count
-    while workers and in_flight(cfg, workers) * batch_bytes > available // 3:
+    while workers and in_flight(cfg, workers) * batch_bytes > available / _IN_FLIGHT_SHARE:
         workers -= 1
     if workers < cfg.worker_count:
         logging.info(

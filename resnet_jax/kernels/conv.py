@@ -110,7 +110,7 @@ def conv_general_dilated_for(impl: str) -> Callable[..., jax.Array]:
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-_NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+_NHWC_HWIO = lax.conv_dimension_numbers((1,) * 4, (1,) * 4, _DIMS)  # the only layout oneDNN's path takes
 
 
 def onednn_conv_general_dilated(

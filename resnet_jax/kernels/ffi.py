@@ -169,9 +169,7 @@ def _mismatch(frame: _CallFrame, signature: Signature) -> str | None:
         return f"XLA's call frame is {frame.struct_size} bytes; {ours} is {_FRAME_SIZE}"
     for what, buffers, count in (("argument", frame.args, signature.args), ("result", frame.rets, signature.results)):
         if buffers.struct_size < _BUFFERS_SIZE:
-            return (
-                f"XLA's {what} list is {buffers.struct_size} bytes; API {_API_MAJOR}.{_API_MINOR}'s is {_BUFFERS_SIZE}"
-            )
+            return f"XLA's {what} list is {buffers.struct_size} bytes; {ours} is {_BUFFERS_SIZE}"
         if buffers.size != count:
             return f"{buffers.size} {what}s, expected {count}"
         kinds = ctypes.cast(buffers.types, ctypes.POINTER(ctypes.c_int))

@@ -139,41 +139,25 @@ class RunDir:
     def record_resume(self, step: int, changes: dict[str, list], accepted: list[str]) -> None:
         """Appends a resume at `step` and the config changes it made ({key: [old, new]}; `accepted`: those accepted
         by name, `--accept_changes`) to resumes.jsonl."""
-        record = {
-            "step": step,
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "changes": changes,
-            "accepted": accepted,
-        }
-        write_atomically(self.resumes_path, "".join(json.dumps(r) + "\n" for r in [*self.resumes(), record]))
+        _append_record(self.resumes_path, {"step": step, "changes": changes, "accepted": accepted})
 
     def record_machine(self, step: int) -> None:
         """Appends the machine this stretch of the run computes on from `step` (`machine.run_machine`) to
-        machines.jsonl: a batch job of hours may start on one machine and resume on another."""
-        record = {
-            "step": step,
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": run_machine(),
-        }
-        path = self.path / MACHINES
-        old = path.read_text() if step > 0 and path.exists() else ""
-        write_atomically(path, old + json.dumps(record) + "\n")
+        machines.jsonl (a run starting afresh, at step 0, starts the file anew): a batch job of hours may start on one
+        machine and resume on another."""
+        _append_record(self.path / MACHINES, {"step": step, "machine": run_machine()}, fresh=step == 0)
 
     def machines(self) -> list[dict[str, Any]]:
         """Each stretch's first step and machine, oldest first, the same machine's consecutive stretches merged."""
-        path = self.path / MACHINES
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         merged = []
-        for r in records:
+        for r in _read_records(self.path / MACHINES):
             if not merged or merged[-1]["machine"] != r["machine"]:
                 merged.append({"from_step": r["step"], "machine": r["machine"]})
         return merged
 
     def resumes(self) -> list[dict[str, Any]]:
         """The run's resumes, oldest first (see `record_resume`)."""
-        if not self.resumes_path.exists():
-            return []
-        return [json.loads(line) for line in self.resumes_path.read_text().splitlines() if line.strip()]
+        return _read_records(self.resumes_path)
 
     def read_config(self, as_started: bool = False) -> ml_collections.ConfigDict:
         """The run's config now: config.json with the changes its resumes made (`as_started`: without them); keys
@@ -266,3 +250,16 @@ def local_path(path: epath.Path) -> Path | None:
     """`path` as a local filesystem path, or None for an object store (gs://)."""
     text = os.fspath(path)
     return None if "://" in text else Path(text)
+
+
+def _read_records(path: epath.Path) -> list[dict[str, Any]]:
+    """The JSON records of a .jsonl file of the run directory, oldest first; none if it does not exist."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _append_record(path: epath.Path, record: dict[str, Any], fresh: bool = False) -> None:
+    """Appends `record`, stamped with the time, to a .jsonl file of the run directory (`fresh`: as its only record),
+    rewriting the file whole."""
+    old = [] if fresh else _read_records(path)
+    stamped = {"step": record["step"], "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in [*old, {**stamped, **record}]))
