@@ -1,7 +1,9 @@
 """Reference networks in PyTorch, restated from their sources, for the conversion tests.
 
-`TorchvisionResNet` follows torchvision.models.resnet (v1.5: the bottleneck stride is on the 3x3) and `CifarResNet`
-follows akamaster/pytorch_resnet_cifar10 (option-A shortcuts padding planes//4 zero channels on each side). torchvision
+`TorchvisionResNet` follows torchvision.models.resnet (v1.5: the bottleneck stride is on the 3x3), `CifarResNet`
+follows akamaster/pytorch_resnet_cifar10 (option-A shortcuts padding planes//4 zero channels on each side), and
+`MMPretrainClassifier` with `ResNetV1dBackbone` or a CIFAR-stem `TorchvisionResNet` follows mmpretrain's
+ImageClassifier, ResNetV1d and ResNet_CIFAR. torchvision
 itself is not importable beside the CPU build of torch on our machines, hence the restatement; the tests compare our
 Flax models against these on the same weights.
 """
@@ -120,6 +122,56 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ConvModule(nn.Module):
+    """mmcv's ConvModule as ResNetV1d's stem uses it: conv, bn, ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class ResNetV1dBackbone(nn.Module):
+    """mmpretrain's ResNetV1d restated: deep stem, max pool, v1.5 bottlenecks, AvgPool2d(ceil_mode,
+    count_include_pad=False) before a stride-1 projection in strided shortcuts; returns pooled features."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.stem = nn.Sequential(ConvModule(3, 32, 2), ConvModule(32, 32, 1), ConvModule(32, 64, 1))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), 1):
+            stride = 1 if stage == 1 else 2
+            pool = [nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)] if stride > 1 else []
+            conv = nn.Conv2d(inplanes, planes * 4, 1, bias=False)
+            downsample = nn.Sequential(*pool, conv, nn.BatchNorm2d(planes * 4))
+            stack = [TvBottleneck(inplanes, planes, stride, downsample)]
+            stack += [TvBottleneck(planes * 4, planes) for _ in range(1, blocks)]
+            setattr(self, f"layer{stage}", nn.Sequential(*stack))
+            inplanes = planes * 4
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+class MMPretrainClassifier(nn.Module):
+    """mmpretrain's ImageClassifier: `backbone` (pooled features here), `head.fc`."""
+
+    def __init__(self, backbone, features, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Module()
+        self.head.fc = nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        return self.head.fc(self.backbone(x))
 
 
 def he_initialised(model_name: str, reference: nn.Module, optimizer: optax.GradientTransformation, **options):

@@ -215,59 +215,9 @@ def test_mmpretrain_layout_errors_name_the_fix():
         load_torch_state_dict("resnet18_cifar", exported, layout="torchvision")
 
 
-class _ConvModule(torch.nn.Module):
-    """mmcv's ConvModule as ResNetV1d's stem uses it: conv, bn, ReLU."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn = torch.nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-
-class _ResNetV1dBackbone(torch.nn.Module):
-    """mmpretrain's ResNetV1d restated: deep stem, max pool, v1.5 bottlenecks, AvgPool2d(ceil_mode,
-    count_include_pad=False) before a stride-1 projection in strided shortcuts; returns pooled features."""
-
-    def __init__(self, layers):
-        super().__init__()
-        self.stem = torch.nn.Sequential(_ConvModule(3, 32, 2), _ConvModule(32, 32, 1), _ConvModule(32, 64, 1))
-        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
-        inplanes = 64
-        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), 1):
-            stride = 1 if stage == 1 else 2
-            pool = [torch.nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)] if stride > 1 else []
-            conv = torch.nn.Conv2d(inplanes, planes * 4, 1, bias=False)
-            downsample = torch.nn.Sequential(*pool, conv, torch.nn.BatchNorm2d(planes * 4))
-            stack = [ref.TvBottleneck(inplanes, planes, stride, downsample)]
-            stack += [ref.TvBottleneck(planes * 4, planes) for _ in range(1, blocks)]
-            setattr(self, f"layer{stage}", torch.nn.Sequential(*stack))
-            inplanes = planes * 4
-
-    def forward(self, x):
-        x = self.maxpool(self.stem(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
-
-
-class _MMPretrainClassifier(torch.nn.Module):
-    """mmpretrain's ImageClassifier: `backbone` (pooled features here), `head.fc`."""
-
-    def __init__(self, backbone, features, num_classes):
-        super().__init__()
-        self.backbone = backbone
-        self.head = torch.nn.Module()
-        self.head.fc = torch.nn.Linear(features, num_classes)
-
-    def forward(self, x):
-        return self.head.fc(self.backbone(x))
-
-
 def test_mmpretrain_layout_matches_reference():
     cifar = ref.TorchvisionResNet(ref.TvBasicBlock, [2, 2, 2, 2], cifar_stem=True)
     cifar.fc = torch.nn.Identity()  # ResNet_CIFAR is a backbone: its classifier is the head's
-    _compare("resnet18_cifar", _MMPretrainClassifier(cifar, 512, 10), 32)
+    _compare("resnet18_cifar", ref.MMPretrainClassifier(cifar, 512, 10), 32)
     # 97 pixels: odd sizes before every average-pooled shortcut (ceil_mode, count_include_pad=False)
-    _compare("resnet50_v1d", _MMPretrainClassifier(_ResNetV1dBackbone([3, 4, 6, 3]), 2048, 1000), 97)
+    _compare("resnet50_v1d", ref.MMPretrainClassifier(ref.ResNetV1dBackbone([3, 4, 6, 3]), 2048, 1000), 97)

@@ -15,7 +15,6 @@ import threading
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -153,34 +152,61 @@ def test_a_published_prefix_pins_the_whole_digest_of_the_first_download(monkeypa
     assert not path.exists()
 
 
+# The publishers' nets by depth, typed from their code: torchvision.models.resnet's block and blocks per stage
+# (also mmpretrain's ResNet, ResNet_CIFAR and ResNetV1d), akamaster's n of ResNet-6n+2.
+_TORCHVISION_STAGES = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3]),
+                       101: ("bottleneck", [3, 4, 23, 3]), 152: ("bottleneck", [3, 8, 36, 3])}  # fmt: skip
+
+
+def _publishers_net(entry: pretrained.Weights):
+    """The publisher's own net restated in PyTorch (experiments/torch_reference.py, written from their code, not from
+    ours), on torch's meta device: names and shapes without memory."""
+    torch = pytest.importorskip("torch")
+    from experiments import torch_reference as ref
+
+    depth = int(entry.model.removeprefix("resnet").split("_")[0])
+    with torch.device("meta"):
+        if entry.tag == "akamaster":
+            return ref.CifarResNet(n=(depth - 2) // 6)
+        kind, stages = _TORCHVISION_STAGES[depth]
+        block = ref.TvBasicBlock if kind == "basic" else ref.TvBottleneck
+        if entry.tag.startswith("torchvision"):
+            return ref.TorchvisionResNet(block, stages)
+        features = 512 * block.expansion
+        if entry.model.endswith("_v1d"):
+            return ref.MMPretrainClassifier(ref.ResNetV1dBackbone(stages), features, 1000)
+        backbone = ref.TorchvisionResNet(block, stages, cifar_stem=True)
+        backbone.fc = torch.nn.Identity()  # ResNet_CIFAR is a backbone: its classifier is the head's
+        return ref.MMPretrainClassifier(backbone, features, 10)
+
+
 def _publishers_state_dict(entry: pretrained.Weights) -> dict[str, np.ndarray]:
-    """A state dict with the names and shapes of the publisher's file: our export in its layout, with what the
-    publisher's checkpoints add (DataParallel's `module.` for akamaster, BN step counters for mmpretrain)."""
-    model = models.create_model(entry.model, num_classes=models.spec(entry.model).num_classes, **entry.options)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    zeros = jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes)
-    state = convert.export_torch_state_dict(entry.model, zeros, layout=entry.layout)
-    if entry.tag == "akamaster":
-        return {f"module.{k}": v for k, v in state.items()}
-    counters = {k.replace("running_mean", "num_batches_tracked"): np.int64(0) for k in state if "running_mean" in k}
-    return {**state, **counters}
+    """A state dict with the names and shapes of the publisher's file, zeros: its net's `state_dict()`, with
+    DataParallel's `module.` for akamaster's checkpoints, and without BN's step counters in the files saved before
+    torch 0.4.1 added them (akamaster's, torchvision's v1)."""
+    prefix = "module." if entry.tag == "akamaster" else ""
+    counters = entry.tag not in ("akamaster", "torchvision_v1")
+    return {
+        prefix + name: np.broadcast_to(np.zeros((), str(t.dtype).removeprefix("torch.")), tuple(t.shape))
+        for name, t in _publishers_net(entry).state_dict().items()
+        if counters or not name.endswith("num_batches_tracked")
+    }
 
 
-# Tensors each publisher's net is known to have (their code's module names), as (name, PyTorch shape).
-KNOWN = {
-    "torchvision_v1": [("conv1.weight", (64, 3, 7, 7)), ("layer1.0.bn1.running_var", (64,))],
-    "akamaster": [("module.conv1.weight", (16, 3, 3, 3)), ("module.linear.weight", (10, 64))],
-    "mmpretrain": [("backbone.layer1.0.conv1.weight", None), ("head.fc.bias", None)],
-}
+@requires_shared_data
+def test_the_restated_publishers_nets_have_their_files_tensors():
+    """The restated akamaster nets against the files they published (read by torch itself): same names, shapes."""
+    torch = pytest.importorskip("torch")
+    for depth in (20, 32, 44, 56):
+        entry = pretrained.get(f"resnet{depth}", "akamaster")
+        published = torch.load(WEIGHTS / entry.file_name, map_location="cpu", weights_only=True)["state_dict"]
+        restated = _publishers_state_dict(entry)
+        assert {k: tuple(v.shape) for k, v in published.items()} == {k: v.shape for k, v in restated.items()}
 
 
 @pytest.mark.parametrize("entry", pretrained.WEIGHTS, ids=lambda e: e.name)
 def test_every_entry_builds_and_takes_its_files_tensors(entry):
     state = _publishers_state_dict(entry)
-    for name, shape in KNOWN.get(entry.tag, KNOWN["torchvision_v1"]):
-        assert name in state and (shape is None or state[name].shape == shape), name
-    if entry.model.endswith("_v1d"):
-        assert state["backbone.stem.0.conv.weight"].shape == (32, 3, 3, 3) and "backbone.conv1.weight" not in state
     variables = convert.load_torch_state_dict(entry.model, state, layout=entry.layout, **entry.options)
     count = sum(x.size for x in jax.tree.leaves(variables["params"]))
     published = models.spec(entry.model).parameters  # torchvision's num_params, mmpretrain's rounded millions
