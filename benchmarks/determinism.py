@@ -59,7 +59,7 @@ def _killed_and_resumed(workdir: Path, dtype: str) -> int:
     resumed from."""
     process = subprocess.Popen(_command(workdir, dtype), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = RunDir(workdir)
-    while not (run.metrics_path.exists() and _saved_steps(run)):
+    while not (run.metrics_path.exists() and run.saved_steps()):
         if process.poll() is not None:
             raise RuntimeError(f"run C ended before it could be killed: {process.stderr.read().decode()[-2000:]}")
         time.sleep(0.2)
@@ -68,14 +68,9 @@ def _killed_and_resumed(workdir: Path, dtype: str) -> int:
     process.wait()
     if run.is_finished():
         raise RuntimeError(f"run C finished before the kill: lower --kill_at_s ({FLAGS.kill_at_s}) or raise --steps")
-    resumed_from = max(_saved_steps(run))
+    resumed_from = run.saved_steps()[-1]
     subprocess.run(_command(workdir, dtype), cwd=REPO, check=True, capture_output=True)
     return resumed_from
-
-
-def _saved_steps(run: RunDir) -> list[int]:
-    """The steps of the run's finished checkpoints (orbax renames a save into its step's name when it is whole)."""
-    return [int(p.name) for p in run.checkpoints.iterdir() if p.name.isdigit()] if run.checkpoints.exists() else []
 
 
 def _same(a: Path, b: Path) -> bool:

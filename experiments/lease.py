@@ -545,9 +545,9 @@ def _joined(folder: Path, name: str) -> bytes | None:
 
 
 def _steps_done(run: Path) -> int:
-    checkpoints = run / "checkpoints"
-    steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
-    return max(steps, default=0)
+    from resnet_jax.run.rundir import RunDir  # as in train_program: the parent imports no JAX at start
+
+    return max(RunDir(run).saved_steps(), default=0)
 
 
 def _size_mb(path: Path, newest_checkpoint_only: bool = False) -> float:

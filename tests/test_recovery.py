@@ -132,7 +132,7 @@ def test_a_save_that_fails_for_a_full_disk_then_a_rerun(cifar_slice_data_dir, tm
         r"[\d,]+ MiB are free there.*resumes from step 4",
     ):
         train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
-    assert ocp.CheckpointManager(RunDir(tmp_path).checkpoints).all_steps() == [2, 4]  # the earlier ones, intact
+    assert RunDir(tmp_path).saved_steps() == [2, 4]  # the earlier ones, intact
     monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
     train_and_evaluate(small_config(cifar_slice_data_dir, **GRAIN), str(tmp_path))
     _assert_ends_as(tmp_path, reference)
@@ -161,7 +161,7 @@ def test_two_processes_recover_stop_and_fall_back_together(cifar_slice_data_dir,
     )
     assert codes == [1, 1], outputs[0][-3000:] + outputs[1][-3000:]
     assert all("Process 1's training input pipeline failed for good" in output for output in outputs)
-    saved = ocp.CheckpointManager(RunDir(workdir).checkpoints).all_steps()
+    saved = RunDir(workdir).saved_steps()
     assert saved[-1] == 6, saved
 
     # its newest checkpoint damaged, the rerun falls back to the previous one on both processes, and finishes

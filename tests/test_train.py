@@ -157,7 +157,7 @@ def test_sigterm_and_ctrl_c_save_and_exit(cifar_slice_data_dir, tmp_path, signum
     assert process.returncode == 0, output[-3000:]
     assert "Preempted: saved step" in output and "Traceback" not in output
     assert ("Ctrl-C: the run saves" in output) == (signum == signal.SIGINT)
-    saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
+    saved = RunDir(tmp_path).saved_steps()
     assert saved and 3 <= saved[-1] < 1000
     if signum == signal.SIGTERM:  # the rerun resumes at that step (here told to stop one step later)
         config = small_config(cifar_slice_data_dir, num_steps=saved[-1] + 1, checkpoint_every_steps=1000)
@@ -266,7 +266,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir,
     config = small_config(cifar_slice_data_dir, num_steps=40, **{"schedule.base_lr": 1e30})
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         train_and_evaluate(config, str(tmp_path), accept_changes=["schedule.base_lr"])
-    saved = sorted(int(p.name) for p in RunDir(tmp_path).checkpoints.iterdir() if p.name.isdigit())
+    saved = RunDir(tmp_path).saved_steps()
     assert all(np.isfinite(x).all() for x in checkpoint_leaves(tmp_path, saved[-1], "params"))
 
 

@@ -122,9 +122,15 @@ class RunDir:
     def curves(self) -> epath.Path:
         return self.path / CURVES
 
+    def saved_steps(self) -> list[int]:
+        """The steps of the run's checkpoints, ascending (orbax gives a save its step's name once it is whole)."""
+        if not self.checkpoints.exists():
+            return []
+        return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit())
+
     def has_checkpoints(self) -> bool:
         """Whether the run saved any checkpoint (there is something to resume)."""
-        return self.checkpoints.exists() and any(p.name.isdigit() for p in self.checkpoints.iterdir())
+        return bool(self.saved_steps())
 
     def start(self, config: ml_collections.ConfigDict) -> None:
         """Makes `config` the config of a run starting afresh here (no resumes yet)."""

@@ -112,7 +112,7 @@ class Trainer:
         self.run_dir = RunDir(workdir).create()
         changes = None  # the config changes of a resume, checked before any work
         if self.run_dir.has_checkpoints() and self.run_dir.config_path.exists():
-            newest = max(int(p.name) for p in self.run_dir.checkpoints.iterdir() if p.name.isdigit())
+            newest = self.run_dir.saved_steps()[-1]
             changes = check_resume(self.run_dir.read_config(), config, newest, accept_changes, workdir)
         self.mesh = make_mesh()
         problem = device_count_problem(config, self.mesh.size)
