@@ -181,6 +181,22 @@ def _run(code: str, **env) -> str:
     return result.stdout.strip()
 
 
+def test_a_program_with_onednn_convolutions_is_kept_in_the_persistent_compilation_cache(tmp_path):
+    """Why ffi.py registers FFI targets rather than using jax.experimental.buffer_callback: a restarted CPU run
+    finds its compiled step in `--compilation_cache` only if programs calling oneDNN can be persisted."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        f"jax.config.update('jax_compilation_cache_dir', {str(tmp_path)!r})\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "from resnet_jax.kernels.conv import onednn_conv_general_dilated as conv\n"
+        "f = jax.jit(lambda x, w: conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))\n"
+        "print(jax.make_jaxpr(f)(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).eqns[0].params['jaxpr'])\n"
+        "f(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).block_until_ready()"
+    )
+    assert "resnet_jax_onednn_forward" in _run(code)  # the program calls oneDNN
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("jit__lambda")], sorted(tmp_path.iterdir())
+
+
 def test_auto_keeps_xla_on_several_devices_and_without_onednn(tmp_path):
     code = "from resnet_jax.kernels.conv import resolve, scans_well; print(resolve('auto'), scans_well('auto'))"
     assert _run(code, XLA_FLAGS="--xla_force_host_platform_device_count=2") == "xla False"
