@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
+from configs import cifar10, imagenet_r50
 from resnet_jax.recipe.optim import make_optimizer
-from resnet_jax.recipe.schedules import PlateauSchedule, StepSchedule
+from resnet_jax.recipe.schedules import PlateauSchedule, StepSchedule, make_schedule
 
 
 def _run(form, learning_rates, weight_decay=0.0, weight_decay_on="all"):
@@ -57,6 +58,7 @@ def test_warmup_until_training_error_below_80_percent():
     schedule = StepSchedule(0.1, (32_000, 48_000), warmup_lr=0.01, warmup_until_error=0.8)
     assert schedule(0) == schedule(500) == 0.01
     schedule.observe(100, train_error=0.85)
+    schedule.observe(150, train_error=0.8)  # "below 80%": 80% is not below
     assert schedule(200) == 0.01
     schedule.observe(400, train_error=0.79)
     assert schedule(401) == 0.1 and schedule(40_000) == pytest.approx(0.01)
@@ -103,3 +105,28 @@ def test_plateau_watches_the_training_error_of_each_interval_unless_asked_for_th
     on_train.observe(85, train_error=0.3)
     restored.load_state_dict(on_train.state_dict())
     assert restored.state_dict() == on_train.state_dict() and restored.interval_train_errors == [0.3]
+
+
+def test_a_plateau_is_an_improvement_of_min_delta_or_less_of_the_interval_s_mean_training_error():
+    schedule = PlateauSchedule(0.1, patience=1, min_delta=0.25)
+    schedule.observe(5, train_error=0.5)
+    schedule.observe(10, val_error=0.9)  # the first interval's mean, 0.5, is the best
+    for error in (0.2, 0.3):  # mean 0.25: better by min_delta exactly, which is not better
+        schedule.observe(15, train_error=error)
+    schedule.observe(20, val_error=0.9)
+    assert schedule(20) == pytest.approx(0.01)
+    mean = PlateauSchedule(0.1, patience=1, min_delta=0.01)
+    mean.observe(5, train_error=0.5)
+    mean.observe(10, val_error=0.9)
+    for _ in range(3):
+        mean.observe(15, train_error=0.4)
+    mean.observe(20, val_error=0.9)  # the interval's mean, 0.4, is better (its sum, 1.2, would not be)
+    assert mean(20) == 0.1 and mean.best == pytest.approx(0.4)
+
+
+def test_each_config_s_schedule_is_the_paper_s():
+    cifar = make_schedule(cifar10.get_config("resnet110").schedule)
+    assert isinstance(cifar, StepSchedule) and cifar.boundaries == (32_000, 48_000)
+    assert cifar(0) == 0.01 and cifar.warmup_until_error == 0.8  # Section 4.2's warm-up of ResNet-110
+    imagenet = make_schedule(imagenet_r50.get_config().schedule)
+    assert isinstance(imagenet, PlateauSchedule) and imagenet(0) == 0.1 and imagenet.factor == 0.1
