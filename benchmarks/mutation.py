@@ -1,0 +1,215 @@
+"""Mutation testing of the modules where a silent mistake changes a result: does some test fail when the code breaks?
+
+    pip install -e ".[test,mutation]" -c constraints.txt
+    python -m benchmarks.mutation [--modules=schedules,scores] [--workers=2] [--out=results/mutation]
+
+Each module's mutants (pytest-gremlins: comparison, boundary, arithmetic, boolean and return-value mutations) run
+against the module's own tests only (`MODULES`), and within them only the tests whose coverage reaches the mutated
+line. A mutant is *killed* when a test fails or it times out, *survives* when every test passes. A survivor is
+*explained* by an entry of `benchmarks/mutation_equivalents.toml` (the module, the line's text, the mutation, and why
+it cannot change a result); any other survivor is a missing test. The run copies the working tree (tracked files and
+untracked ones git does not ignore) to a scratch folder, so the repository is never touched and uncommitted tests
+count. Writes `<out>/report.md` (per module: made, killed, survived, explained; each survivor on one line) and
+`<out>/mutants.json`; prints one JSON line per module and a last line with the totals and the machine. Exit status 1
+while an unexplained survivor is left.
+
+Not part of CI (about an hour on the project's 2-core CPU). Why pytest-gremlins: it runs every mutant in a fresh
+pytest process. mutmut 3 forks each mutant from a process that has already run JAX, which JAX warns deadlocks (on
+eval/scores.py the first covered mutant timed out); cosmic-ray rewrites the files on disk and has no per-line test
+selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from absl import app, flags
+
+from resnet_jax.core.machine import describe
+
+REPO = Path(__file__).resolve().parents[1]
+EQUIVALENTS = REPO / "benchmarks" / "mutation_equivalents.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """A module whose mistakes change a result, and the tests that are its own."""
+
+    path: str
+    tests: tuple[str, ...]
+    timeout_s: int = 300  # one mutant's test run; a mutant that hangs counts as killed
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+MODULES = (
+    Module("resnet_jax/models/resnet.py", ("tests/test_models.py", "tests/test_convert.py")),
+    Module("resnet_jax/models/batch_norm.py", ("tests/test_models.py", "tests/test_train_step_vs_torch.py")),
+    Module("resnet_jax/models/specs.py", ("tests/test_models.py",)),
+    Module("resnet_jax/kernels/conv.py", ("tests/test_conv.py",)),
+    Module("resnet_jax/data/transforms.py", ("tests/test_data_transforms.py", "tests/test_data_protocols.py")),
+    Module("resnet_jax/data/protocols.py", ("tests/test_data_protocols.py",)),
+    Module("resnet_jax/data/on_device.py", ("tests/test_data_on_device.py",)),
+    Module("resnet_jax/recipe/schedules.py", ("tests/test_optim_schedules.py",)),
+    Module("resnet_jax/eval/scores.py", ("tests/test_evaluation.py",)),
+    Module("resnet_jax/eval/results.py", ("tests/test_evaluation.py",)),
+    Module("resnet_jax/recipe/changes.py", ("tests/test_resume.py",)),
+    Module("resnet_jax/run/checkpoints.py", ("tests/test_run.py", "tests/test_resume.py")),
+    Module("resnet_jax/interop/convert.py", ("tests/test_convert.py", "tests/test_torch_files.py")),
+    Module("resnet_jax/train/step.py", ("tests/test_train_step_vs_torch.py",)),
+)
+
+flags.DEFINE_list("modules", [], "Module names to run (file stems, e.g. schedules,scores); all when empty.")
+flags.DEFINE_integer("workers", 2, "Mutants run side by side.")
+flags.DEFINE_string("out", str(REPO / "results" / "mutation"), "Folder for report.md and mutants.json.")
+FLAGS = flags.FLAGS
+
+
+def working_tree_copy(into: Path) -> Path:
+    """The repository's tracked files and the untracked ones git does not ignore, copied into `into`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    return into
+
+
+def run_module(module: Module, tree: Path) -> list[dict]:
+    """Runs `module`'s mutants against its tests in `tree`; returns pytest-gremlins' result per mutant."""
+    report = tree / "coverage" / "gremlins" / "gremlins.json"
+    report.unlink(missing_ok=True)
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *module.tests,
+        "--gremlins", f"--gremlin-targets={module.path}", "--gremlin-report=json",
+        f"--gremlin-workers={FLAGS.workers}", f"--gremlin-mutant-timeout={module.timeout_s}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    finished = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    if not report.exists():
+        raise RuntimeError(f"{module.path}: pytest-gremlins wrote no report (exit {finished.returncode}):\n"
+                           f"{finished.stdout[-3000:]}{finished.stderr[-3000:]}")  # fmt: skip
+    results = json.loads(report.read_text())["results"]
+    lines = (tree / module.path).read_text().splitlines()
+    return [
+        {
+            "module": module.path,
+            "line_number": r["line_number"],
+            "line": lines[r["line_number"] - 1].strip(),
+            "mutation": r["description"],
+            "operator": r["operator"],
+            "status": r["status"],
+            "tests": len(r.get("selected_tests") or []),
+        }
+        for r in results
+    ]
+
+
+def equivalents() -> list[dict]:
+    """The survivors known not to change a result: module, line (its text, stripped), mutation, why."""
+    entries = tomllib.loads(EQUIVALENTS.read_text())["equivalent"] if EQUIVALENTS.exists() else []
+    for entry in entries:
+        missing = {"module", "line", "mutation", "why"} - entry.keys()
+        if missing:
+            raise ValueError(f"{EQUIVALENTS.name}: an entry lacks {sorted(missing)}: {entry}")
+    return entries
+
+
+def explain(mutants: list[dict], known: list[dict]) -> None:
+    """Sets each survivor's `why` from the entry that names its module, line text and mutation."""
+    for mutant in mutants:
+        if mutant["status"] != "survived":
+            continue
+        for entry in known:
+            if (entry["module"], entry["line"], entry["mutation"]) == (
+                mutant["module"], mutant["line"], mutant["mutation"]
+            ):  # fmt: skip
+                mutant["why"] = entry["why"]
+
+
+def summary(module: Module, mutants: list[dict]) -> dict:
+    mine = [m for m in mutants if m["module"] == module.path]
+    survived = [m for m in mine if m["status"] == "survived"]
+    return {
+        "module": module.path,
+        "made": len(mine),
+        "killed": sum(m["status"] in ("zapped", "timeout") for m in mine),
+        "errors": sum(m["status"] == "error" for m in mine),
+        "survived": len(survived),
+        "explained": sum("why" in m for m in survived),
+    }
+
+
+def write_report(out: Path, modules: list[Module], mutants: list[dict], totals: dict) -> None:
+    rows = [summary(m, mutants) for m in modules]
+    text = [
+        "# Mutation testing (`python -m benchmarks.mutation`)",
+        "",
+        f"Machine: {totals['cpu']}, {totals['cpu_cores']} cores; {totals['minutes']} min; "
+        f"score {totals['killed']}/{totals['made'] - totals['explained']} killed of the mutants that can change a "
+        f"result ({totals['unexplained']} unexplained survivors).",
+        "",
+        "| module | made | killed | survived | explained | unexplained |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['module']} | {r['made']} | {r['killed']} | {r['survived']} | {r['explained']} | "
+            f"{r['survived'] - r['explained']} |"
+            for r in rows
+        ),  # fmt: skip
+        "",
+    ]
+    for module in modules:
+        survived = [m for m in mutants if m["module"] == module.path and m["status"] == "survived"]
+        if survived:
+            text += [f"## {module.path}", ""]
+            text += [
+                f"- line {m['line_number']} `{m['line']}`: {m['mutation']} ({m['tests']} tests ran): "
+                + (f"equivalent: {m['why']}" if "why" in m else "**unexplained**")
+                for m in survived
+            ]
+            text.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(text))
+    (out / "mutants.json").write_text(json.dumps(mutants, indent=1) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    unknown = set(FLAGS.modules) - {m.name for m in MODULES}
+    if unknown:
+        raise app.UsageError(f"--modules names {sorted(unknown)}; known: {', '.join(m.name for m in MODULES)}")
+    modules = [m for m in MODULES if not FLAGS.modules or m.name in FLAGS.modules]
+    known, started, mutants = equivalents(), time.perf_counter(), []
+    with tempfile.TemporaryDirectory(prefix="mutation_") as scratch:
+        tree = working_tree_copy(Path(scratch))
+        for module in modules:
+            mutants += run_module(module, tree)
+            explain(mutants, known)
+            print(json.dumps(summary(module, mutants)), flush=True)
+    rows = [summary(m, mutants) for m in modules]
+    totals = {key: sum(r[key] for r in rows) for key in ("made", "killed", "errors", "survived", "explained")}
+    totals["unexplained"] = totals["survived"] - totals["explained"]
+    totals["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    totals.update(describe())
+    write_report(Path(FLAGS.out), modules, mutants, totals)
+    print(json.dumps(totals), flush=True)
+    sys.exit(1 if totals["unexplained"] else 0)
+
+
+if __name__ == "__main__":
+    app.run(main)
