@@ -8,10 +8,10 @@ against the module's own tests only (`MODULES`), and within them only the tests 
 line. A mutant is *killed* when a test fails or it times out, *survives* when every test passes. A survivor is
 *explained* by an entry of `benchmarks/mutation_equivalents.toml` (the module, the line's text, the mutation, and why
 it cannot change a result); any other survivor is a missing test. The run copies the working tree (tracked files and
-untracked ones git does not ignore) to a scratch folder, so the repository is never touched and uncommitted tests
-count. Writes `<out>/report.md` (per module: made, killed, survived, explained; each survivor on one line) and
-`<out>/mutants.json`; prints one JSON line per module and a last line with the totals and the machine. Exit status 1
-while an unexplained survivor is left.
+untracked ones git does not ignore) to a scratch folder beside a link to `../shared`, so the repository is never
+touched and uncommitted tests count. Writes `<out>/report.md` (per module: made, killed, survived, explained; each
+survivor on one line), `<out>/mutants.json` and pytest's output per module in `<out>/logs/`; prints one JSON line per
+module and a last line with the totals and the machine. Exit status 1 while an unexplained survivor is left.
 
 Not part of CI (about an hour on the project's 2-core CPU). Why pytest-gremlins: it runs every mutant in a fresh
 pytest process. mutmut 3 forks each mutant from a process that has already run JAX, which JAX warns deadlocks (on
@@ -80,8 +80,12 @@ flags.DEFINE_string("out", str(REPO / "results" / "mutation"), "Folder for repor
 FLAGS = flags.FLAGS
 
 
-def working_tree_copy(into: Path) -> Path:
-    """The repository's tracked files and the untracked ones git does not ignore, copied into `into`."""
+def working_tree_copy(scratch: Path) -> Path:
+    """The repository's tracked files and the untracked ones git does not ignore, copied into `scratch`/repo, with
+    `scratch`/shared the real `../shared` (the tests read their data from beside the repository)."""
+    into = scratch / "repo"
+    if (REPO.parent / "shared").exists():
+        (scratch / "shared").symlink_to(REPO.parent / "shared")
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, check=True, capture_output=True,
