@@ -46,6 +46,7 @@ class Module:
 
     path: str
     tests: tuple[str, ...]
+    select: str = ""  # a pytest -k expression, where the files' other tests are slow and add nothing here
     timeout_s: int = 300  # one mutant's test run; a mutant that hangs counts as killed
 
     @property
