@@ -134,7 +134,7 @@ def run_module(module: Module, tree: Path, log: Path) -> list[dict]:
 
 def equivalents() -> list[dict]:
     """The survivors known not to change a result: module, line (its text, stripped), mutation, why."""
-    entries = tomllib.loads(EQUIVALENTS.read_text())["equivalent"] if EQUIVALENTS.exists() else []
+    entries = tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", []) if EQUIVALENTS.exists() else []
     for entry in entries:
         missing = {"module", "line", "mutation", "why"} - entry.keys()
         if missing:
@@ -145,6 +145,7 @@ def equivalents() -> list[dict]:
 def explain(mutants: list[dict], known: list[dict]) -> None:
     """Sets each survivor's `why` from the entry that names its module, line text and mutation."""
     for mutant in mutants:
+        mutant.pop("why", None)
         if mutant["status"] != "survived":
             continue
         for entry in known:
@@ -154,41 +155,52 @@ def explain(mutants: list[dict], known: list[dict]) -> None:
                 mutant["why"] = entry["why"]
 
 
-def summary(module: Module, mutants: list[dict]) -> dict:
-    mine = [m for m in mutants if m["module"] == module.path]
-    survived = [m for m in mine if m["status"] == "survived"]
+def summary(path: str, mutants: list[dict]) -> dict:
+    survived = [m for m in mutants if m["status"] == "survived"]
     return {
-        "module": module.path,
-        "made": len(mine),
-        "killed": sum(m["status"] in ("zapped", "timeout") for m in mine),
-        "errors": sum(m["status"] == "error" for m in mine),
+        "module": path,
+        "made": len(mutants),
+        "killed": sum(m["status"] in ("zapped", "timeout") for m in mutants),
+        "errors": sum(m["status"] == "error" for m in mutants),
         "survived": len(survived),
         "explained": sum("why" in m for m in survived),
     }
 
 
-def write_report(out: Path, modules: list[Module], mutants: list[dict], totals: dict) -> None:
-    rows = [summary(m, mutants) for m in modules]
+def code_version() -> str:
+    """The commit the working tree is at, '+ changes' when it differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
+    return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "")
+
+
+def write_report(out: Path, runs: dict[str, dict]) -> dict:
+    """report.md and mutants.json in `out` for every module measured there (`runs`: module path -> its run);
+    returns the totals."""
+    order = [m.path for m in MODULES if m.path in runs]
+    rows = [summary(path, runs[path]["mutants"]) for path in order]
+    totals = {key: sum(r[key] for r in rows) for key in ("made", "killed", "errors", "survived", "explained")}
+    totals["unexplained"] = totals["survived"] - totals["explained"]
     text = [
         "# Mutation testing (`python -m benchmarks.mutation`)",
         "",
-        f"Machine: {totals['cpu']}, {totals['cpu_cores']} cores; {totals['minutes']} min; "
-        f"score {totals['killed']}/{totals['made'] - totals['explained']} killed of the mutants that can change a "
-        f"result ({totals['unexplained']} unexplained survivors).",
+        f"Score: {totals['killed']} of the {totals['made'] - totals['explained']} mutants that can change a result "
+        f"killed; {totals['unexplained']} unexplained survivors; {totals['errors']} errors.",
         "",
-        "| module | made | killed | survived | explained | unexplained |",
-        "|---|---|---|---|---|---|",
+        "| module | made | killed | survived | explained | unexplained | minutes | code | machine |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
         *(
             f"| {r['module']} | {r['made']} | {r['killed']} | {r['survived']} | {r['explained']} | "
-            f"{r['survived'] - r['explained']} |"
+            f"{r['survived'] - r['explained']} | {runs[r['module']]['minutes']} | {runs[r['module']]['code']} | "
+            f"{runs[r['module']]['machine']} |"
             for r in rows
         ),  # fmt: skip
         "",
     ]
-    for module in modules:
-        survived = [m for m in mutants if m["module"] == module.path and m["status"] == "survived"]
+    for path in order:
+        survived = [m for m in runs[path]["mutants"] if m["status"] == "survived"]
         if survived:
-            text += [f"## {module.path}", ""]
+            text += [f"## {path}", ""]
             text += [
                 f"- line {m['line_number']} `{m['line']}`: {m['mutation']} ({m['tests']} tests ran): "
                 + (f"equivalent: {m['why']}" if "why" in m else "**unexplained**")
@@ -197,7 +209,8 @@ def write_report(out: Path, modules: list[Module], mutants: list[dict], totals: 
             text.append("")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(text))
-    (out / "mutants.json").write_text(json.dumps(mutants, indent=1) + "\n")
+    (out / "mutants.json").write_text(json.dumps(runs, indent=1) + "\n")
+    return totals
 
 
 def main(argv: list[str]) -> None:
@@ -206,20 +219,26 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"--modules names {sorted(unknown)}; known: {', '.join(m.name for m in MODULES)}")
     modules = [m for m in MODULES if not FLAGS.modules or m.name in FLAGS.modules]
-    known, started, mutants = equivalents(), time.perf_counter(), []
+    out, known = Path(FLAGS.out), equivalents()
+    # A run of some modules replaces theirs and keeps the others' earlier results (each labelled with its code).
+    runs = json.loads((out / "mutants.json").read_text()) if (out / "mutants.json").exists() else {}
+    machine, code = describe(), code_version()
     with tempfile.TemporaryDirectory(prefix="mutation_") as scratch:
         tree = working_tree_copy(Path(scratch))
         for module in modules:
-            mutants += run_module(module, tree, Path(FLAGS.out) / "logs" / f"{module.name}.log")
-            explain(mutants, known)
-            print(json.dumps(summary(module, mutants)), flush=True)
-    rows = [summary(m, mutants) for m in modules]
-    totals = {key: sum(r[key] for r in rows) for key in ("made", "killed", "errors", "survived", "explained")}
-    totals["unexplained"] = totals["survived"] - totals["explained"]
-    totals["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    totals.update(describe())
-    write_report(Path(FLAGS.out), modules, mutants, totals)
-    print(json.dumps(totals), flush=True)
+            started = time.perf_counter()
+            mutants = run_module(module, tree, out / "logs" / f"{module.name}.log")
+            runs[module.path] = {
+                "minutes": round((time.perf_counter() - started) / 60, 1),
+                "code": code,
+                "machine": f"{machine['cpu']}, {machine['cpu_cores']} cores, {machine['date']}",
+                "mutants": mutants,
+            }
+            for run in runs.values():
+                explain(run["mutants"], known)
+            print(json.dumps(summary(module.path, mutants)), flush=True)
+            totals = write_report(out, runs)
+    print(json.dumps({**totals, **machine}), flush=True)
     sys.exit(1 if totals["unexplained"] else 0)
 
 
