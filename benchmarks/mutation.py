@@ -174,9 +174,10 @@ def code_version() -> str:
     return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "")
 
 
-def write_report(out: Path, runs: dict[str, dict]) -> dict:
-    """report.md and mutants.json in `out` for every module measured there (`runs`: module path -> its run);
-    returns the totals."""
+def write_report(out: Path, runs: dict[str, dict], known: list[dict]) -> dict:
+    """report.md and mutants.json in `out` for every module measured there (`runs`: module path -> its run), with
+    the entries of `known` that explain no survivor of a measured module (stale: the code or tests changed); returns
+    the totals."""
     order = [m.path for m in MODULES if m.path in runs]
     rows = [summary(path, runs[path]["mutants"]) for path in order]
     totals = {key: sum(r[key] for r in rows) for key in ("made", "killed", "errors", "survived", "explained")}
@@ -207,6 +208,12 @@ def write_report(out: Path, runs: dict[str, dict]) -> dict:
                 for m in survived
             ]
             text.append("")
+    survivors = {(m["module"], m["line"], m["mutation"]) for r in runs.values() for m in r["mutants"] if "why" in m}
+    stale = [e for e in known if e["module"] in runs and (e["module"], e["line"], e["mutation"]) not in survivors]
+    if stale:
+        text += ["## Equivalents that explain no survivor now", ""]
+        text += [f"- {e['module']}: `{e['line']}`: {e['mutation']}" for e in stale]
+        text.append("")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(text))
     (out / "mutants.json").write_text(json.dumps(runs, indent=1) + "\n")
@@ -237,7 +244,7 @@ def main(argv: list[str]) -> None:
             for run in runs.values():
                 explain(run["mutants"], known)
             print(json.dumps(summary(module.path, mutants)), flush=True)
-            totals = write_report(out, runs)
+            totals = write_report(out, runs, known)
     print(json.dumps({**totals, **machine}), flush=True)
     sys.exit(1 if totals["unexplained"] else 0)
 
