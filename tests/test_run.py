@@ -2,6 +2,8 @@
 
 import functools
 import json
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10
-from resnet_jax.core.errors import ConfigError, ModelMismatchError, WorkdirError
+from resnet_jax.core.errors import (
+    CheckpointSaveError,
+    ConfigError,
+    ModelMismatchError,
+    NoRestorableCheckpointError,
+    WorkdirError,
+)
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.models import create_model
 from resnet_jax.recipe.members import Members
@@ -115,6 +123,121 @@ def test_checkpoints_round_trip_and_hold_a_single_run_without_the_member_axis(tm
     assert member(restored.state.params)["conv1"]["kernel"].shape == (3, 3, 3, 16)
 
     other = model_signature(_model_config("resnet32"), members, _state(members)[1].params)
-    with pytest.raises(ModelMismatchError, match="another model.*resnet20.*resnet32"):
+    with pytest.raises(ModelMismatchError, match="another model.*resnet20.*resnet32") as e:
         with Checkpointer(run_dir, members, other) as checkpointer:
             checkpointer.restore(template)
+    assert "num_classes" not in str(e.value) and "parameter_shapes" not in str(e.value)  # only what differs
+
+
+def _files(folder) -> list[tuple[str, bytes]]:
+    """Every file under `folder`: (path relative to it, bytes)."""
+    folder = Path(folder)
+    return sorted((str(p.relative_to(folder)), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+
+def _damage(run_dir: RunDir, step: int, item: str) -> None:
+    """Checkpoint `step`'s `item` damaged: its state's data files emptied, or its meta's JSON cut."""
+    if item == "meta":
+        (run_dir.checkpoint(step) / "meta" / "metadata").write_text("{")
+        return
+    for path in Path(run_dir.checkpoint(step) / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 100:
+            path.write_bytes(b"")
+
+
+def _saved_runs(tmp_path, steps=(2, 4, 6)):
+    members = Members()
+    _, state = _state(members)
+    run_dir = RunDir(tmp_path).create()
+    signature = model_signature(_model_config(), members, state.params)
+    with Checkpointer(run_dir, members, signature) as checkpointer:
+        for step in steps:
+            checkpointer.save(step, state, {"position": step}, [{"warmup_ended_at": step}])
+            checkpointer.wait()
+        assert checkpointer.latest_step == steps[-1]
+    return run_dir, members, signature, state
+
+
+def test_the_newest_checkpoint_that_restores_is_taken_and_damaged_ones_are_moved_aside_untouched(tmp_path, caplog):
+    run_dir, members, signature, template = _saved_runs(tmp_path)
+    with Checkpointer(run_dir, members, signature, read_only=True) as reader:
+        assert reader.restore(template).step == 6  # the newest, not the first
+    _damage(run_dir, 6, "state")
+    damaged = _files(run_dir.checkpoint(6))
+    with Checkpointer(run_dir, members, signature, read_only=True) as reader:  # a reader moves nothing
+        assert reader.restore(template).step == 4 and run_dir.saved_steps() == [2, 4, 6]
+        with pytest.raises(NoRestorableCheckpointError, match=r"restores \(step 6: .*\)\. Rerun") as e:
+            reader.restore(template, step=6)
+        assert "moved" not in str(e.value)
+        with pytest.raises(WorkdirError, match=r"no checkpoint of step 3; it has \[2, 4, 6\]"):
+            reader.restore(template, step=3)
+    with Checkpointer(run_dir, members, signature) as checkpointer:
+        restored = checkpointer.restore(template)
+        assert restored.step == 4 and restored.data_state == {"position": 4}
+        assert checkpointer.latest_step == 4 and run_dir.saved_steps() == [2, 4]
+    aside = list(Path(run_dir.path / "damaged_checkpoints").glob("*/6"))
+    assert len(aside) == 1 and "Resuming from checkpoint 4; newer ones did not restore: 6:" in caplog.text
+    assert _files(aside[0]) == damaged
+
+    _damage(run_dir, 4, "meta")
+    _damage(run_dir, 2, "state")
+    with Checkpointer(run_dir, members, signature) as checkpointer:
+        with pytest.raises(NoRestorableCheckpointError, match=r"\(step 4: .*; step 2: .*\)\. They were moved into"):
+            checkpointer.restore(template)
+    assert run_dir.saved_steps() == [] and len(list(Path(run_dir.path / "damaged_checkpoints").glob("*/*"))) == 3
+    with Checkpointer(run_dir, members, signature, read_only=True) as reader:
+        assert reader.restore(template) is None
+        with pytest.raises(WorkdirError, match="it has none"):
+            reader.restore(template, step=2)
+
+
+def test_a_reader_neither_creates_the_checkpoints_folder_nor_removes_a_save_in_progress(tmp_path):
+    members = Members()
+    _, state = _state(members)
+    run_dir = RunDir(tmp_path).create()
+    signature = model_signature(_model_config(), members, state.params)
+    with Checkpointer(run_dir, members, signature, read_only=True):
+        pass
+    assert not run_dir.checkpoints.exists()
+    with Checkpointer(run_dir, members, signature):
+        pass
+    assert run_dir.checkpoints.is_dir()
+    in_progress = run_dir.checkpoints / "8.orbax-checkpoint-tmp-1"  # a trainer's save, not yet renamed
+    (in_progress / "state").mkdir(parents=True)
+    with Checkpointer(run_dir, members, signature, read_only=True):
+        pass
+    assert in_progress.exists()
+    with Checkpointer(run_dir, members, signature):  # the trainer itself: an unfinished save of a dead process
+        pass
+    assert not in_progress.exists()
+
+
+def test_every_save_is_written_and_a_failed_one_says_what_a_checkpoint_needs(tmp_path, monkeypatch):
+    run_dir, members, signature, state = _saved_runs(tmp_path, steps=(4,))
+    with Checkpointer(run_dir, members, signature) as checkpointer:
+        checkpointer.save(2, state, {"position": 2}, [{"warmup_ended_at": 2}])  # below the newest: written too
+        checkpointer.wait()
+        assert run_dir.saved_steps() == [2, 4]
+
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(checkpointer.manager, "save", full_disk)
+        needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
+        with pytest.raises(CheckpointSaveError) as e:
+            checkpointer.save(6, state, {"position": 6}, [{"warmup_ended_at": 6}])
+    free = shutil.disk_usage(tmp_path).free / 2**20
+    message = str(e.value)
+    assert f"Saving the checkpoint of step 6 into {run_dir.checkpoints} failed: OSError(28, " in message
+    assert f"needs about {needed:,.0f} MiB, and " in message and message.endswith("resumes from step 4.")
+    reported = float(message.split("MiB, and ")[1].split(" MiB")[0].replace(",", ""))
+    assert abs(reported - free) < 64  # other writers may change the free space a little meanwhile
+    assert run_dir.saved_steps() == [2, 4]
+
+
+def test_a_preemption_notice_is_the_manager_s(tmp_path, monkeypatch):
+    run_dir, members, signature, _ = _saved_runs(tmp_path, steps=(2,))
+    with Checkpointer(run_dir, members, signature) as checkpointer:
+        assert checkpointer.reached_preemption(3) is False
+        monkeypatch.setattr(checkpointer.manager, "reached_preemption", lambda step: step == 3)
+        assert checkpointer.reached_preemption(3) is True and checkpointer.reached_preemption(4) is False

@@ -103,7 +103,8 @@ class Checkpointer:
 
     @property
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest step saved: the one a rerun resumes from (orbax's own latest_step is the last one saved)."""
+        return max(self.manager.all_steps(), default=None)
 
     # --- saving
     def save(self, step: int, state: Any, data_state: Any, schedule_states: list) -> None:
@@ -181,8 +182,6 @@ class Checkpointer:
             logging.error("Checkpoint %d in %s does not restore: %s", candidate, self.directory, reason)
             if step is None and not self.read_only:
                 self._move_aside(candidate)
-        if not failures:
-            return None
         listing = "; ".join(f"step {s}: {e}" for s, e in failures)
         moved = (
             ""
