@@ -26,19 +26,33 @@ from tests.support.nets import noisy_batch_stats, tiny_resnet
 
 def test_ten_views_average_softmax_scores_and_padding_is_masked():
     model = create_model("resnet18", num_classes=7)
-    x = jax.random.normal(jax.random.key(0), (3, 10, 64, 64, 3))
+    x = jax.random.normal(jax.random.key(0), (4, 10, 64, 64, 3))
     variables = model.init(jax.random.key(1), x[:, 0])
-    softmax = jax.nn.softmax(model.apply(variables, x.reshape(30, 64, 64, 3))).reshape(3, 10, 7).mean(1)
+    softmax = jax.nn.softmax(model.apply(variables, x.reshape(40, 64, 64, 3))).reshape(4, 10, 7).mean(1)
     # Scored one view at a time (bounded memory: the model sees batches of 3, never all 30 images at once), the same.
     np.testing.assert_allclose(scores._view_scores(model, variables, {"image": x}), softmax, rtol=1e-5, atol=1e-7)
     program = str(jax.make_jaxpr(lambda v, images: scores._view_scores(model, v, {"image": images}))(variables, x))
-    assert "scan" in program and "f32[30,64,64,3]" not in program
+    assert "scan" in program and "f32[40,64,64,3]" not in program
     ranked = np.argsort(-np.asarray(softmax), axis=1)
-    # example 0: label = its top class; 1: its 3rd (top-5 right, top-1 wrong); 2: padding with a wrong label
-    labels = jnp.array([ranked[0, 0], ranked[1, 2], ranked[2, 6]], jnp.int32)
-    batch = {"image": x, "label": labels, "mask": jnp.array([True, True, False])}
+    # example 0: label = its top class; 1: its 3rd (top-5 right, top-1 wrong); 2: its 7th (both wrong); 3: padding
+    labels = jnp.array([ranked[0, 0], ranked[1, 2], ranked[2, 6], ranked[3, 6]], jnp.int32)
+    batch = {"image": x, "label": labels, "mask": jnp.array([True, True, True, False])}
     counts = jax.jit(lambda v, b: error_counts(model, "10crop", v, b))(variables, batch)
-    assert {k: int(v) for k, v in counts.items()} == {"examples": 2, "top1_errors": 1, "top5_errors": 0}
+    assert {k: int(v) for k, v in counts.items()} == {"examples": 3, "top1_errors": 2, "top5_errors": 1}
+
+
+def test_a_mirror_on_a_canvas_is_the_image_flipped_where_it_lies():
+    canvas = np.zeros((2, 4, 6, 3), np.float32)
+    valid = np.zeros((2, 4, 6), bool)
+    images = [np.random.default_rng(i).random((h, w, 3), np.float32) for i, (h, w) in enumerate([(3, 4), (4, 6)])]
+    for i, image in enumerate(images):
+        canvas[i, : image.shape[0], : image.shape[1]] = image
+        valid[i, : image.shape[0], : image.shape[1]] = True
+    mirrored = np.asarray(scores.mirror_on_canvas(jnp.asarray(canvas), jnp.asarray(valid)))
+    for i, image in enumerate(images):
+        expected = np.zeros_like(canvas[i])
+        expected[: image.shape[0], : image.shape[1]] = image[:, ::-1]
+        np.testing.assert_array_equal(mirrored[i], expected)
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -120,6 +134,7 @@ def test_multiscale_scores_slices_of_the_batch_as_it_scores_it_whole(varied_imag
     the same posteriors as the whole batch at once (within float32 rounding), in the batch's order."""
     assert scores.slices_for(256, 640, 1280) == 32 and scores.slices_for(256, 640, 1280, devices=8) == 32
     assert scores.slices_for(256, 224, 224) == 1 and scores.slices_for(6, 480, 640) == 6  # 6 examples: 1 each
+    assert scores.slices_for(2, 224, 224) == 1 and scores.slices_for(2, 224, 448) == 2
     dataset, cfg, count = varied_imagenet
     monkeypatch.setattr(protocols, "MULTISCALE_SIDES", (224, 384))
     monkeypatch.setattr(scores, "MULTISCALE_SIDES", (224, 384))
