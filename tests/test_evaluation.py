@@ -1,5 +1,6 @@
 """Scoring under the test protocols: views averaged as softmax scores, padding never counted, results summarised."""
 
+import dataclasses
 import logging
 
 import jax
@@ -15,7 +16,7 @@ from resnet_jax.data.pipeline import eval_iterator
 from resnet_jax.eval import scores
 from resnet_jax.eval.device import DeviceEvaluator
 from resnet_jax.eval.evaluator import evaluator_for
-from resnet_jax.eval.results import EvalResult, describe_summary, summarize
+from resnet_jax.eval.results import EvalResult, describe_summary, results_from_counts, summarize
 from resnet_jax.eval.scores import error_counts, multiscale_scores
 from resnet_jax.eval.streamed import StreamedEvaluator
 from resnet_jax.models import create_model
@@ -83,8 +84,29 @@ def test_multi_run_results_are_summarised_as_mean_std_and_best():
     assert describe_summary(summary, "resnet20") == (
         "resnet20 test (single), 3 runs: top-1 error 9.00 +- 1.00% (best 8.00%), top-5 error 0.90%, 10000 examples"
     )
+    assert summary["runs"][0] == {
+        "protocol": "single", "split": "test", "top1_error": 0.08, "top5_error": 0.008, "examples": 10_000
+    }  # fmt: skip
+    assert summarize(results[:2])["top1_error_std"] == pytest.approx(0.01 / 2**0.5)  # two runs have a spread too
     assert "runs" not in summarize(results[:1])
     assert describe_summary(summarize(results[:1])) == results[0].describe()
+    assert results[0].describe("resnet20") == (
+        "resnet20 test (single): top-1 error 8.00% (accuracy 92.00%), top-5 error 0.80%, 10000 examples"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a result is a record: nothing edits it after the fact
+        results[0].top1_error = 0.0
+
+
+def test_results_from_counts_are_each_member_s_error_rates():
+    counts = {"examples": [[500], [400]], "top1_errors": [[50], [100]], "top5_errors": [[5], [20]]}
+    first, second = results_from_counts("single", "test", counts)
+    assert (first.top1_error, first.top5_error, first.examples) == (0.1, 0.01, 500)
+    assert (second.top1_error, second.top5_error, second.examples) == (0.25, 0.05, 400)
+    assert results_from_counts("single", "test", {k: [1] for k in counts})[0].examples == 1
+    with pytest.raises(ValueError, match="The test split yielded no examples"):
+        results_from_counts("single", "test", {k: [0] for k in counts})
+    with pytest.raises(ValueError, match="zip"):  # counts of another number of members: never silently cut
+        results_from_counts("single", "test", {**counts, "top5_errors": [[5]]})
 
 
 @pytest.fixture(scope="module")

@@ -73,10 +73,9 @@ def describe_summary(summary: dict[str, Any], name: str = "") -> str:
 def results_from_counts(protocol: str, split: str, totals: dict[str, Any]) -> list[EvalResult]:
     """One `EvalResult` per member from summed counts {examples, top1_errors, top5_errors}, each [members]."""
     totals = {k: np.asarray(v, np.int64).reshape(-1) for k, v in totals.items()}
-    results = [
+    if (totals["examples"] == 0).any():  # every member evaluates the same split
+        raise ValueError(f"The {split} split yielded no examples to evaluate.")
+    return [
         EvalResult(protocol, split, float(t1 / n), float(t5 / n), int(n))
         for n, t1, t5 in zip(totals["examples"], totals["top1_errors"], totals["top5_errors"], strict=True)
     ]
-    if results[0].examples == 0:
-        raise ValueError(f"The {split} split yielded no examples to evaluate.")
-    return results
