@@ -172,6 +172,9 @@ def test_the_newest_checkpoint_that_restores_is_taken_and_damaged_ones_are_moved
         with pytest.raises(WorkdirError, match=r"no checkpoint of step 3; it has \[2, 4, 6\]"):
             reader.restore(template, step=3)
     with Checkpointer(run_dir, members, signature) as checkpointer:
+        with pytest.raises(NoRestorableCheckpointError) as e:  # a step asked for by name is never moved
+            checkpointer.restore(template, step=6)
+        assert "moved" not in str(e.value) and run_dir.saved_steps() == [2, 4, 6]
         restored = checkpointer.restore(template)
         assert restored.step == 4 and restored.data_state == {"position": 4}
         assert checkpointer.latest_step == 4 and run_dir.saved_steps() == [2, 4]
