@@ -1,6 +1,6 @@
 """Mutation testing of the modules where a silent mistake changes a result: does some test fail when the code breaks?
 
-    pip install -e ".[test,mutation]" -c constraints.txt
+    pip install -e ".[mutation]" -c constraints.txt
     python -m benchmarks.mutation [--modules=schedules,scores] [--workers=2] [--out=results/mutation]
 
 Each module's mutants (pytest-gremlins: comparison, boundary, arithmetic, boolean and return-value mutations) run
@@ -178,6 +178,8 @@ def write_report(out: Path, runs: dict[str, dict], known: list[dict]) -> dict:
     """report.md and mutants.json in `out` for every module measured there (`runs`: module path -> its run), with
     the entries of `known` that explain no survivor of a measured module (stale: the code or tests changed); returns
     the totals."""
+    for run in runs.values():  # the explanations as the equivalents file gives them now
+        explain(run["mutants"], known)
     order = [m.path for m in MODULES if m.path in runs]
     rows = [summary(path, runs[path]["mutants"]) for path in order]
     totals = {key: sum(r[key] for r in rows) for key in ("made", "killed", "errors", "survived", "explained")}
@@ -241,10 +243,8 @@ def main(argv: list[str]) -> None:
                 "machine": f"{machine['cpu']}, {machine['cpu_cores']} cores, {machine['date']}",
                 "mutants": mutants,
             }
-            for run in runs.values():
-                explain(run["mutants"], known)
-            print(json.dumps(summary(module.path, mutants)), flush=True)
             totals = write_report(out, runs, known)
+            print(json.dumps(summary(module.path, mutants)), flush=True)
     print(json.dumps({**totals, **machine}), flush=True)
     sys.exit(1 if totals["unexplained"] else 0)
 

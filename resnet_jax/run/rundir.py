@@ -128,10 +128,6 @@ class RunDir:
             return []
         return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit())
 
-    def has_checkpoints(self) -> bool:
-        """Whether the run saved any checkpoint (there is something to resume)."""
-        return bool(self.saved_steps())
-
     def start(self, config: ml_collections.ConfigDict) -> None:
         """Makes `config` the config of a run starting afresh here (no resumes yet)."""
         write_atomically(self.config_path, config.to_json_best_effort(indent=2))

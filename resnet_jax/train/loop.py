@@ -111,9 +111,9 @@ class Trainer:
         self.config, self.workdir = config, workdir
         self.run_dir = RunDir(workdir).create()
         changes = None  # the config changes of a resume, checked before any work
-        if self.run_dir.has_checkpoints() and self.run_dir.config_path.exists():
-            newest = self.run_dir.saved_steps()[-1]
-            changes = check_resume(self.run_dir.read_config(), config, newest, accept_changes, workdir)
+        saved = self.run_dir.saved_steps()
+        if saved and self.run_dir.config_path.exists():
+            changes = check_resume(self.run_dir.read_config(), config, saved[-1], accept_changes, workdir)
         self.mesh = make_mesh()
         problem = device_count_problem(config, self.mesh.size)
         if problem:
