@@ -1,6 +1,8 @@
 """The package as others install and read it: the light core, the pinned test set, one style."""
 
+import ast
 import configparser
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -66,6 +68,36 @@ def test_requirements_are_ranges_and_constraints_pin_every_one():
     pins = {_name(line.split("==")[0]): line for line in _requirements((REPO / "constraints.txt").read_text())}
     assert all("==" in pin for pin in pins.values())
     assert {_name(r) for r in everything} <= set(pins), "every requirement has its tested version pinned"
+
+
+def test_the_test_extra_declares_everything_the_tests_import():
+    # CI installs `.[test]` alone: a module the tests import that only arrives with another extra (or as someone
+    # else's dependency) passes here and fails on a fresh machine.
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    extras = setup["options.extras_require"]
+    declared = {
+        _name(r)
+        for text in (setup["options"]["install_requires"], extras["train"], extras["convert"], extras["test"])
+        for r in _requirements(text)
+    }
+    imported = {"ruff"}  # run as `python -m ruff` below
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    ours = {"resnet_jax", "tests", "benchmarks", "experiments", "configs"}
+    optional = {"tensorflow"}  # test_data_prepare checks the message shown without it
+    third_party = imported - set(sys.stdlib_module_names) - ours - optional
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {
+        module: distributions.get(module)
+        for module in third_party
+        if not {_name(d) for d in distributions.get(module, [])} & declared
+    }
+    assert not undeclared, f"add these to the test extra in setup.cfg (and pin them in constraints.txt): {undeclared}"
 
 
 def test_ruff_finds_nothing_to_fix_or_reformat():
