@@ -2,6 +2,7 @@
 
     pip install -e ".[mutation]" -c constraints.txt
     python -m benchmarks.mutation [--modules=schedules,scores] [--workers=2] [--out=results/mutation]
+    python -m benchmarks.mutation --report_only    # after editing benchmarks/mutation_equivalents.toml
 
 Each module's mutants (pytest-gremlins: comparison, boundary, arithmetic, boolean and return-value mutations) run
 against the module's own tests only (`MODULES`), and within them only the tests whose coverage reaches the mutated
@@ -78,6 +79,7 @@ MODULES = (
 flags.DEFINE_list("modules", [], "Module names to run (file stems, e.g. schedules,scores); all when empty.")
 flags.DEFINE_integer("workers", 2, "Mutants run side by side.")
 flags.DEFINE_string("out", str(REPO / "results" / "mutation"), "Folder for report.md and mutants.json.")
+flags.DEFINE_bool("report_only", False, "Rewrite report.md from mutants.json with the equivalents as they are now.")
 FLAGS = flags.FLAGS
 
 
@@ -231,6 +233,10 @@ def main(argv: list[str]) -> None:
     out, known = Path(FLAGS.out), equivalents()
     # A run of some modules replaces theirs and keeps the others' earlier results (each labelled with its code).
     runs = json.loads((out / "mutants.json").read_text()) if (out / "mutants.json").exists() else {}
+    if FLAGS.report_only:
+        totals = write_report(out, runs, known)
+        print(json.dumps(totals))
+        sys.exit(1 if totals["unexplained"] else 0)
     machine, code = describe(), code_version()
     with tempfile.TemporaryDirectory(prefix="mutation_") as scratch:
         tree = working_tree_copy(Path(scratch))

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from tests.support.data import CIFAR_TARBALL, imagenet_sample_rows, prepared_imagenet
+from tests.support.data import CIFAR_TARBALL, IMAGENET_SAMPLES, imagenet_sample_rows, opened, prepared_imagenet
 
 # Session fixtures that prepare a large dataset: the tests that use one run on one test worker (pytest-xdist's
 # loadgroup), so that it is prepared once rather than once per worker.
@@ -65,3 +65,20 @@ def imagenet_samples_data_dir(tmp_path_factory):
 def eight_imagenet_data_dir(tmp_path_factory):
     """Eight real ImageNet images of eight classes, prepared."""
     return prepared_imagenet(tmp_path_factory.mktemp("eight_imagenet"), imagenet_sample_rows()[::125])
+
+
+@pytest.fixture(scope="session")
+def varied_imagenet(tmp_path_factory):
+    """(dataset, data config, count): one real ImageNet image of each of three canvas buckets (portrait, 4:3, and
+    wider than 2:1), prepared as a small dataset."""
+    if not IMAGENET_SAMPLES.exists():
+        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
+    kinds = {"portrait": (0, 0.9), "4:3": (1.3, 1.34), "wide": (2.1, 99)}
+    chosen = {}
+    for row in imagenet_sample_rows():
+        aspect = int(row["width"]) / int(row["height"])
+        kind = next((k for k, (lo, hi) in kinds.items() if lo <= aspect < hi), None)
+        if kind and kind not in chosen and int(row["width"]) * int(row["height"]) < 300_000:
+            chosen[kind] = row
+    data_dir = prepared_imagenet(tmp_path_factory.mktemp("varied_imagenet"), list(chosen.values()))
+    return (*opened("imagenet2012", data_dir), len(chosen))

@@ -108,6 +108,8 @@ def test_mismatches_name_the_tensor(tmp_path):
         load_torch_state_dict("resnet20", {**state, "extra.weight": np.zeros(3)})
     with pytest.raises(ValueError, match="'layer2.1.conv2.weight' has shape"):
         load_torch_state_dict("resnet20", {**state, "layer2.1.conv2.weight": np.zeros((32, 32, 1, 1))})
+    with pytest.raises(ValueError, match=r"resnet20 \{'shortcut': 'B'\} in cifar_6n2 layout: missing tensors \['lay"):
+        load_torch_state_dict("resnet20", state, shortcut="B")  # the options that change the tensors are named
     with pytest.raises(ValueError, match="missing tensors"):  # a 32-layer state dict is not a 20-layer one
         load_torch_state_dict("resnet20", _state_dict(ref.CifarResNet(n=5)))
     with pytest.raises(ValueError, match="no 'fc.weight'"):

@@ -138,3 +138,28 @@ def test_black_padding_is_black_in_the_raw_image(cifar_slice_data_dir):
     assert (black | inside).all() and black.sum() > 64 * 32  # the padding is seen, and is black
     mean_padded = ml_collections.ConfigDict({**cfg.to_dict(), "pad_with": "mean"})
     assert (on_device.normalization_arrays(dataset, mean_padded)["pad"] == 0).all()
+
+
+def test_the_kth_batch_of_a_dispatch_is_the_batch_k_batches_further_on():
+    arrays = _arrays()
+    orders = on_device.two_epoch_orders(jnp.int32(4), 0, N)
+    batch = jax.jit(lambda a, o, p, k: on_device.train_batch(a, o, jnp.int32(4), p, k, B))
+    later = batch(arrays, orders, np.int32(100), np.int32(3))
+    np.testing.assert_array_equal(later["label"], batch(arrays, orders, np.int32(100 + 3 * B), np.int32(0))["label"])
+    np.testing.assert_array_equal(later["label"], np.asarray(orders[0])[100 + 3 * B : 100 + 4 * B])
+
+
+def test_the_test_split_on_the_devices_counts_each_image_once_in_whole_batches(cifar_slice_data_dir):
+    dataset, cfg = opened("cifar10", cifar_slice_data_dir)
+    test = on_device.EvalData.load(dataset, cfg, "test", 96, make_mesh())  # 500 images: 5 batches and 20 of a 6th
+    assert test.num_examples == 500
+    mask, labels = np.asarray(test.arrays["mask"]), np.asarray(test.arrays["labels"])
+    assert mask.shape == labels.shape == (6, 96) and test.arrays["images"].shape == (6, 96, 32, 32, 3)
+    assert mask.ravel().tolist() == [True] * 500 + [False] * 76 and (labels.ravel()[500:] == -1).all()
+    source = dataset.source("test")
+    for index in (0, 250, 499):
+        step, row = divmod(index, 96)
+        batch = on_device.single_view_batch(test.arrays, step)
+        assert int(batch["label"][row]) == source[index]["label"] and bool(batch["mask"][row])
+        expected = normalize(images.decode_png(source[index]["image"]), dataset.mean_image)
+        np.testing.assert_allclose(np.asarray(batch["image"][row, 0]), expected, atol=1e-6)

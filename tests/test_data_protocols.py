@@ -218,3 +218,74 @@ def test_protocols_are_checked_against_the_dataset(cifar10_data_dir):
         eval_iterator(
             dataset, cfg, split="test", protocol="single", global_batch_size=9, process_index=0, process_count=2
         )
+
+
+def _ramp_jpeg(height: int, width: int) -> bytes:
+    """Red rises with the column and green with the row, linearly (any resampling keeps a linear ramp, so a view's
+    red and green say which source position each of its pixels shows); blue is fine diagonal stripes (detail that
+    decoding at a reduced size and enlarging again would blur)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([255 * (x + 0.5) / width, 255 * (y + 0.5) / height, 128 + 100 * np.sign(np.sin((x + y) / 2.5))], -1)
+    out = io.BytesIO()
+    Image.fromarray(rgb.round().astype(np.uint8)).save(out, "JPEG", quality=95, subsampling=0)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("height, width", [(300, 1000), (1000, 300), (500, 333), (1600, 2400)])
+def test_multiscale_views_show_the_central_window_of_the_resized_image(height, width):
+    """At each scale: the image resized to shorter side s (the other side in proportion), cut to at most 2s by 2s
+    around its centre (Caffe's floor for odd margins), sampled where each pixel's centre falls. 1000 x 300 and
+    300 x 1000 are cut (odd margins at s = 224); 1600 x 2400 is decoded at half size first (shorter side >= 1280)."""
+    view = protocols.MultiScaleView(np.zeros((224, 224, 3), np.float32))
+    example = view({"image": _ramp_jpeg(height, width)})
+    reduced = min(height, width) >= 2 * max(protocols.MULTISCALE_SIDES)
+    for side in protocols.MULTISCALE_SIDES:
+        shorter, longer = min(height, width), max(height, width)
+        resized = (side, round(longer * side / shorter))
+        resized_h, resized_w = resized if height <= width else resized[::-1]
+        kept_h, kept_w = min(resized_h, 2 * side), min(resized_w, 2 * side)
+        top, left = (resized_h - kept_h) // 2, (resized_w - kept_w) // 2
+        valid = example[f"valid_{side}"]
+        assert valid[:kept_h, :kept_w].all() and valid.sum() == kept_h * kept_w
+        pixels = 255 * example[f"image_{side}"][:kept_h, :kept_w].astype(np.float64)
+        red = pixels[..., 0] - 255 * (left + np.arange(kept_w) + 0.5) / resized_w
+        green = pixels[..., 1] - 255 * (top + np.arange(kept_h)[:, None] + 0.5) / resized_h
+        # mean offsets in grey levels, away from the borders; half an output pixel is 0.17 or more here
+        tolerance = 0.15 if reduced else 0.05  # reduced decoding rounds odd sizes: up to half a source pixel
+        assert abs(red[4:-4, 4:-4].mean()) < tolerance and abs(green[4:-4, 4:-4].mean()) < tolerance, side
+        assert pixels[..., 2].std() > 35, side  # the stripes survive (they blur away from a 1/8-size decode)
+
+
+def test_the_centre_crop_uses_caffes_floor_for_odd_margins():
+    # 256 x 351 at shorter side 256 stays 256 x 351: margins 32 and 127, so top 16 and left 63 (Caffe's integer
+    # division; never 63.5)
+    assert protocols.centre_crop(256, 351) == ScaleCrop(256, 16, 63)
+    assert protocols.centre_crop(351, 256) == ScaleCrop(256, 63, 16)
+
+
+@pytest.mark.parametrize("protocol", sorted(protocols.VIEWS))
+def test_a_padding_example_has_a_real_example_s_keys_shapes_and_dtypes(protocol, sample_records):
+    mean = np.zeros((32, 32, 3) if protocol == "single" else (224, 224, 3), np.float32)
+    view = protocols.VIEWS[protocol](mean)
+    if protocol == "single":
+        out = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), 77, np.uint8)).save(out, "PNG")
+        records = [{"image": out.getvalue()}]
+    else:
+        records = sample_records[::6]
+    for record in records:
+        example = view(record)
+        bucket = protocols.bucket_of(*images.jpeg_shape(record["image"])) if protocol == "multiscale" else 0
+        empty = view.empty(bucket)
+        assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {k: (v.shape, v.dtype) for k, v in example.items()}
+        assert not any(v.any() for v in empty.values())
+
+
+def test_multiscale_batches_hold_one_bucket_each_and_count_every_image_once(varied_imagenet, monkeypatch):
+    dataset, cfg, count = varied_imagenet
+    monkeypatch.setattr(protocols, "MULTISCALE_SIDES", (224,))  # the batching is the question, not the scales
+    batches = list(eval_iterator(dataset, cfg, split="validation", protocol="multiscale", global_batch_size=2))
+    assert sum(int(b["mask"].sum()) for b in batches) == count == 3  # three buckets, each a batch of 1 + padding
+    buckets = {protocols.bucket_of(*s) for s in dataset.image_sizes("validation")}
+    assert {tuple(b["image_224"].shape[1:3]) for b in batches} == {protocols.canvas_shape(k, 224) for k in buckets}
+    assert all(not b["image_224"][~b["mask"]].any() and not b["valid_224"][~b["mask"]].any() for b in batches)

@@ -172,3 +172,86 @@ def test_cifar_train_view_is_a_flipped_window_of_the_padded_mean_subtracted_imag
         flips.append(flip)
     assert len(offsets) > 60  # of the 81 windows
     assert 0.3 < np.mean(flips) < 0.7
+
+
+@pytest.mark.parametrize("height, width", [(375, 500), (500, 375), (333, 500), (300, 300), (1000, 101), (481, 640)])
+def test_the_shorter_side_becomes_the_scale_and_the_aspect_is_kept(height, width):
+    for scale in (224, 256, 480):
+        resized_h, resized_w = transforms.ScaleCrop(scale, 0, 0).resized_shape(height, width)
+        assert min(resized_h, resized_w) == scale and (resized_h >= resized_w) == (height >= width)
+        assert abs(max(resized_h, resized_w) - scale * max(height, width) / min(height, width)) <= 0.5
+
+
+def test_every_window_position_is_drawn_at_the_drawn_scale():
+    rng = np.random.default_rng(0)
+    crops = [transforms.sample_scale_crop(rng, 256, 300, scales=(256, 256)) for _ in range(3000)]
+    # resized to 256 x 300: tops 0..32, lefts 0..76, each reached
+    assert {c.top for c in crops} == set(range(33)) and {c.left for c in crops} == set(range(77))
+
+
+def test_an_inception_box_may_span_a_whole_side_but_never_exceed_it():
+    rng = np.random.default_rng(0)
+    # half of a 100 x 200 image as a square: 100 x 100, as tall as the image; drawn, so its position varies
+    lefts = {transforms.sample_inception_box(rng, 100, 200, (0.5, 0.5), (1.0, 1.0))[0] for _ in range(200)}
+    tops = {transforms.sample_inception_box(rng, 200, 100, (0.5, 0.5), (1.0, 1.0))[1] for _ in range(200)}
+    assert len(lefts) > 20 and len(tops) > 20
+    # a square of 9,920 pixels has sides of 99.6, rounded to 100: a pixel taller than a 99-pixel image, so never
+    # drawn; the fallback (the central crop at the clamped aspect) is taken instead
+    box = transforms.sample_inception_box(rng, 99, 200, (9920 / (99 * 200),) * 2, (1.0, 1.0))
+    assert box == (50, 0, 149, 99)
+    box = transforms.sample_inception_box(rng, 200, 99, (9920 / (99 * 200),) * 2, (1.0, 1.0))
+    assert box == (0, 50, 99, 149)
+
+
+@pytest.mark.parametrize(
+    "height, width, box",
+    [  # torchvision's RandomResizedCrop fallback (transforms.py, get_params), worked by hand: the aspect clamped into
+        # [3/4, 4/3], the side that is too long cut to it, centred
+        (100, 1000, (433, 0, 566, 100)),  # 10:1: h = 100, w = round(100 * 4/3) = 133, left (1000 - 133) // 2
+        (1000, 100, (0, 433, 100, 566)),  # 1:10: w = 100, h = round(100 / (3/4)) = 133
+        (300, 400, (0, 0, 400, 300)),  # 4:3 is in range: the whole image
+        (301, 1000, (299, 0, 700, 301)),  # h = 301, w = round(401.33) = 401, left (1000 - 401) // 2 = 299
+    ],
+)
+def test_the_inception_fallback_is_torchvisions_central_crop(height, width, box):
+    never_fits = (2.0, 2.0)  # twice the image's area
+    assert transforms.sample_inception_box(np.random.default_rng(0), height, width, never_fits) == box
+
+
+def test_cifar_per_channel_normalisation_and_coloured_padding(cifar10_data_dir):
+    dataset, _ = opened("cifar10", cifar10_data_dir)
+    record = dataset.source("train")[0]
+    mean = np.full((32, 32, 3), [0.49, 0.48, 0.45], np.float32)
+    std = np.array([0.25, 0.24, 0.26], np.float32)
+    pad = np.array([-2.0, 0.5, 1.5], np.float32)
+    view = transforms.CifarTrainView(mean, std, pad)
+    pixels = images.decode_png(record["image"]).astype(np.float64)
+    padded = np.tile(pad, (40, 40, 1)).astype(np.float64)
+    padded[4:36, 4:36] = (pixels / 255 - mean) / std
+    for index in range(20):
+        rng = np.random.default_rng((5, 0, index))
+        top, left = rng.integers(0, 9, size=2)
+        expected = padded[top : top + 32, left : left + 32]
+        expected = expected[:, ::-1] if rng.random() < 0.5 else expected
+        image = view(record, np.random.default_rng((5, 0, index)))["image"]
+        np.testing.assert_allclose(image, expected, atol=1e-5)
+
+
+def test_each_training_view_says_whether_the_step_finishes_its_images(cifar10_data_dir):
+    """The feed passes the normalisation to the step only for views whose images come out as uint8 pixels."""
+    dataset, _ = opened("cifar10", cifar10_data_dir)
+    cifar = transforms.CifarTrainView(dataset.mean_image)
+    assert cifar(dataset.source("train")[0], np.random.default_rng(0))["image"].dtype == np.float32
+    assert cifar.finished_on_device is False
+    jpeg = _sample_jpegs(1)[0]
+    imagenet = transforms.ImageNetTrainView()
+    assert imagenet({"image": jpeg}, np.random.default_rng(0))["image"].dtype == np.uint8
+    assert imagenet.finished_on_device is True
+
+
+def test_normalize_divides_by_the_standard_deviation_when_given():
+    pixels = np.array([[[0, 128, 255]]], np.uint8)
+    mean, std = np.array([0.5, 0.5, 0.5], np.float32), np.array([0.25, 0.5, 2.0], np.float32)
+    expected = (np.array([0, 128, 255]) / 255 - 0.5) / np.array([0.25, 0.5, 2.0])
+    np.testing.assert_allclose(transforms.normalize(pixels, mean, std)[0, 0], expected, atol=1e-6)
+    np.testing.assert_allclose(transforms.normalize(pixels, mean)[0, 0], np.array([0, 128, 255]) / 255 - 0.5, atol=1e-6)

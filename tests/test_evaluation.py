@@ -21,7 +21,7 @@ from resnet_jax.eval.scores import error_counts, multiscale_scores
 from resnet_jax.eval.streamed import StreamedEvaluator
 from resnet_jax.models import create_model
 from resnet_jax.recipe.members import Members
-from tests.support.data import IMAGENET_SAMPLES, imagenet_sample_rows, opened, prepared_imagenet
+from tests.support.data import opened
 from tests.support.nets import noisy_batch_stats, tiny_resnet
 
 
@@ -107,23 +107,6 @@ def test_results_from_counts_are_each_member_s_error_rates():
         results_from_counts("single", "test", {k: [0] for k in counts})
     with pytest.raises(ValueError, match="zip"):  # counts of another number of members: never silently cut
         results_from_counts("single", "test", {**counts, "top5_errors": [[5]]})
-
-
-@pytest.fixture(scope="module")
-def varied_imagenet(tmp_path_factory):
-    """Real ImageNet images of several aspect ratios and both orientations, prepared as a small dataset."""
-    if not IMAGENET_SAMPLES.exists():
-        pytest.skip(f"{IMAGENET_SAMPLES} is absent")
-    rows = imagenet_sample_rows()
-    kinds = {"portrait": (0, 0.9), "4:3": (1.3, 1.34), "wide": (2.1, 99)}
-    chosen = {}
-    for row in rows:
-        aspect = int(row["width"]) / int(row["height"])
-        kind = next((k for k, (lo, hi) in kinds.items() if lo <= aspect < hi), None)
-        if kind and kind not in chosen and int(row["width"]) * int(row["height"]) < 300_000:
-            chosen[kind] = row
-    data_dir = prepared_imagenet(tmp_path_factory.mktemp("varied_imagenet"), list(chosen.values()))
-    return (*opened("imagenet2012", data_dir), len(chosen))
 
 
 def test_multiscale_protocol_scores_each_image_as_a_pass_over_it_alone_would(varied_imagenet, monkeypatch):
