@@ -15,7 +15,7 @@ kinds, counts, dtypes and ranks (`Signature`); a mismatch is an XLA error naming
 otherwise. ctypes takes the GIL for the call; the function should hand long work to a library that releases it.
 
 Why not `jax.experimental.buffer_callback`, which also hands a Python function XLA's buffers in place, as fast
-(57 calls on 8 MB buffers between XLA ops: 74.5 ms against this handler's 75.4, medians, jax 0.10.2, 2026-12-04):
+(`python -m benchmarks.host_calls`: the same cost within the CPU's noise, benchmarks/RESULTS.md):
 a program calling it is never written to the persistent compilation cache (`--compilation_cache`), so every restart
 of a CPU run would compile its step again, while a program calling a registered FFI target is cached (tested); and an
 exception whose message cannot be encoded (a lone surrogate) takes the process down inside it (SIGSEGV).
