@@ -7,16 +7,16 @@ CIFAR ResNet-20 at batch 128 (akamaster's net in PyTorch: the same option-A ResN
 (torchvision's, channels-last), forward + backward + SGD with momentum and weight decay, on synthetic batches
 already in memory; in float32, and in bfloat16: ours built with `dtype='bfloat16'` (bfloat16 activations, float32
 parameters and updates), PyTorch's under `torch.autocast('cpu', dtype=torch.bfloat16)` (its one-line mixed
-precision, the same split). Ours runs as a user gets it (`conv_impl='auto'`: oneDNN's convolutions on a
-single-device CPU program where oneDNN loads) and, for the record, with XLA's own convolutions (`conv_impl='xla'`).
-The three alternate, `--rounds` times, so that all see the same machine state; each figure is the best of its
-round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its time: each convolution shape's
-forward, input gradient and kernel gradient timed alone with XLA's and with oneDNN's convolutions, PyTorch's own
-profile of a step by operator, and 4 ResNet-20 steps with oneDNN's convolutions in one `lax.scan` against 4 calls of
-one step (`resnet_jax.kernels.conv.scans_well`). The last line is a JSON object with `resnet20_ratio` and
-`resnet50_ratio` (ours over PyTorch's images per second, float32: above 1 we are faster), `resnet20_bf16_ratio` and
-`resnet50_bf16_ratio` (the same in bfloat16), the same with XLA's convolutions (`*_xla_ratio`), what 'auto' chose,
-and the machine.
+precision, the same split). Ours runs as a user gets it (`conv_impl` and `bn_impl` 'auto': oneDNN's convolutions and
+training batch norms on a single-device CPU program where oneDNN loads) and, for the record, with XLA's own kernels
+(both 'xla'). The three alternate, `--rounds` times, so that all see the same machine state; each figure is the best
+of its round's steps after a warm-up. `--profile` adds where one ResNet-20 step spends its time: each convolution
+shape's forward, input gradient and kernel gradient, and each batch norm shape's forward and backward, timed alone
+with XLA's and with oneDNN's kernels, PyTorch's own profile of a step by operator, and 4 ResNet-20 steps with
+oneDNN's kernels in one `lax.scan` against 4 calls of one step (`resnet_jax.kernels.conv.scans_well`). The last line
+is a JSON object with `resnet20_ratio` and `resnet50_ratio` (ours over PyTorch's images per second, float32: above 1
+we are faster), `resnet20_bf16_ratio` and `resnet50_bf16_ratio` (the same in bfloat16), the same with XLA's kernels
+(`*_xla_ratio`), what 'auto' chose, and the machine.
 """
 
 import functools
@@ -33,6 +33,7 @@ from absl import app, flags
 from experiments.torch_reference import CifarResNet, TorchvisionResNet, TvBottleneck
 from resnet_jax.core.machine import describe
 from resnet_jax.core.sharding import make_mesh
+from resnet_jax.kernels import batch_norm
 from resnet_jax.kernels.conv import conv_general_dilated_for, resolve
 from resnet_jax.models import create_model, spec
 from resnet_jax.recipe.members import Members
@@ -64,11 +65,13 @@ def _best_step_seconds(step, steps: int) -> float:
     return min(times)
 
 
-def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto", dtype: str = "float32"):
-    """(model, optimizer, one run's train state, a synthetic batch) for net `name`, as both timings of ours use them."""
+def _our_setup(name: str, options: dict, batch_size: int, impl: str = "auto", dtype: str = "float32"):
+    """(model, optimizer, one run's train state, a synthetic batch) for net `name`, as both timings of ours use them:
+    `impl` is the net's `conv_impl` and `bn_impl`."""
     model = create_model(
-        name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=conv_impl, dtype=dtype, **options
-    )
+        name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=impl, bn_impl=impl, dtype=dtype,
+        **options,
+    )  # fmt: skip
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), make_mesh()))
     rng = np.random.default_rng(0)
@@ -79,9 +82,9 @@ def _our_setup(name: str, options: dict, batch_size: int, conv_impl: str = "auto
     return model, optimizer, state, batch
 
 
-def ours(name: str, options: dict, batch_size: int, conv_impl: str = "auto", dtype: str = "float32"):
+def ours(name: str, options: dict, batch_size: int, impl: str = "auto", dtype: str = "float32"):
     """A function that runs one of our train steps and waits for it."""
-    model, optimizer, state, batch = _our_setup(name, options, batch_size, conv_impl, dtype)
+    model, optimizer, state, batch = _our_setup(name, options, batch_size, impl, dtype)
     step = make_train_step(model, optimizer, make_mesh())
     holder = [state]
 
@@ -127,7 +130,7 @@ def compare(name: str, dtype: str) -> dict:
         rounds.append(
             {
                 "ours_img_s": round(a, 1),
-                "ours_xla_conv_img_s": round(x, 1),
+                "ours_xla_kernels_img_s": round(x, 1),
                 "torch_img_s": round(b, 1),
                 "ratio": round(a / b, 3),
                 "xla_ratio": round(x / b, 3),
@@ -153,6 +156,21 @@ def _conv_parts(stride: int, conv_impl: str) -> dict:
     }
 
 
+def _batch_norm_parts(impl: str) -> dict:
+    """A training batch norm's forward and backward (statistics over the whole batch, as the nets here), jitted."""
+
+    def norm(x):
+        return batch_norm.normalize(
+            x, jnp.ones(x.shape[-1]), jnp.zeros(x.shape[-1]), group_size=x.shape[0], epsilon=1e-5, dtype=x.dtype,
+            impl=impl,
+        )[0]  # fmt: skip
+
+    return {
+        "forward": jax.jit(lambda x, g: norm(x)),
+        "backward": jax.jit(lambda x, g: jax.vjp(norm, x)[1](g)[0]),
+    }
+
+
 def _wait(f, *args) -> None:
     jax.block_until_ready(f(*args))
 
@@ -169,12 +187,12 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5, dtype: str = "floa
     shapes = [(32, 3, 16, 1, 1), (32, 16, 16, 1, 6), (32, 16, 32, 2, 1), (16, 32, 32, 1, 5), (16, 32, 64, 2, 1)]
     shapes.append((8, 64, 64, 1, 5))
     impls = ("xla", "onednn") if resolve("auto") == "onednn" else ("xla",)
-    for conv_impl in impls:
-        total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0}
+    for impl in impls:
+        total = {"forward": 0.0, "input gradient": 0.0, "kernel gradient": 0.0, "bn forward": 0.0, "bn backward": 0.0}
         for side, cin, cout, stride, count in shapes:
             x = jnp.asarray(rng.normal(size=(batch_size, side, side, cin)), dtype)
             w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, dtype)
-            parts = _conv_parts(stride, conv_impl)
+            parts = _conv_parts(stride, impl)
             g = parts["forward"](x, w, None)
             row = {}
             for part, f in parts.items():
@@ -182,16 +200,25 @@ def profile_resnet20(batch_size: int = 128, repeats: int = 5, dtype: str = "floa
                 row[part] = round(1e3 * seconds, 2)
                 total[part] += count * seconds
             _emit(
-                profile=f"ours ({conv_impl}, {dtype}), one convolution alone, ms",
+                profile=f"ours ({impl}, {dtype}), one convolution alone, ms",
                 shape=f"{side}x{side}x{cin}->{cout}/s{stride}",
                 count=count,
                 **row,
             )
-        whole = _best_step_seconds(ours("resnet20", {}, batch_size, conv_impl, dtype), repeats)
+        for side, channels, count in ((32, 16, 7), (16, 32, 6), (8, 64, 6)):  # (side, channels, how many in the net)
+            x = jnp.asarray(rng.normal(size=(batch_size, side, side, channels)), dtype)
+            row = {}
+            for part, f in _batch_norm_parts(impl).items():
+                seconds = _best_step_seconds(functools.partial(_wait, f, x, x), repeats)
+                row[part] = round(1e3 * seconds, 2)
+                total[f"bn {part}"] += count * seconds
+            _emit(profile=f"ours ({impl}, {dtype}), one batch norm alone, ms", shape=f"{side}x{side}x{channels}",
+                  count=count, **row)  # fmt: skip
+        whole = _best_step_seconds(ours("resnet20", {}, batch_size, impl, dtype), repeats)
         rest = whole - sum(total.values())
         in_ms = {k: round(1e3 * v, 1) for k, v in total.items()}
         _emit(
-            profile=f"ours ({conv_impl}, {dtype}), one step, ms",
+            profile=f"ours ({impl}, {dtype}), one step, ms",
             step=round(1e3 * whole, 1),
             **in_ms,
             everything_else=round(1e3 * rest, 1),
@@ -243,6 +270,7 @@ def main(argv):
     summary = {f"{name}_ratio": r["ratio"] for name, r in results.items()}
     summary.update({f"{name}_xla_ratio": r["xla_ratio"] for name, r in results.items()})
     summary["conv_impl"] = resolve("auto")
+    summary["bn_impl"] = batch_norm.resolve("auto")
     print(json.dumps({**summary, "torch": torch.__version__, "torch_threads": torch.get_num_threads(), **describe()}))
 
 

@@ -38,7 +38,7 @@ def _copy(args: list[ffi.Buffer], results: list[ffi.Buffer]) -> None:
 
 
 def _ffi_copy(x: jax.Array) -> jax.Array:
-    signature = ffi.Signature(args=1, results=1, rank=1, dtype=ffi.DTYPES["float32"])
+    signature = ffi.Signature.uniform(args=1, results=1, rank=1, dtype=ffi.DTYPES["float32"])
     name = ffi.register("resnet_jax_benchmark_copy", _copy, signature)
     return jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
 

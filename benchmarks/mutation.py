@@ -52,7 +52,10 @@ class Module:
 
     @property
     def name(self) -> str:
-        return Path(self.path).stem
+        """The file's stem, with its folder where two modules share a stem (`kernels_batch_norm`)."""
+        path = Path(self.path)
+        shared = sum(Path(m.path).stem == path.stem for m in MODULES) > 1
+        return f"{path.parent.name}_{path.stem}" if shared else path.stem
 
 
 # The cheap first: the nets' tests compile every architecture, so their modules come last.
@@ -69,6 +72,7 @@ MODULES = (
     Module("resnet_jax/interop/convert.py", ("tests/test_convert.py", "tests/test_torch_files.py")),
     Module("resnet_jax/train/step.py", ("tests/test_train_step_vs_torch.py",), select="not resnet50"),
     Module("resnet_jax/kernels/conv.py", ("tests/test_conv.py",)),
+    Module("resnet_jax/kernels/batch_norm.py", ("tests/test_kernels_batch_norm.py",)),
     Module("resnet_jax/models/specs.py", ("tests/test_models.py",), select=_NETS + " or bad_names"),
     Module("resnet_jax/models/batch_norm.py", ("tests/test_models.py", "tests/test_train_step_vs_torch.py"),
            select=f"{_NETS} or pytorch"),
@@ -76,7 +80,11 @@ MODULES = (
            select=f"{_NETS} or score_map or layout_matches or reference"),
 )  # fmt: skip
 
-flags.DEFINE_list("modules", [], "Module names to run (file stems, e.g. schedules,scores); all when empty.")
+flags.DEFINE_list(
+    "modules",
+    [],
+    "Module names to run (file stems, with the folder where two share one: models_batch_norm); all when empty.",
+)
 flags.DEFINE_integer("workers", 2, "Mutants run side by side.")
 flags.DEFINE_string("out", str(REPO / "results" / "mutation"), "Folder for report.md and mutants.json.")
 flags.DEFINE_bool("report_only", False, "Rewrite report.md from mutants.json with the equivalents as they are now.")

@@ -139,7 +139,7 @@ def test_nets_give_xla_s_logits_gradients_and_bn_statistics(name, side, dtype, n
     nudged = x * (1 + nudge * jnp.asarray(rng.normal(size=x.shape), jnp.float32))
 
     def outputs(impl, x):
-        model = create_model(name, num_classes=10, conv_impl=impl, stride_on_3x3=True, dtype=dtype)
+        model = create_model(name, num_classes=10, conv_impl=impl, bn_impl=impl, stride_on_3x3=True, dtype=dtype)
         variables = model.init(jax.random.key(0), x)
 
         def loss(params):
@@ -149,6 +149,7 @@ def test_nets_give_xla_s_logits_gradients_and_bn_statistics(name, side, dtype, n
         step = jax.jit(jax.value_and_grad(loss, has_aux=True))
         program = str(jax.make_jaxpr(step)(variables["params"]))
         assert ("resnet_jax_onednn_kernel_grad" in program) == (impl == "onednn")  # oneDNN ran where asked
+        assert ("resnet_jax_onednn_batch_norm_backward" in program) == (impl == "onednn")
         return jax.tree.leaves(step(variables["params"]))
 
     def distance(a, b):
@@ -231,7 +232,7 @@ def test_an_ffi_handler_writes_xla_s_buffers_in_place_and_its_failure_is_xla_s_e
 
     x = jnp.arange(6, dtype=jnp.float32).reshape(2, 3)
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    one = ffi.Signature(args=1, results=1, rank=2, dtype=ffi.DTYPES["float32"])
+    one = ffi.Signature.uniform(args=1, results=1, rank=2, dtype=ffi.DTYPES["float32"])
     doubled = jax.jit(jax.ffi.ffi_call(ffi.register("test_conv_double", double, one), out))(x)
     assert (np.asarray(doubled) == 2 * np.asarray(x)).all()
     with pytest.raises(Exception, match="test_conv_broken: ValueError: deliberately broken"):

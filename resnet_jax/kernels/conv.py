@@ -1,15 +1,11 @@
-"""How the nets compute their convolutions: the model option `conv_impl`.
+"""How the nets compute their convolutions: the model option `conv_impl` (its values: `resnet_jax.kernels.choice`).
 
-- 'xla': `lax.conv_general_dilated`, compiled by XLA for whatever backend runs the program.
-- 'onednn': on XLA:CPU, oneDNN's kernels (`resnet_jax.kernels.onednn`) called from the compiled program on XLA's own
-  buffers (an XLA FFI handler, `resnet_jax.kernels.ffi`), with a custom VJP whose input and kernel gradients are
-  oneDNN's too. float32 or bfloat16 (all operands of one dtype; bfloat16 summed in float32, on the CPU's AMX or
-  AVX-512 BF16 units where it has them), NHWC/HWIO, no dilation or groups; any other convolution falls back to
-  XLA's. Equal to XLA's within the dtype's rounding.
-- 'auto' (the default): 'onednn' for a single-device program on the CPU backend when oneDNN loads, 'xla' otherwise.
-  Accelerators always run XLA's convolutions. A multi-device CPU program (simulated devices, `jax.distributed`)
-  keeps XLA's too: a custom call without a sharding rule under a sharded `jit` would gather every shard onto one
-  device.
+- 'xla': `lax.conv_general_dilated`.
+- 'onednn': oneDNN's convolutions, with a custom VJP whose input and kernel gradients are oneDNN's too. float32 or
+  bfloat16 (all operands of one dtype; bfloat16 summed in float32, on the CPU's AMX or AVX-512 BF16 units where it
+  has them), NHWC/HWIO, no dilation or groups; any other convolution falls back to XLA's. Equal to XLA's within the
+  dtype's rounding.
+- 'auto' (the default): 'onednn' for a single-device program on the CPU backend, 'xla' otherwise (`choice`).
 
 Why: on XLA:CPU a convolution's kernel gradient runs at a few GFLOP/s; oneDNN's made the CIFAR ResNet-20 train step
 2.6x faster and ResNet-50's 1.8x on this project's CPU (benchmarks/RESULTS.md, `python -m benchmarks.cpu_vs_torch`);
@@ -30,37 +26,24 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from resnet_jax.core.errors import ConfigError
-from resnet_jax.kernels import ffi, onednn
+from resnet_jax.kernels import choice, ffi, onednn
 
-CONV_IMPLS = ("auto", "xla", "onednn")
+CONV_IMPLS = choice.IMPLS
 
 
 def check(impl: str) -> None:
-    """Raises ValueError for an unknown `impl`, ConfigError for 'onednn' where oneDNN does not load (the message says
-    how to install it). Asks nothing of JAX's backends, so configs can be checked before `jax.distributed` starts."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"Invalid conv_impl {impl!r}. Valid values: {CONV_IMPLS}.")
-    if impl == "onednn" and not onednn.available():
-        raise ConfigError(f"conv_impl='onednn' asks for oneDNN, but {onednn.unavailable_reason()}")
+    """`choice.check` of `conv_impl`."""
+    choice.check("conv_impl", impl)
 
 
 def resolve(impl: str) -> str:
-    """'xla' or 'onednn': what `impl` means in this process (see the module docstring); `check`'s errors."""
-    check(impl)
-    if impl == "auto":
-        on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-        impl = "onednn" if on_one_cpu and onednn.available() and _onednn_works() else "xla"
-        logging.log_first_n(logging.INFO, "Convolutions (conv_impl='auto'): %s.", 1, impl)
-    return impl
+    """'xla' or 'onednn': what `impl` means in this process (`choice.resolve`)."""
+    return choice.resolve("conv_impl", impl, "convolutions", _onednn_works)
 
 
 @functools.cache
 def _onednn_works() -> bool:
-    """Whether a small oneDNN convolution and its gradients, compiled and run end to end through the FFI handler,
-    give XLA's results in this process (once; a warning naming the failure if not). A library that loads can still
-    fail later: a jaxlib whose FFI structs differ from the handler's (`ffi.py` checks them at each call), a oneDNN
-    that miscomputes; 'auto' then keeps XLA's convolutions rather than failing the run."""
+    """Whether a small oneDNN convolution and its gradients give XLA's in this process (once; `choice.agrees`)."""
 
     def value_and_grads(conv):
         loss = lambda x, w: jnp.sum(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS) ** 2)  # noqa: E731
@@ -68,18 +51,9 @@ def _onednn_works() -> bool:
 
     x = np.linspace(-1, 1, 2 * 5 * 5 * 3, dtype=np.float32).reshape(2, 5, 5, 3)
     w = np.linspace(1, -1, 3 * 3 * 3 * 4, dtype=np.float32).reshape(3, 3, 3, 4)
-    try:
-        with jax.ensure_compile_time_eval():  # concrete results even when asked from inside a trace
-            ours = value_and_grads(functools.partial(onednn_conv_general_dilated, strict=True))(x, w)
-            theirs = value_and_grads(lax.conv_general_dilated)(x, w)
-            leaves = zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)
-            if all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5) for a, b in leaves):
-                return True
-            failure = "its results differ from XLA's"
-    except Exception as error:  # noqa: BLE001 - whatever fails, 'auto' must still run
-        failure = f"{type(error).__name__}: {error}".splitlines()[0]
-    logging.warning("oneDNN's convolutions failed their check (%s); XLA computes them (conv_impl='auto').", failure)
-    return False
+    ours = value_and_grads(functools.partial(onednn_conv_general_dilated, strict=True))
+    return choice.agrees("conv_impl", "convolutions", ours, value_and_grads(lax.conv_general_dilated), x, w,
+                         rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
 def onednn_dtype(dtype: Any) -> str | None:
@@ -183,7 +157,7 @@ def _target(kind: str, dtype: str, strides: tuple[int, int], padding: onednn.Pad
             (x, y), (w,) = args, results
         onednn.run(kind, dtype, strides, padding, x, w, y)
 
-    return ffi.register(name, function, ffi.Signature(args=2, results=1, rank=4, dtype=ffi.DTYPES[dtype]))
+    return ffi.register(name, function, ffi.Signature.uniform(args=2, results=1, rank=4, dtype=ffi.DTYPES[dtype]))
 
 
 def _call(kind: str, strides, padding, shapes, result_shape, *operands: jax.Array) -> jax.Array:

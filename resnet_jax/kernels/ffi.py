@@ -40,12 +40,15 @@ DTYPES = {"float32": 11, "bfloat16": 16}  # XLA_FFI_DataType of the dtypes handl
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """What a handler takes: how many arguments and results, every buffer's rank and XLA_FFI_DataType (`DTYPES`)."""
+    """What a handler takes: each argument's and each result's (rank, XLA_FFI_DataType), in order (`DTYPES`)."""
 
-    args: int
-    results: int
-    rank: int
-    dtype: int
+    args: tuple[tuple[int, int], ...]
+    results: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def uniform(cls, args: int, results: int, rank: int, dtype: int) -> Signature:
+        """`args` arguments and `results` results, every one of them of `rank` and `dtype`."""
+        return cls(((rank, dtype),) * args, ((rank, dtype),) * results)
 
 
 class _ExtensionBase(ctypes.Structure):
@@ -173,23 +176,21 @@ def _mismatch(frame: _CallFrame, signature: Signature) -> str | None:
         return f"XLA speaks FFI API {api.api_version.major}.{api.api_version.minor}; this handler {_API_MAJOR}.x"
     if frame.struct_size < _FRAME_SIZE:
         return f"XLA's call frame is {frame.struct_size} bytes; {ours} is {_FRAME_SIZE}"
-    for what, buffers, count in (("argument", frame.args, signature.args), ("result", frame.rets, signature.results)):
+    lists = (("argument", frame.args, signature.args), ("result", frame.rets, signature.results))
+    for what, buffers, expected in lists:
         if buffers.struct_size < _BUFFERS_SIZE:
             return f"XLA's {what} list is {buffers.struct_size} bytes; {ours} is {_BUFFERS_SIZE}"
-        if buffers.size != count:
-            return f"{buffers.size} {what}s, expected {count}"
+        if buffers.size != len(expected):
+            return f"{buffers.size} {what}s, expected {len(expected)}"
         kinds = ctypes.cast(buffers.types, ctypes.POINTER(ctypes.c_int))
-        for i in range(count):
+        for i, (rank, dtype) in enumerate(expected):
             if kinds[i] != _ARG_BUFFER:
                 return f"{what} {i} is not a buffer (kind {kinds[i]})"
             b = buffers.items[i].contents
             if b.struct_size < _BUFFER_SIZE:
                 return f"XLA's buffer is {b.struct_size} bytes; {ours} is {_BUFFER_SIZE}"
-            if b.dtype != signature.dtype or b.rank != signature.rank:
-                return (
-                    f"{what} {i} has XLA dtype {b.dtype} and rank {b.rank}, expected dtype {signature.dtype} and "
-                    f"rank {signature.rank}"
-                )
+            if b.dtype != dtype or b.rank != rank:
+                return f"{what} {i} has XLA dtype {b.dtype} and rank {b.rank}, expected dtype {dtype} and rank {rank}"
     return None
 
 

@@ -1,11 +1,12 @@
-"""oneDNN's float32 and bfloat16 convolutions (forward, input gradient, kernel gradient) on memory in place, through
-its C API.
+"""oneDNN's float32 and bfloat16 convolutions (forward, input gradient, kernel gradient) and training batch
+normalisations (forward, backward) on memory in place, through its C API.
 
 Why: XLA:CPU computes a convolution's kernel gradient at a few GFLOP/s, so a CIFAR ResNet-20 train step spent half
 its time there (benchmarks/RESULTS.md). oneDNN, the library PyTorch's CPU convolutions run on, computes the net's
 kernel gradients 2.5-6x faster on the same CPU, its forward convolutions and input gradients as fast or up to 2.3x
 faster. `resnet_jax.kernels.conv` calls `run` on XLA's own buffers from a jitted program (an XLA FFI handler,
-`resnet_jax.kernels.ffi`); this module knows nothing of JAX.
+`resnet_jax.kernels.ffi`); this module knows nothing of JAX. `resnet_jax.kernels.batch_norm` does the same with
+the batch normalisation primitive (statistics per group of consecutive examples: one execution per group).
 
 The library: `libdnnl.so.3` of the `onednn-cpu-gomp` wheel (installed with `resnet_jax[train]` on Linux x86-64, where
 it lands in `sys.prefix/lib`), or any oneDNN 3.x named by `$RESNET_JAX_ONEDNN_LIBRARY`. Only the C API's stable
@@ -38,13 +39,17 @@ import numpy as np
 ENV = "RESNET_JAX_ONEDNN_LIBRARY"
 
 # Values of the C API's enums (oneapi/dnnl/dnnl_types.h, oneDNN 3.x).
-_CPU, _TAG_ANY, _NHWC, _HWIO = 1, 1, 22, 28
+_CPU, _TAG_ANY, _A, _NHWC, _HWIO = 1, 1, 2, 22, 28
 DATA_TYPES = {"bfloat16": 2, "float32": 3}  # dnnl_data_type_t of each NumPy dtype name oneDNN computes here
-_FORWARD_TRAINING, _DIRECT = 64, 1
+_ITEM_BYTES = {"bfloat16": 2, "float32": 4}
+_FORWARD_TRAINING, _BACKWARD, _DIRECT = 64, 128, 1
 _ARG_SRC, _ARG_WEIGHTS, _ARG_DST = 1, 33, 17
 _ARG_DIFF_SRC, _ARG_DIFF_WEIGHTS, _ARG_DIFF_DST = 129, 161, 145
+_ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT = 49, 50, 51, 52
+_ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = 255, 256
 _ARG_FROM, _ARG_TO = 1, 17
 _QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
+_USE_SCALE, _USE_SHIFT = 0x2, 0x4  # dnnl_normalization_flags_t
 
 _P = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
@@ -85,17 +90,25 @@ class _Library:
         )
         return desc
 
-    def plan(self, kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
-        """The plan of a convolution, made if it is not kept; call with `lock` held (the plan is valid until it is
-        released: a later call may evict it)."""
-        key = (kind, dtype, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
+    def _kept(self, key: tuple, make):
+        """The plan kept under `key`, made by `make(self, *key[1:])` if there is none; call with `lock` held (the
+        plan is valid until it is released: a later call may evict it)."""
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = _Plan(self, *key)
+            plan = self._plans[key] = make(self, *key[1:])
             while len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)[1].destroy()
         self._plans.move_to_end(key)
         return plan
+
+    def plan(self, kind: str, dtype: str, x_shape, w_shape, y_shape, strides, padding) -> _Plan:
+        """The plan of a convolution (see `_kept`)."""
+        key = ("conv", kind, dtype, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(strides), padding)
+        return self._kept(key, _Plan)
+
+    def batch_norm_plan(self, dtype: str, group_shape, epsilon: float) -> _BatchNormPlan:
+        """The plan of a batch normalisation of one group of examples (see `_kept`)."""
+        return self._kept(("batch_norm", dtype, tuple(group_shape), float(epsilon)), _BatchNormPlan)
 
     @property
     def plans(self) -> int:
@@ -122,7 +135,27 @@ class _Library:
                 self.lib.dnnl_memory_destroy(memory)
 
 
-class _Plan:
+class _Primitives:
+    """What a plan owns in oneDNN, freed by `destroy`: its primitives, their descriptors (and the layouts they own)
+    and its memory descriptors."""
+
+    _lib: ctypes.CDLL
+    _primitives: list
+    _primitive_descs: list
+    _descs: list
+
+    def destroy(self) -> None:
+        for primitive in self._primitives:
+            if primitive:
+                self._lib.dnnl_primitive_destroy(primitive)
+        for desc in self._primitive_descs:
+            self._lib.dnnl_primitive_desc_destroy(desc)
+        for desc in self._descs:
+            self._lib.dnnl_memory_desc_destroy(desc)
+        self._primitives, self._primitive_descs, self._descs = [], [], []
+
+
+class _Plan(_Primitives):
     """One convolution primitive ('forward', 'input_grad' or 'kernel_grad') of one dtype (every tensor's) for one set
     of shapes, with the reorder of its kernel tensor between HWIO and the layout the primitive chose (None when they
     are the same)."""
@@ -186,17 +219,44 @@ class _Plan:
             )
             self._primitive_descs.append(reorder_desc)
             check(lib.dnnl_primitive_create(ctypes.byref(self.reorder), reorder_desc), "dnnl_primitive_create", what)
+        self._primitives = [self.primitive, self.reorder]
 
-    def destroy(self) -> None:
-        """Frees the primitives, their descriptors (and the kernel layout they own) and the memory descriptors."""
-        for primitive in (self.primitive, self.reorder):
-            if primitive:
-                self._lib.dnnl_primitive_destroy(primitive)
-        for desc in self._primitive_descs:
-            self._lib.dnnl_primitive_desc_destroy(desc)
-        for desc in self._descs:
-            self._lib.dnnl_memory_desc_destroy(desc)
-        self.primitive = self.reorder = None
+
+class _BatchNormPlan(_Primitives):
+    """oneDNN's batch normalisation in training, forward and backward, of one group of examples: activations NHWC of
+    `dtype`, float32 statistics, scale and shift."""
+
+    def __init__(self, library: _Library, dtype, group_shape, epsilon):
+        lib, check = library.lib, library._check
+        what = f" for a {dtype} batch normalisation of groups of {group_shape}, epsilon {epsilon}"
+        n, h, w, c = group_shape
+        self.x = library.memory_desc((n, c, h, w), dtype, _NHWC)
+        self.stat = library.memory_desc((c,), "float32", _A)
+        self._lib, self._descs, self._primitive_descs, self._primitives = lib, [self.x, self.stat], [], []
+        forward, backward = _P(), _P()
+        check(
+            lib.dnnl_batch_normalization_forward_primitive_desc_create(
+                ctypes.byref(forward), library.engine, _FORWARD_TRAINING, self.x, self.x, ctypes.c_float(epsilon),
+                _USE_SCALE | _USE_SHIFT, None,
+            ),
+            "dnnl_batch_normalization_forward_primitive_desc_create",
+            what,
+        )  # fmt: skip
+        self._primitive_descs.append(forward)
+        check(
+            lib.dnnl_batch_normalization_backward_primitive_desc_create(
+                ctypes.byref(backward), library.engine, _BACKWARD, self.x, self.x, self.x, ctypes.c_float(epsilon),
+                _USE_SCALE | _USE_SHIFT, forward, None,
+            ),
+            "dnnl_batch_normalization_backward_primitive_desc_create",
+            what,
+        )  # fmt: skip
+        self._primitive_descs.append(backward)
+        self.forward, self.backward = _P(), _P()
+        check(lib.dnnl_primitive_create(ctypes.byref(self.forward), forward), "dnnl_primitive_create", what)
+        self._primitives.append(self.forward)
+        check(lib.dnnl_primitive_create(ctypes.byref(self.backward), backward), "dnnl_primitive_create", what)
+        self._primitives.append(self.backward)
 
 
 _library: _Library | None = None
@@ -287,3 +347,57 @@ def run(
             library.execute(plan.reorder, [(_ARG_FROM, plan.w_hwio, w[0]), (_ARG_TO, plan.w, kernel)])
         x_arg, y_arg = (_ARG_SRC, _ARG_DST) if kind == "forward" else (_ARG_DIFF_SRC, _ARG_DIFF_DST)
         library.execute(plan.primitive, [(x_arg, plan.x, x[0]), (_ARG_WEIGHTS, plan.w, kernel), (y_arg, plan.y, y[0])])
+
+
+def prepare_batch_norm(dtype: str, group_shape, epsilon: float) -> None:
+    """Makes the primitives `batch_norm_forward` and `batch_norm_backward` will use for groups of `group_shape`
+    (NHWC) at trace time."""
+    library = _library_or_raise()
+    with library.lock:
+        library.batch_norm_plan(dtype, group_shape, epsilon)
+
+
+def _groups(x: tuple[int, tuple], stats: tuple[int, tuple], dtype: str):
+    """Each group's (offset in bytes into the activations, offset into a (groups, C) float32 statistic) and the shape
+    of one group: the groups are consecutive blocks of examples."""
+    (n, h, w, c), groups = x[1], stats[1][0]
+    step = (n // groups) * h * w * c * _ITEM_BYTES[dtype]
+    return [(g * step, g * c * 4) for g in range(groups)], (n // groups, h, w, c)
+
+
+def batch_norm_forward(dtype: str, epsilon: float, x, scale, shift, y, mean, var) -> None:
+    """Batch normalisation in training of `x` (NHWC, `dtype`) with statistics per group of consecutive examples:
+    writes `y` (as x) and each group's `mean` and biased `var` ((groups, C) float32). `scale` and `shift`: (C,)
+    float32. Each argument is (data pointer, shape)."""
+    _batch_norm(
+        "forward", dtype, epsilon, x, mean,
+        activations={_ARG_SRC: x, _ARG_DST: y},
+        statistics={_ARG_MEAN: mean, _ARG_VARIANCE: var},
+        vectors={_ARG_SCALE: scale, _ARG_SHIFT: shift},
+    )  # fmt: skip
+
+
+def batch_norm_backward(dtype: str, epsilon: float, x, dy, scale, mean, var, dx, dscale, dshift) -> None:
+    """The gradients of `batch_norm_forward` from the output's `dy`: writes `dx` (as x) and each group's `dscale`
+    and `dshift` ((groups, C) float32: their sum over groups is the gradient), reading the forward's statistics."""
+    _batch_norm(
+        "backward", dtype, epsilon, x, mean,
+        activations={_ARG_SRC: x, _ARG_DIFF_DST: dy, _ARG_DIFF_SRC: dx},
+        statistics={_ARG_MEAN: mean, _ARG_VARIANCE: var, _ARG_DIFF_SCALE: dscale, _ARG_DIFF_SHIFT: dshift},
+        vectors={_ARG_SCALE: scale},
+    )  # fmt: skip
+
+
+def _batch_norm(direction: str, dtype: str, epsilon: float, x, mean, *, activations, statistics, vectors) -> None:
+    """Runs the plan's `direction` primitive once per group on {argument: buffer} of the activations' shape, of the
+    (groups, C) statistics' and of (C,) vectors, each group's part of the first two."""
+    library = _library_or_raise()
+    offsets, group_shape = _groups(x, mean, dtype)
+    with library.lock:
+        plan = library.batch_norm_plan(dtype, group_shape, epsilon)
+        primitive = plan.forward if direction == "forward" else plan.backward
+        for at, stat_at in offsets:
+            args = [(arg, plan.x, buffer[0] + at) for arg, buffer in activations.items()]
+            args += [(arg, plan.stat, buffer[0] + stat_at) for arg, buffer in statistics.items()]
+            args += [(arg, plan.stat, buffer[0]) for arg, buffer in vectors.items()]
+            library.execute(primitive, args)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from resnet_jax.kernels import batch_norm as bn_kernel
 from resnet_jax.kernels import conv
 from resnet_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from resnet_jax.models.specs import SPECS, ModelSpec
@@ -35,6 +36,7 @@ _OPTIONS = {
     "bn_unbiased_var": (False, True),
     "dtype": ("float32", "bfloat16", "float16"),
     "conv_impl": conv.CONV_IMPLS,
+    "bn_impl": bn_kernel.BN_IMPLS,
 }
 _FREE_OPTIONS = ("bn_group_size", "bn_momentum", "bn_epsilon")
 
@@ -54,11 +56,11 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
       num_classes: output width (1000 for ImageNet, 10 for CIFAR-10).
       **options: `shortcut` ('A'|'B'|'C'; default B for ImageNet nets, A for CIFAR), `stride_on_3x3` (v1.5),
         `zero_init_last_bn`, `remat`, `dtype` ('float32'|'bfloat16'|'float16' or a dtype), `conv_impl`
-        ('auto'|'xla'|'onednn'), `bn_group_size`, `bn_momentum`, `bn_epsilon`, `bn_unbiased_var`.
+        and `bn_impl` ('auto'|'xla'|'onednn'), `bn_group_size`, `bn_momentum`, `bn_epsilon`, `bn_unbiased_var`.
 
     Raises:
       ValueError: for an unknown name, option or option value; the message lists the valid ones. For
-        `conv_impl='onednn'` where oneDNN does not load, what failed and how to install it.
+        `conv_impl` or `bn_impl` 'onednn' where oneDNN does not load, what failed and how to install it.
     """
     entry = spec(name)
     for key, value in options.items():
@@ -73,6 +75,7 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> ResNet:
         if value not in _OPTIONS[key]:
             raise ValueError(f"Invalid value {value!r} for option {key!r}. Valid values: {_OPTIONS[key]}.")
     conv.check(options.get("conv_impl", "auto"))  # oneDNN, if asked for, loads
+    bn_kernel.check(options.get("bn_impl", "auto"))
     if "dtype" in options:
         options["dtype"] = jnp.dtype(options["dtype"])
     return entry.build(num_classes, **options)

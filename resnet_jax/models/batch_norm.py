@@ -8,12 +8,15 @@ batch-sharded input is cross-device ("sync") BN. Variable names match `flax.line
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from resnet_jax.kernels.batch_norm import normalize
 
 
 class GroupedBatchNorm(nn.Module):
@@ -22,7 +25,8 @@ class GroupedBatchNorm(nn.Module):
     The moving averages track the mean over groups of the group statistics. Training normalises with the biased
     variance of each group; `unbiased_running_var` feeds the moving average with the unbiased one, count / (count - 1)
     times it (count: the values of a channel in a group), as Caffe (the authors' framework) and PyTorch do; False is
-    Flax's `nn.BatchNorm`.
+    Flax's `nn.BatchNorm`. `impl` says which library computes training's normalisation
+    (`resnet_jax.kernels.batch_norm`: 'auto', 'xla', 'onednn').
     """
 
     use_running_average: bool
@@ -31,6 +35,7 @@ class GroupedBatchNorm(nn.Module):
     epsilon: float = 1e-5
     unbiased_running_var: bool = False
     dtype: Any = jnp.float32
+    impl: str = "auto"
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
 
@@ -53,18 +58,14 @@ class GroupedBatchNorm(nn.Module):
                 f"BatchNorm group size {group} does not divide the batch of {n} examples; choose a "
                 f"batch size that is a multiple of the group size (config model.bn_group_size)."
             )
-        xg = x.astype(jnp.float32).reshape(n // group, group, *x.shape[1:])
-        axes = tuple(range(1, xg.ndim - 1))
-        mean = jnp.mean(xg, axes, keepdims=True)
-        var = jnp.maximum(jnp.mean(jnp.square(xg), axes, keepdims=True) - jnp.square(mean), 0.0)
-        mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        y = xg * mul + (bias - mean * mul)
+        y, mean, var = normalize(x, scale, bias, group_size=group, epsilon=self.epsilon, dtype=self.dtype,
+                                 impl=self.impl)  # fmt: skip
 
         if not self.is_initializing():
             m = self.momentum
-            count = xg[0, ..., 0].size  # the values of one channel in one group
+            count = group * math.prod(x.shape[1:-1])  # the values of one channel in one group
             if self.unbiased_running_var and count > 1:
                 var = var * (count / (count - 1))
-            running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=(0, *axes))
-            running_var.value = m * running_var.value + (1 - m) * jnp.mean(var, axis=(0, *axes))
-        return y.reshape(x.shape).astype(self.dtype)
+            running_mean.value = m * running_mean.value + (1 - m) * jnp.mean(mean, axis=0)
+            running_var.value = m * running_var.value + (1 - m) * jnp.mean(var, axis=0)
+        return y

@@ -214,6 +214,8 @@ class ResNet(nn.Module):
       conv_impl: how the convolutions are computed: 'auto' (oneDNN's kernels for a single-device program on XLA:CPU
         where oneDNN loads, XLA's everywhere else), 'xla' or 'onednn' (`resnet_jax.kernels.conv`). The same
         variables and, within float32 rounding, the same results.
+      bn_impl: how training's batch norms are computed, with the same values and rule (`resnet_jax.kernels.
+        batch_norm`).
     """
 
     stage_sizes: Sequence[int]
@@ -233,6 +235,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     conv_impl: str = "auto"
+    bn_impl: str = "auto"
 
     @nn.compact
     def __call__(
@@ -270,6 +273,7 @@ class ResNet(nn.Module):
             epsilon=self.bn_epsilon,
             unbiased_running_var=self.bn_unbiased_var,
             dtype=self.dtype,
+            impl=self.bn_impl,
         )
         x = self._stem(_keep(x.astype(self.dtype), valid), conv, norm, valid)
 

@@ -9,7 +9,7 @@ resumes), key by key:
   match, or the run stops before any work, naming each key with its saved and its new value;
 - keys that only change how the run is carried out may change (`FREE`): where the data is, how many workers read it,
   how often the run logs, evaluates and checkpoints, how many checkpoints it keeps, how many steps one call into the
-  devices makes, how the members share the program, which library computes the convolutions;
+  devices makes, how the members share the program, which library computes the convolutions and batch norms;
 - `num_steps` may change to any step not behind the run's: a longer run extends it, a shorter one ends it sooner.
 
 A deliberate change of a computing key (a longer schedule with new boundaries, say) is accepted when the command
@@ -37,6 +37,7 @@ FREE = (
     "dispatch_loop",
     "multi_run",
     "model.conv_impl",
+    "model.bn_impl",
     "prepare_from",
     "data.data_dir",
     "data.worker_count",
@@ -47,8 +48,8 @@ FREE = (
 )
 """Keys a resumed run may change: where the data is and how it is read, how often the run logs, evaluates and
 checkpoints, how many checkpoints it keeps, how many steps one call into the devices makes, how the members share
-the program and which library computes the convolutions (the same numbers within float32 rounding). None changes
-the steps the run takes, with two exceptions `free_keys` withholds."""
+the program and which library computes the convolutions and batch norms (the same numbers within float32
+rounding). None changes the steps the run takes, with two exceptions `free_keys` withholds."""
 
 
 SAME_WEIGHTS = ("model.bn_group_size", "model.bn_momentum", "model.bn_epsilon", "model.bn_unbiased_var")

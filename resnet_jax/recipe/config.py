@@ -66,6 +66,8 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
     # How convolutions are computed (resnet_jax/kernels/conv.py): "auto" (oneDNN's on a single-device CPU program, XLA's
     # elsewhere), "xla", "onednn". The same results within float32 rounding; a resumed run may change it.
     c.model.conv_impl = "auto"
+    # How training's batch norms are computed (resnet_jax/kernels/batch_norm.py), with the same values and rule.
+    c.model.bn_impl = "auto"
 
     # Published weights MODEL:TAG the run starts from (resnet_jax.pretrained; a head of another width is freshly
     # initialised): not the paper's, which trains from He init (None). Needs the weights' input normalisation.
