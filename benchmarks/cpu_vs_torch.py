@@ -67,11 +67,10 @@ def _best_step_seconds(step, steps: int) -> float:
 
 def _our_setup(name: str, options: dict, batch_size: int, impl: str = "auto", dtype: str = "float32"):
     """(model, optimizer, one run's train state, a synthetic batch) for net `name`, as both timings of ours use them:
-    `impl` is the net's `conv_impl` and `bn_impl`."""
-    model = create_model(
-        name, num_classes=spec(name).num_classes, bn_group_size=None, conv_impl=impl, bn_impl=impl, dtype=dtype,
-        **options,
-    )  # fmt: skip
+    `impl` is the net's `conv_impl` and `bn_impl`, its BN statistics over the whole batch, unless `options` say
+    otherwise."""
+    options = {"bn_group_size": None, "conv_impl": impl, "bn_impl": impl, **options}
+    model = create_model(name, num_classes=spec(name).num_classes, dtype=dtype, **options)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     state = member(create_train_state(model, optimizer, spec(name).input_shape, Members(), make_mesh()))
     rng = np.random.default_rng(0)

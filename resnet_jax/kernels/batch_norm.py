@@ -13,7 +13,7 @@ consecutive examples, scaled and shifted, and those statistics (each group's mea
   (`choice`), XLA's for everything else, float32 included.
 
 Why, and why bfloat16 only: in a CIFAR ResNet-20 train step at batch 128 with oneDNN's convolutions on this
-project's CPU, oneDNN's batch norms make the bfloat16 step 1.25x faster (XLA:CPU computes bfloat16 arithmetic
+project's CPU, oneDNN's batch norms make the bfloat16 step 1.25-1.4x faster (XLA:CPU computes bfloat16 arithmetic
 through float32 conversions, pass after pass), but the float32 step 0.88x as fast: there XLA fuses the
 normalisation with the ReLU and the shortcut's add around it, which a call out of the program prevents
 (benchmarks/RESULTS.md). Inference (the moving averages) is a multiply-add that XLA fuses into its neighbours, and
