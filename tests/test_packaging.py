@@ -56,12 +56,17 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def test_requirements_are_ranges_and_constraints_pin_every_one():
+def _setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """setup.cfg's core requirements and {extra: its requirements}."""
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
-    core = _requirements(setup["options"]["install_requires"])
-    assert {_name(r) for r in core} == {"jax", "flax", "numpy"}
     extras = {name: _requirements(text) for name, text in setup["options.extras_require"].items()}
+    return _requirements(setup["options"]["install_requires"]), extras
+
+
+def test_requirements_are_ranges_and_constraints_pin_every_one():
+    core, extras = _setup_requirements()
+    assert {_name(r) for r in core} == {"jax", "flax", "numpy"}
     everything = core + [r for name, reqs in extras.items() for r in reqs if not r.startswith("resnet_jax")]
     versions = [r.split(";")[0] for r in everything]  # not the environment markers (platform_machine == ...)
     assert not [r for r in versions if "==" in r], "setup.cfg gives ranges; exact versions go in constraints.txt"
@@ -73,14 +78,8 @@ def test_requirements_are_ranges_and_constraints_pin_every_one():
 def test_the_test_extra_declares_everything_the_tests_import():
     # CI installs `.[test]` alone: a module the tests import that only arrives with another extra (or as someone
     # else's dependency) passes here and fails on a fresh machine.
-    setup = configparser.ConfigParser()
-    setup.read(REPO / "setup.cfg")
-    extras = setup["options.extras_require"]
-    declared = {
-        _name(r)
-        for text in (setup["options"]["install_requires"], extras["train"], extras["convert"], extras["test"])
-        for r in _requirements(text)
-    }
+    core, extras = _setup_requirements()
+    declared = {_name(r) for r in [*core, *extras["train"], *extras["convert"], *extras["test"]]}
     imported = {"ruff"}  # run as `python -m ruff` below
     for path in (REPO / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

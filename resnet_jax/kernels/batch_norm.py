@@ -16,8 +16,8 @@ Why, and why bfloat16 only: in a CIFAR ResNet-20 train step at batch 128 with on
 project's CPU, oneDNN's batch norms make the bfloat16 step 1.25-1.4x faster (XLA:CPU computes bfloat16 arithmetic
 through float32 conversions, pass after pass), but the float32 step 0.88x as fast: there XLA fuses the
 normalisation with the ReLU and the shortcut's add around it, which a call out of the program prevents
-(benchmarks/RESULTS.md). Inference (the moving averages) is a multiply-add that XLA fuses into its neighbours, and
-stays XLA's everywhere.
+(`python -m benchmarks.bn_impl_step`, benchmarks/RESULTS.md). Inference (the moving averages) is a multiply-add that
+XLA fuses into its neighbours, and stays XLA's everywhere.
 
 The statistics come back under `stop_gradient`: they feed the moving averages, never the loss. Limits of the
 'onednn' path, as for the convolutions: no forward-mode or second derivatives, and under `jax.vmap` the calls run
