@@ -14,7 +14,13 @@ import pytest
 from jax import lax
 
 from resnet_jax.kernels import ffi, onednn
-from resnet_jax.kernels.conv import CONV_IMPLS, onednn_conv_general_dilated, resolve, scans_well
+from resnet_jax.kernels.conv import (
+    CONV_IMPLS,
+    conv_general_dilated_for,
+    onednn_conv_general_dilated,
+    resolve,
+    scans_well,
+)
 from resnet_jax.models import create_model
 
 # resnet_jax[train] installs oneDNN on Linux x86-64 (setup.cfg): there it must load, and these tests run, where JAX
@@ -172,6 +178,7 @@ def test_auto_is_onednn_on_one_cpu_device_and_the_step_loop_scans():
     with pytest.raises(ValueError, match="Valid values"):
         resolve("cudnn")
     assert CONV_IMPLS == ("auto", "xla", "onednn")
+    assert conv_general_dilated_for("xla") is lax.conv_general_dilated
 
 
 def _run(code: str, **env) -> str:
@@ -289,10 +296,25 @@ def test_auto_keeps_xla_when_the_handler_cannot_read_xla_s_call_and_onednn_fails
     assert "Aborted" not in result.stderr and "free()" not in result.stderr
 
 
+def test_auto_keeps_xla_when_onednn_cannot_make_its_check_s_convolution():
+    """The one-time check asks oneDNN strictly: a primitive it cannot make fails the check (rather than the check's
+    convolution quietly falling back to XLA's and passing)."""
+    code = (
+        "from resnet_jax.kernels import onednn\n"
+        "def refuse(*args):\n    raise RuntimeError('primitive refused')\n"
+        "onednn.prepare = refuse\n"
+        "from resnet_jax.kernels.conv import resolve; print(resolve('auto'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "xla", result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "failed their check" in line]
+    assert "primitive refused" in warning
+
+
 def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_asked_for(caplog):
     """Negative padding: lax takes it, oneDNN refuses to make the primitive. 'auto' computes it (and its gradients)
-    with XLA and says so in one line; 'onednn' named explicitly raises, naming the reason."""
-    from resnet_jax.kernels.conv import conv_general_dilated_for
+    with XLA and says so in one line; 'onednn' named explicitly, or oneDNN's function called as it is, raises, naming
+    the reason."""
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 4)), jnp.float32)
@@ -308,6 +330,8 @@ def test_a_convolution_onednn_refuses_is_xla_s_under_auto_and_an_error_when_aske
     assert "oneDNN cannot compute a convolution of (2, 8, 8, 3) by (3, 3, 3, 4)" in caplog.text
     with pytest.raises(RuntimeError, match="conv_impl='onednn': oneDNN cannot compute this convolution"):
         loss(conv_general_dilated_for("onednn"), x, w)
+    with pytest.raises(RuntimeError, match="oneDNN cannot compute this convolution"):
+        loss(onednn_conv_general_dilated, x, w)
 
 
 def test_the_primitive_cache_is_bounded_and_an_evicted_primitive_is_made_again(monkeypatch):

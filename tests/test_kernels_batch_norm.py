@@ -173,7 +173,7 @@ def test_a_batch_norm_onednn_refuses_is_xla_s_under_auto_and_an_error_when_asked
 def test_auto_is_onednn_for_bfloat16_on_one_cpu_device_and_xla_elsewhere_or_when_its_check_fails():
     """'auto' asks oneDNN for bfloat16 batch norms only: in float32 XLA's fused ones make the step faster."""
     assert batch_norm.resolve("auto") == "onednn" and batch_norm.resolve("xla") == "xla"
-    assert batch_norm.uses_onednn("auto", jnp.bfloat16) and not batch_norm.uses_onednn("auto", jnp.float32)
+    assert batch_norm.uses_onednn("auto", jnp.bfloat16) is True and batch_norm.uses_onednn("auto", jnp.float32) is False
     assert batch_norm.uses_onednn("onednn", jnp.float32) and not batch_norm.uses_onednn("xla", jnp.bfloat16)
     images = jnp.zeros((2, 32, 32, 3))
     for dtype, expected in ((jnp.bfloat16, True), (jnp.float32, False)):

@@ -65,6 +65,21 @@ def test_stage_sizes_are_table1s():
         assert tuple(model.stage_sizes) == tuple(int(row[f"conv{i}_x"]) for i in range(2, 6))
 
 
+def test_spec_entries_say_their_classes_inputs_and_defaults_as_their_sources():
+    """What each entry answers, as its source has it: mmpretrain's ResNetV1d (deep stem, average-pool downsampling,
+    `style='pytorch'`: the stride on the 3x3) and ResNet_CIFAR (a 3x3 stem, the stride on the 3x3); the paper's CIFAR
+    nets take option A, its ImageNet nets option B (ResNet's default)."""
+    assert (spec("resnet50").num_classes, spec("resnet50").input_shape) == (1000, (224, 224, 3))
+    assert (spec("resnet20").num_classes, spec("resnet20").input_shape) == (10, (32, 32, 3))
+    v1d, cifar_stem = spec("resnet50_v1d"), spec("resnet50_cifar")
+    assert (v1d.default("stem"), v1d.default("avg_down"), v1d.default("stride_on_3x3")) == ("deep", True, True)
+    assert (cifar_stem.default("stem"), cifar_stem.default("stride_on_3x3")) == ("cifar", True)
+    assert spec("resnet20").default("shortcut") == "A" and spec("resnet50").default("shortcut") == "B"
+    assert spec("resnet50").default("avg_down") is False and spec("resnet50").default("stride_on_3x3") is False
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError: the registry cannot be edited by accident
+        spec("resnet20").dataset = "imagenet2012"
+
+
 def test_cifar_multiply_adds():
     # 3x3 convs on 32/16/8 maps: 16*16*9*1024 for the stem, then 2n layers per stage, plus the option-A-free fc.
     n = 3
@@ -161,6 +176,45 @@ def test_he_initialisation():
     kernel = params["layer3_4"]["conv2"]["kernel"]  # 3x3, 64 -> 64: std sqrt(2 / (9 * 64))
     assert abs(float(kernel.std()) / np.sqrt(2 / (9 * 64)) - 1) < 0.03
     assert float(jnp.abs(kernel).max()) > 2.5 * np.sqrt(2 / (9 * 64))  # untruncated Gaussian tails
+
+
+def test_bn_groups_default_to_flax_batchnorm_in_training_and_inference():
+    """`GroupedBatchNorm` as it comes (one group: the whole batch, the biased moving variance) is Flax's BatchNorm:
+    the same outputs and moving averages in training, the same outputs from those averages in inference."""
+    import flax.linen as nn
+
+    from resnet_jax.models.batch_norm import GroupedBatchNorm
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(2.0, 3.0, size=(8, 4, 4, 3)), jnp.float32)
+    ours, theirs = GroupedBatchNorm(use_running_average=False), nn.BatchNorm(use_running_average=False, momentum=0.9)
+    variables = theirs.init(jax.random.key(0), x)
+    variables = {**variables, "params": {"scale": jnp.asarray([0.5, 1.0, 2.0]), "bias": jnp.asarray([1.0, 0.0, -1.0])}}
+    (y, ours_stats), (y_ref, their_stats) = (
+        m.apply(variables, x, mutable=["batch_stats"]) for m in (ours, theirs)
+    )  # fmt: skip
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(ours_stats), jax.tree.leaves(their_stats), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    trained = {**variables, **ours_stats}  # moving averages far from their initial 0 and 1, and one variance of 0
+    trained["batch_stats"] = {**trained["batch_stats"], "var": trained["batch_stats"]["var"].at[2].set(0.0)}
+    infer = GroupedBatchNorm(use_running_average=True).apply(trained, x)
+    np.testing.assert_allclose(infer, nn.BatchNorm(use_running_average=True).apply(trained, x), rtol=1e-5, atol=1e-5)
+
+
+def test_bn_groups_correct_the_moving_variance_only_where_a_group_has_several_values():
+    """Caffe's and PyTorch's unbiased moving variance: count / (count - 1) times the group's, count the values of a
+    channel in a group; a group of one value has no unbiased variance, and leaves the biased one (zero) as it is."""
+    from resnet_jax.models.batch_norm import GroupedBatchNorm
+
+    norm = GroupedBatchNorm(use_running_average=False, group_size=1, unbiased_running_var=True, momentum=0.5)
+    for width in (1, 2):  # one example per group, 1x1 or 1x2 maps: 1 or 2 values per channel
+        x = jnp.asarray(np.arange(2 * width * 3, dtype=np.float32).reshape(2, 1, width, 3) ** 2)
+        variables = norm.init(jax.random.key(0), x)
+        _, stats = norm.apply(variables, x, mutable=["batch_stats"])
+        biased = np.asarray(x).reshape(2, width, 3).var(axis=1).mean(axis=0)
+        expected = 0.5 * 1.0 + 0.5 * biased * (width / (width - 1) if width > 1 else 1.0)
+        np.testing.assert_allclose(stats["batch_stats"]["var"], expected, rtol=1e-6)
 
 
 def test_bn_groups_use_per_group_statistics():
