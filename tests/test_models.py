@@ -76,6 +76,7 @@ def test_spec_entries_say_their_classes_inputs_and_defaults_as_their_sources():
     assert (cifar_stem.default("stem"), cifar_stem.default("stride_on_3x3")) == ("cifar", True)
     assert spec("resnet20").default("shortcut") == "A" and spec("resnet50").default("shortcut") == "B"
     assert spec("resnet50").default("avg_down") is False and spec("resnet50").default("stride_on_3x3") is False
+    assert create_model("resnet20", num_classes=10).bn_unbiased_var is False  # Flax's; the paper configs set it
     with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError: the registry cannot be edited by accident
         spec("resnet20").dataset = "imagenet2012"
 
@@ -176,6 +177,33 @@ def test_he_initialisation():
     kernel = params["layer3_4"]["conv2"]["kernel"]  # 3x3, 64 -> 64: std sqrt(2 / (9 * 64))
     assert abs(float(kernel.std()) / np.sqrt(2 / (9 * 64)) - 1) < 0.03
     assert float(jnp.abs(kernel).max()) > 2.5 * np.sqrt(2 / (9 * 64))  # untruncated Gaussian tails
+
+
+def test_shortcut_projections_and_pointwise_convolutions_agree_across_conv_impls():
+    """A bottleneck net's 1x1 convolutions are products (`PointwiseConv`) where XLA computes the convolutions on
+    the CPU, convolutions where oneDNN does: the same logits. v1d's shortcut averages each 2x2 window before its
+    stride-1 projection (checked against NumPy), where v1's projection takes one pixel in four."""
+    import functools
+
+    import flax.linen as nn
+
+    from resnet_jax.models.resnet import ResNet, ShortcutBranch
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    logits = {}
+    for impl in ("xla", "onednn"):
+        model = ResNet(stage_sizes=(1, 1), block_cls=BottleneckBlock, num_classes=10, widths=(4, 8), stem="cifar",
+                       conv_impl=impl)  # fmt: skip
+        variables = noisy_batch_stats(model.init(jax.random.key(1), x))
+        logits[impl] = model.apply(variables, x)
+    np.testing.assert_allclose(logits["xla"], logits["onednn"], rtol=1e-5, atol=1e-5)
+
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=nn.initializers.ones)
+    norm = lambda name: lambda y: y  # noqa: E731 - the projection alone
+    branch = ShortcutBranch(features=1, strides=2, kind="projection", conv=conv, norm=norm, avg_down=True)
+    y = branch.apply(branch.init(jax.random.key(2), x), x)
+    pooled = np.asarray(x).reshape(2, 8, 2, 8, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(y[..., 0], pooled.sum(-1), rtol=1e-5, atol=1e-5)
 
 
 def test_bn_groups_default_to_flax_batchnorm_in_training_and_inference():
