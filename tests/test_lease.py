@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from experiments import lease, lease_plan
-from resnet_jax.core.sharding import make_mesh, replicate
-from resnet_jax.data import on_device
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DeviceFeed
 from resnet_jax.models import BasicBlock, ResNet
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.rundir import RunDir
 from resnet_jax.run.state import create_train_state
+from tests.support.data import random_cifar_train_data
 from tests.test_experiments import _fake_run
 
 FILL = {  # images_per_sec and compile_s are added below, as benchmarks/fill.py gives them
@@ -268,16 +268,8 @@ def test_every_way_of_sharing_a_device_takes_the_steps_of_the_runs_alone(loop="s
         bn_group_size=8,
     )
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
-    rng = np.random.default_rng(0)
-    arrays = {
-        "images": rng.integers(0, 256, (64, 32, 32, 3), np.uint8),
-        "labels": rng.integers(0, 10, 64).astype(np.int32),
-        "mean": np.full((32, 32, 3), 0.5, np.float32),
-        "std": np.ones(3, np.float32),
-        "pad": np.zeros(3, np.float32),
-    }
     mesh = make_mesh()
-    data = on_device.TrainData(replicate(arrays, mesh))
+    data = random_cifar_train_data(64, seed=0, mesh=mesh)
 
     def losses(members, k, loop):
         feed = DeviceFeed(data, 16, mesh, members.seeds)

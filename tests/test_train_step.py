@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.core.sharding import make_mesh, replicate
-from resnet_jax.data import on_device
+from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DeviceFeed
 from resnet_jax.models import BasicBlock, ResNet
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.state import create_train_state, member
 from resnet_jax.train.step import make_dispatch, make_train_step
+from tests.support.data import random_cifar_train_data
 
 
 def _model(conv_impl: str = "auto") -> ResNet:
@@ -68,15 +68,7 @@ def test_static_loss_scaling_leaves_the_float32_update_as_it_is():
 
 @pytest.fixture(scope="module")
 def feed_data():
-    rng = np.random.default_rng(2)
-    arrays = {
-        "images": rng.integers(0, 256, (48, 32, 32, 3), np.uint8),
-        "labels": rng.integers(0, 10, 48).astype(np.int32),
-        "mean": np.full((32, 32, 3), 0.5, np.float32),
-        "std": np.ones(3, np.float32),
-        "pad": np.zeros(3, np.float32),
-    }
-    return on_device.TrainData(replicate(arrays, make_mesh()))
+    return random_cifar_train_data(48, seed=2)
 
 
 def test_the_dispatch_loops_take_the_steps_one_call_at_a_time_takes(feed_data):
