@@ -66,8 +66,8 @@ def normalize(
     Under `impl` 'onednn' (and 'auto' for bfloat16, where it resolves so), oneDNN computes it where it can: raises a
     RuntimeError naming what oneDNN refused when asked for by name, else falls back to XLA's with one log line."""
     groups = x.shape[0] // group_size
-    name = jnp.dtype(x.dtype).name
-    if uses_onednn(impl, x.dtype) and x.ndim == 4 and name in onednn.DATA_TYPES and x.dtype == jnp.dtype(dtype):
+    name = choice.onednn_dtype(x.dtype)
+    if uses_onednn(impl, x.dtype) and x.ndim == 4 and name is not None and x.dtype == jnp.dtype(dtype):
         try:
             _prepare(name, x.shape, groups, float(epsilon))
         except Exception as error:

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -21,6 +23,12 @@ from resnet_jax.core.errors import ConfigError
 from resnet_jax.kernels import onednn
 
 IMPLS = ("auto", "xla", "onednn")
+
+
+def onednn_dtype(dtype: Any) -> str | None:
+    """The name of `dtype` if oneDNN computes it here ('float32', 'bfloat16'), else None."""
+    name = jnp.dtype(dtype).name
+    return name if name in onednn.DATA_TYPES else None
 
 
 def check(option: str, impl: str) -> None:

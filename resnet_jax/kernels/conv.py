@@ -56,15 +56,9 @@ def _onednn_works() -> bool:
                          rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
-def onednn_dtype(dtype: Any) -> str | None:
-    """The name of `dtype` if oneDNN computes its convolutions here ('float32', 'bfloat16'), else None."""
-    name = jnp.dtype(dtype).name
-    return name if name in onednn.DATA_TYPES else None
-
-
 def uses_onednn(impl: str, dtype: Any = jnp.float32) -> bool:
     """Whether oneDNN computes the convolutions of `dtype` under `impl` in this process (float32 and bfloat16)."""
-    return resolve(impl) == "onednn" and onednn_dtype(dtype) is not None
+    return resolve(impl) == "onednn" and choice.onednn_dtype(dtype) is not None
 
 
 def scans_well(impl: str, dtype: Any = jnp.float32) -> bool:
@@ -111,7 +105,7 @@ def onednn_conv_general_dilated(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    dtype = onednn_dtype(lhs.dtype)
+    dtype = choice.onednn_dtype(lhs.dtype)
     supported = (
         lhs.ndim == 4
         and dtype is not None
