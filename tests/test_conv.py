@@ -1,6 +1,7 @@
 """The convolutions of `conv_impl='onednn'` against `lax.conv_general_dilated`, and how 'auto' chooses."""
 
 import ctypes
+import logging
 import os
 import platform
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from resnet_jax.kernels import conv as conv_module
 from resnet_jax.kernels import ffi, onednn
 from resnet_jax.kernels.conv import (
     CONV_IMPLS,
@@ -296,18 +298,22 @@ def test_auto_keeps_xla_when_the_handler_cannot_read_xla_s_call_and_onednn_fails
     assert "Aborted" not in result.stderr and "free()" not in result.stderr
 
 
-def test_auto_keeps_xla_when_onednn_cannot_make_its_check_s_convolution():
+def test_auto_keeps_xla_when_onednn_cannot_make_its_check_s_convolution(monkeypatch, caplog):
     """The one-time check asks oneDNN strictly: a primitive it cannot make fails the check (rather than the check's
-    convolution quietly falling back to XLA's and passing)."""
-    code = (
-        "from resnet_jax.kernels import onednn\n"
-        "def refuse(*args):\n    raise RuntimeError('primitive refused')\n"
-        "onednn.prepare = refuse\n"
-        "from resnet_jax.kernels.conv import resolve; print(resolve('auto'))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "xla", result.stderr
-    (warning,) = [line for line in result.stderr.splitlines() if "failed their check" in line]
+    convolution quietly falling back to XLA's and passing). In this process, so that mutation testing sees it."""
+
+    def refuse(*args):
+        raise RuntimeError("primitive refused")
+
+    monkeypatch.setattr(onednn, "prepare", refuse)
+    conv_module._onednn_works.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert resolve("auto") == "xla"
+    finally:
+        monkeypatch.undo()
+        conv_module._onednn_works.cache_clear()  # the next test asks the real oneDNN again
+    (warning,) = [r.getMessage() for r in caplog.records if "failed their check" in r.getMessage()]
     assert "primitive refused" in warning
 
 
