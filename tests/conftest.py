@@ -1,8 +1,12 @@
 """Session fixtures: real data from ../shared/data, prepared once per test session (helpers: tests/support/)."""
 
 import io
+import os
+import shutil
 import tarfile
+import tempfile
 
+import jax
 import pytest
 
 from tests.support.data import CIFAR_TARBALL, IMAGENET_SAMPLES, imagenet_sample_rows, opened, prepared_imagenet
@@ -10,6 +14,24 @@ from tests.support.data import CIFAR_TARBALL, IMAGENET_SAMPLES, imagenet_sample_
 # Session fixtures that prepare a large dataset: the tests that use one run on one test worker (pytest-xdist's
 # loadgroup), so that it is prepared once rather than once per worker.
 _PREPARED_ONCE = ("cifar10_data_dir", "imagenet_samples_data_dir")
+
+
+# One persistent compilation cache for the whole session, fresh each session: the tests build the same small nets'
+# programs again and again (each `train_and_evaluate` and each command compiles its own), and a program compiled once
+# is then loaded from disk by every test, test worker and command (`--compilation_cache` defaults to JAX's variable).
+# Fresh, so that no test depends on what an earlier session left; the test worker processes inherit it.
+_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the session's first process (xdist's controller, or the only one)
+        os.environ[_JAX_CACHE] = config._resnet_jax_cache = tempfile.mkdtemp(prefix="resnet_jax_tests_jax_cache_")
+    jax.config.update("jax_compilation_cache_dir", os.environ[_JAX_CACHE])
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_resnet_jax_cache"):
+        shutil.rmtree(config._resnet_jax_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

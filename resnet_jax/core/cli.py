@@ -36,8 +36,9 @@ def define_distributed_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index, for jax.distributed on other clusters.")
     flags.DEFINE_string(
         "compilation_cache",
-        os.path.join("~", ".cache", "resnet_jax", "jax"),
-        "Directory (local or gs://) where JAX keeps compiled programs across runs; empty: none.",
+        os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join("~", ".cache", "resnet_jax", "jax"),
+        "Directory (local or gs://) where JAX keeps compiled programs across runs; empty: none. "
+        "Default: $JAX_COMPILATION_CACHE_DIR (JAX's own variable) where set, else ~/.cache/resnet_jax/jax.",
     )
 
 
