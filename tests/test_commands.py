@@ -1,12 +1,14 @@
 """The commands' common mistakes end in one line that says what is wrong and how to fix it, with exit status 2."""
 
+import os
+import subprocess
 import sys
 
 import pytest
 
 from configs import cifar10
 from resnet_jax.run.rundir import RunDir
-from tests.support.training import run
+from tests.support.training import REPO, run
 
 
 @pytest.mark.parametrize("case", ["not a run", "protocol", "split", "no checkpoint", "figure 7 of no run"])
@@ -32,3 +34,17 @@ def test_evaluation_mistakes_are_one_line_with_status_2(cifar_slice_data_dir, tm
         "no checkpoint": "holds no checkpoint",
         "figure 7 of no run": "is not the workdir of a resnet_jax run",
     }[case] in line
+
+
+def test_the_compilation_cache_is_jax_s_variable_where_set(tmp_path):
+    """`--compilation_cache` defaults to JAX's own JAX_COMPILATION_CACHE_DIR (the tests' commands share the session's
+    cache through it), else to the user's cache directory."""
+    helps = {}
+    for name, value in {"set": str(tmp_path), "unset": None}.items():
+        environment = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+        environment.update({"JAX_COMPILATION_CACHE_DIR": value} if value else {})
+        argv = [sys.executable, "-m", "resnet_jax.main", "--helpfull"]
+        result = subprocess.run(argv, cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
+        helps[name] = result.stdout
+    assert f"(default: '{tmp_path}')" in helps["set"]
+    assert "(default: '~/.cache/resnet_jax/jax')" in helps["unset"]
