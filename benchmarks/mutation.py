@@ -78,7 +78,7 @@ MODULES = (
     Module("resnet_jax/models/batch_norm.py", ("tests/test_models.py", "tests/test_train_step_vs_torch.py"),
            select=f"{_NETS} or pytorch"),
     Module("resnet_jax/models/resnet.py", ("tests/test_models.py", "tests/test_convert.py"),
-           select=f"{_NETS} or score_map or layout_matches or reference"),
+           select=f"{_NETS} or score_map or layout_matches or reference or spec_entries"),
 )  # fmt: skip
 
 flags.DEFINE_list(

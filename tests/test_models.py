@@ -196,6 +196,11 @@ def test_shortcut_projections_and_pointwise_convolutions_agree_across_conv_impls
                        conv_impl=impl)  # fmt: skip
         variables = noisy_batch_stats(model.init(jax.random.key(1), x))
         logits[impl] = model.apply(variables, x)
+        if impl == "xla":  # each 1x1 kernel a product (and the classifier), each other kernel a convolution
+            kernels = [k.shape[:2] for k in jax.tree.leaves(variables["params"]) if k.ndim == 4]
+            program = str(jax.make_jaxpr(model.apply)(variables, x))
+            assert program.count("dot_general") == kernels.count((1, 1)) + 1 == 7
+            assert program.count("conv_general_dilated") == len(kernels) - kernels.count((1, 1)) == 3
     np.testing.assert_allclose(logits["xla"], logits["onednn"], rtol=1e-5, atol=1e-5)
 
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=nn.initializers.ones)
