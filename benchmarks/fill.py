@@ -55,7 +55,7 @@ def measure(net: str, members: int, mode: str, dtype: str = "float32", start_at:
     import jax.numpy as jnp
 
     from resnet_jax import models
-    from resnet_jax.core.sharding import make_mesh, replicate
+    from resnet_jax.core.sharding import make_mesh
     from resnet_jax.data import on_device
     from resnet_jax.data.feeds import DeviceFeed
     from resnet_jax.recipe.members import Members
@@ -65,21 +65,13 @@ def measure(net: str, members: int, mode: str, dtype: str = "float32", start_at:
 
     n = 1000 if FLAGS.tiny else 50_000
     k = 2 if FLAGS.tiny else FLAGS.steps_per_dispatch
-    rng = np.random.default_rng(0)
-    arrays = {
-        "images": rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-        "labels": rng.integers(0, 10, n).astype(np.int32),
-        "mean": np.full((32, 32, 3), 0.47, np.float32),
-        "std": np.ones(3, np.float32),
-        "pad": np.zeros(3, np.float32),
-    }
     mesh = make_mesh()
     group = FLAGS.batch_size // 2  # the paper's BN per GPU: 2 GPUs
     model = models.create_model(net, num_classes=10, bn_group_size=group, dtype=dtype)
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     runs = Members(count=members, mode=mode if members > 1 else "auto")
     state = create_train_state(model, optimizer, models.spec(net).input_shape, runs, mesh)
-    feed = DeviceFeed(on_device.TrainData(replicate(arrays, mesh)), FLAGS.batch_size, mesh, runs.seeds)
+    feed = DeviceFeed(on_device.TrainData.random(n, seed=0, mesh=mesh, mean=0.47), FLAGS.batch_size, mesh, runs.seeds)
     dispatch = make_dispatch(model, optimizer, mesh, feed, k, runs, loop="auto" if FLAGS.tiny else "scan")
     learning_rates = np.full((members, k), 0.1, np.float32)
     started = time.perf_counter()

@@ -10,12 +10,12 @@ import pytest
 from experiments import lease, lease_plan
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DeviceFeed
+from resnet_jax.data.on_device import TrainData
 from resnet_jax.models import BasicBlock, ResNet
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.rundir import RunDir
 from resnet_jax.run.state import create_train_state
-from tests.support.data import random_cifar_train_data
 from tests.test_experiments import _fake_run
 
 FILL = {  # images_per_sec and compile_s are added below, as benchmarks/fill.py gives them
@@ -269,7 +269,7 @@ def test_every_way_of_sharing_a_device_takes_the_steps_of_the_runs_alone(loop="s
     )
     optimizer = make_optimizer(momentum=0.9, weight_decay=1e-4)
     mesh = make_mesh()
-    data = random_cifar_train_data(64, seed=0, mesh=mesh)
+    data = TrainData.random(64, seed=0, mesh=mesh)
 
     def losses(members, k, loop):
         feed = DeviceFeed(data, 16, mesh, members.seeds)

@@ -8,12 +8,12 @@ import pytest
 
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DeviceFeed
+from resnet_jax.data.on_device import TrainData
 from resnet_jax.models import BasicBlock, ResNet
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
 from resnet_jax.run.state import create_train_state, member
 from resnet_jax.train.step import make_dispatch, make_train_step
-from tests.support.data import random_cifar_train_data
 
 
 def _model(conv_impl: str = "auto") -> ResNet:
@@ -68,7 +68,7 @@ def test_static_loss_scaling_leaves_the_float32_update_as_it_is():
 
 @pytest.fixture(scope="module")
 def feed_data():
-    return random_cifar_train_data(48, seed=2)
+    return TrainData.random(48, seed=2, mesh=make_mesh())
 
 
 def test_the_dispatch_loops_take_the_steps_one_call_at_a_time_takes(feed_data):

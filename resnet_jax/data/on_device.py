@@ -63,6 +63,20 @@ class TrainData:
         pixels, labels = load_split(dataset, split)
         return cls(replicate({"images": pixels, "labels": labels, **normalization_arrays(dataset, cfg)}, mesh))
 
+    @classmethod
+    def random(cls, count: int, seed: int, mesh: Mesh, mean: float = 0.5) -> TrainData:
+        """`count` random 32x32 uint8 images and labels of 10 classes, normalised by `mean` alone and padded black:
+        a training stream for benchmarks and tests of the step, where what the images show does not matter."""
+        rng = np.random.default_rng(seed)
+        arrays = {
+            "images": rng.integers(0, 256, (count, 32, 32, 3), np.uint8),
+            "labels": rng.integers(0, 10, count).astype(np.int32),
+            "mean": np.full((32, 32, 3), mean, np.float32),
+            "std": np.ones(3, np.float32),
+            "pad": np.zeros(3, np.float32),
+        }
+        return cls(replicate(arrays, mesh))
+
     @property
     def num_examples(self) -> int:
         return self.arrays["labels"].shape[0]

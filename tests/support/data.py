@@ -2,11 +2,8 @@
 
 import csv
 
-import numpy as np
 import pytest
 
-from resnet_jax.core.sharding import make_mesh, replicate
-from resnet_jax.data import on_device
 from resnet_jax.data.options import default_data_config
 from resnet_jax.data.prepare import prepare
 from resnet_jax.data.prepared import PreparedDataset
@@ -56,17 +53,3 @@ def opened(name, data_dir, **overrides):
     """(the prepared dataset, its data config) of `name` in `data_dir`, as `data_config` makes the config."""
     cfg = data_config(name, data_dir, **overrides)
     return PreparedDataset.open(cfg), cfg
-
-
-def random_cifar_train_data(count: int, seed: int, mesh=None) -> on_device.TrainData:
-    """`count` random 32x32 uint8 images and labels on the devices, normalised by 0.5 and 1 with black padding: a
-    training stream for tests of the step and its dispatch, where what the images show does not matter."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "images": rng.integers(0, 256, (count, 32, 32, 3), np.uint8),
-        "labels": rng.integers(0, 10, count).astype(np.int32),
-        "mean": np.full((32, 32, 3), 0.5, np.float32),
-        "std": np.ones(3, np.float32),
-        "pad": np.zeros(3, np.float32),
-    }
-    return on_device.TrainData(replicate(arrays, mesh or make_mesh()))
