@@ -24,8 +24,9 @@ Back here, with no GPU:
 merges what came back into `--results` (finished runs into results/cifar10_depth_study/, the lease record, fill
 choice and command outputs into results/leases/<kind>/, where the next lease's plan reads them; runs cut short and
 the compilation cache into ~/.cache/resnet_jax/leases/, never into the repository), regenerates Table 6, Figure 6
-and Figure 7 there, and appends the lease's phases and programs to benchmarks/RESULTS.md. `--dry_run` runs all of it
-on the CPU with a 20-step schedule and a tiny agenda; `--plan_only` prints the plan for a device kind and exits.
+and Figure 7 there, and adds the lease's phases and programs to benchmarks/RESULTS.md (newest first). `--dry_run`
+runs all of it on the CPU with a 20-step schedule and a tiny agenda; `--plan_only` prints the plan for a device kind
+and exits.
 """
 
 from __future__ import annotations
@@ -577,7 +578,7 @@ def _uptime() -> float | None:
 
 # ------------------------------------------------------------------------------------------- unpack, here
 def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
-    """Merges what a lease brought back into `results`, regenerates the study's tables and figures, and appends the
+    """Merges what a lease brought back into `results`, regenerates the study's tables and figures, and adds the
     lease's phases and fill table to `results_md` (default: benchmarks/RESULTS.md for the repository's results,
     else <results>/RESULTS.md)."""
     from experiments import cifar_depth_study as study
@@ -672,9 +673,24 @@ def _results_md(path: Path, record: dict, fill: dict | None, merged: dict) -> No
         ]
     if fill and "fill" in merged["leases"]:
         lines += ["", "Filling the device (`python -m benchmarks.fill`, in the lease):", "", table(fill)]
+    _insert_newest_first(path, "\n".join(lines).lstrip("\n") + "\n")
+
+
+def _insert_newest_first(path: Path, section: str) -> None:
+    """Puts `section` (a "## " heading and its text) above the file's first "## " section: RESULTS.md is newest first.
+
+    The file's title and preamble stay on top; a file without sections gets it at the end. Written to a temporary file
+    and renamed, so a crash leaves the old file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+    text = path.read_text() if path.exists() else ""
+    if text.startswith("## ") or "\n## " in text:
+        at = 0 if text.startswith("## ") else text.index("\n## ") + 1
+        text = f"{text[:at]}{section}\n{text[at:]}"
+    else:
+        text = f"{text.rstrip()}\n\n{section}" if text.strip() else section
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(text)
+    scratch.replace(path)
 
 
 def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:

@@ -170,6 +170,20 @@ def test_unpack_merges_the_runs_and_keeps_what_the_next_plan_reads_and_unfinishe
     assert "fill" not in lease.plan_inputs("nvidia_h200", results)[1]
 
 
+def test_a_lease_section_goes_above_the_newest_one_under_the_title(tmp_path):
+    """RESULTS.md is newest first: a lease's section enters under the title and preamble, above the sections there."""
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Benchmark results\n\nNewest first.\n\n## 2026-11-30, older\n\nold text\n")
+    record = {"device_kind": "nvidia_h200", "started": "2026-12-01T10:00:00Z", "phases": {"setup_s": 12.0}}
+    lease._results_md(results_md, record, None, {"leases": []})
+    text = results_md.read_text()
+    assert text.startswith("# Benchmark results\n\nNewest first.\n\n## 2026-12-01, a GPU lease on nvidia_h200")
+    assert text.index("| setup | 12 |") < text.index("## 2026-11-30, older") and text.endswith("old text\n")
+    empty = tmp_path / "scratch" / "RESULTS.md"  # a scratch results folder starts without one
+    lease._results_md(empty, record, None, {"leases": []})
+    assert empty.read_text().startswith("## 2026-12-01, a GPU lease")
+
+
 def test_a_lease_cut_by_sigkill_in_its_second_program_has_sent_back_the_first(tmp_path, monkeypatch):
     """The lease machinery with stand-in programs (tests/support/fake_lease.py): killed with SIGKILL while its second
     program runs, its --out already holds the first run with its log, and --unpack merges it."""
