@@ -679,8 +679,10 @@ def _results_md(path: Path, record: dict, fill: dict | None, merged: dict) -> No
 def _insert_newest_first(path: Path, section: str) -> None:
     """Puts `section` (a "## " heading and its text) above the file's first "## " section: RESULTS.md is newest first.
 
-    The file's title and preamble stay on top; a file without sections gets it at the end. Written to a temporary file
-    and renamed, so a crash leaves the old file whole."""
+    The file's title and preamble stay on top; a file without sections gets it at the end. Written whole
+    (`write_atomically`), so a crash leaves the old file as it was."""
+    from resnet_jax.core.files import write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else ""
     if text.startswith("## ") or "\n## " in text:
@@ -688,9 +690,7 @@ def _insert_newest_first(path: Path, section: str) -> None:
         text = f"{text[:at]}{section}\n{text[at:]}"
     else:
         text = f"{text.rstrip()}\n\n{section}" if text.strip() else section
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(text)
-    scratch.replace(path)
+    write_atomically(path, text)
 
 
 def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:
