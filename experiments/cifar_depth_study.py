@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shlex
 import sys
@@ -335,6 +336,13 @@ def _depth(net: str) -> int:
     return int("".join(c for c in net if c.isdigit()))
 
 
+def error_axis_top(final_errors: list[float]) -> int:
+    """The top of Figure 6's error axis: the paper's 20% when the nets converged below 15%; otherwise twice the worst
+    final error in tens (at most 100), so a short schedule's final differences of a point stay visible."""
+    worst = max(final_errors)
+    return 20 if worst < 15 else min(100, 10 * math.ceil(2 * worst / 10))
+
+
 def draw_figure6(workdir: Path, nets: list[str]) -> None:
     """Figure 6's panels: plain nets and ResNets (and ResNet-110 against 1202 when it ran), mean curves over runs."""
     from matplotlib.figure import Figure
@@ -359,10 +367,7 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
             members = [member for _, member in net_members(workdir, net)]
             draw_curves(ax, members, f"{net} ({len(members)} runs)" if len(members) > 1 else net)
             finals.append(net_row(workdir, net)["test_error_mean"])
-        # The paper's axes (0-20%) when the nets converged; the whole range for short schedules.
-        ax.set(
-            title=title + schedule, xlabel="iterations", ylabel="error (%)", ylim=(0, 20 if max(finals) < 15 else 100)
-        )
+        ax.set(title=title + schedule, xlabel="iterations", ylabel="error (%)", ylim=(0, error_axis_top(finals)))
         ax.grid(alpha=0.3)
         ax.legend(title="dashed: training, bold: test", fontsize=8)
     fig.tight_layout()

@@ -143,6 +143,12 @@ def test_collect_reports_the_final_not_the_best_epoch_and_the_spread_over_seeds_
         study.collect(tmp_path, ["resnet110"])
 
 
+def test_figure6_keeps_the_papers_axis_for_converged_nets_and_a_readable_one_for_short_schedules():
+    assert study.error_axis_top([6.6, 7.5]) == 20  # the paper's 0-20%
+    assert study.error_axis_top([15.6, 16.9]) == 40  # 1/8: the ResNets' one-point differences stay visible
+    assert study.error_axis_top([17.9, 54.4]) == 100  # every curve fits
+
+
 def test_a_scaled_schedule_scales_every_iteration_count_and_nothing_else():
     full = cifar10.get_config("plain56")
     eighth = study.net_config("plain56", schedule_fraction="1/8")
