@@ -21,12 +21,8 @@ Back here, with no GPU:
 
     python -m experiments.lease --unpack=DIR [--results=results]
 
-merges what came back into `--results` (finished runs into results/cifar10_depth_study/, the lease record, fill
-choice and command outputs into results/leases/<kind>/, where the next lease's plan reads them; runs cut short and
-the compilation cache into ~/.cache/resnet_jax/leases/, never into the repository), regenerates Table 6, Figure 6
-and Figure 7 there, and adds the lease's phases and programs to benchmarks/RESULTS.md (newest first). `--dry_run`
-runs all of it on the CPU with a 20-step schedule and a tiny agenda; `--plan_only` prints the plan for a device kind
-and exits.
+merges what came back into `--results` (experiments/lease_unpack.py). `--dry_run` runs all of it on the CPU with a
+20-step schedule and a tiny agenda; `--plan_only` prints the plan for a device kind and exits.
 """
 
 from __future__ import annotations
@@ -45,14 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import lease_files, lease_unpack
 from experiments import lease_plan as plan
+from resnet_jax.core import files
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.path.expanduser("~/.cache/resnet_jax/leases"))
-MAX_FILE = 16 * 2**20
-MAX_FILES = 8
 CARRY_MB = 20.0  # checkpoints carried to the next lease: what the 60 MiB that travels leaves beside the kit
 RESERVE_S = 45.0  # the end of a lease: the last saves, Figure 7, the archive
 GRACE_S = 15.0  # a program still running this long after the deadline is stopped (SIGTERM, then SIGKILL 10 s later)
@@ -278,7 +273,7 @@ class Lease:
         self.say(f"fill: at most {budget:.0f} s")
         code = self._call(argv, out / "stdout.txt", timeout=budget + 30)
         self.record["items"].append({"item": "fill", "exit": code, "seconds": self.clock() - started})
-        return _read_json(out / "fill.json")
+        return lease_files.read_json(out / "fill.json")
 
     def _command(self, item: plan.Command) -> None:
         missing = [need for need in item.needs if not (self.kit / "data" / need).exists()]
@@ -334,7 +329,7 @@ class Lease:
                 self._program_ended(item, *entry)
 
     def _program_ended(self, item: plan.Study, program: plan.Program, process: subprocess.Popen, started: float):
-        record = _read_json(self.runs / program.run / "program.json") or {}
+        record = lease_files.read_json(self.runs / program.run / "program.json") or {}
         self.record["items"].append(
             {
                 "item": item.name,
@@ -422,18 +417,17 @@ class Lease:
         replaced whole (a cut at any moment leaves the previous version or the new one)."""
         finished, _ = self._folders()
         self.record["finished"] = [f.name for _, f in finished]
-        with _replacing(self.out / "runs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+        with files.replacing(self.out / "runs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
             for kind, folder in finished:
                 archive.add(folder, f"{kind}/{folder.name}", filter=_without_checkpoints)
-        with _replacing(self.out / "logs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+        with files.replacing(self.out / "logs.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
             for log in sorted(self.logs.glob("*.log")) if self.logs.is_dir() else []:
                 data = log.read_bytes()[-LOG_TAIL:]
                 info = tarfile.TarInfo(f"logs/{log.name}")
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
         self.record["phases"]["lease_s"] = self.clock() - self.started
-        with _replacing(self.out / "lease.json") as path:
-            path.write_text(json.dumps(self.record, indent=2))
+        files.write_atomically(self.out / "lease.json", json.dumps(self.record, indent=2))
 
     def _archive(self) -> None:
         """The end, however the lease ended: what finished (`_publish`); carry.tar.gz: the runs cut short, each with
@@ -444,7 +438,7 @@ class Lease:
             ]
         _, partial = self._folders()
         carried, dropped = [], []
-        with _replacing(self.out / "carry.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+        with files.replacing(self.out / "carry.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
             budget = CARRY_MB
             for kind, folder in partial:
                 size = _size_mb(folder, newest_checkpoint_only=True)
@@ -456,32 +450,21 @@ class Lease:
                     dropped.append(folder.name)
         self.record.update(carried=carried, dropped=dropped)
         cache = self.work / "jax_cache"
-        if cache.is_dir() and _size_mb(cache) * 2**20 <= MAX_FILE:
-            with _replacing(self.out / "jax_cache.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
+        if cache.is_dir() and _size_mb(cache) * 2**20 <= lease_files.MAX_FILE:
+            with files.replacing(self.out / "jax_cache.tar.gz") as path, tarfile.open(path, "w:gz") as archive:
                 archive.add(cache, f"jax_cache/{self.kind}")
         self._publish()
-        parts = _split(self.out / "runs.tar.gz") + _split(self.out / "carry.tar.gz")
+        parts = lease_files.split(self.out / "runs.tar.gz") + lease_files.split(self.out / "carry.tar.gz")
         self.record["files"] = sorted(p.name for p in self.out.iterdir())
-        if len(self.record["files"]) > MAX_FILES:
-            self.say(f"{len(self.record['files'])} files would come back, at most {MAX_FILES} do: carry dropped")
+        if len(self.record["files"]) > lease_files.MAX_FILES:
+            limit = lease_files.MAX_FILES
+            self.say(f"{len(self.record['files'])} files would come back, at most {limit} do: carry dropped")
             for part in parts:
                 if part.name.startswith("carry"):
                     part.unlink()
-        (self.out / "lease.json").write_text(json.dumps(self.record, indent=2))
+        files.write_atomically(self.out / "lease.json", json.dumps(self.record, indent=2))
         summary = {k: self.record.get(k) for k in ("device_kind", "finished", "carried", "left", "phases")}
         self.say("done: " + json.dumps(summary))
-
-
-@contextlib.contextmanager
-def _replacing(path: Path):
-    """Yields a temporary path beside `path`, which replaces `path` once the block ends without an error."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        yield partial
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
 
 
 def _newest_checkpoint_only(run: Path):
@@ -505,7 +488,7 @@ def items_done(folder: Path) -> set[str]:
     done = set()
     for item in _children(folder):
         if item.name == "fill":
-            if plan.fill_done(_read_json(item / "fill.json")):
+            if plan.fill_done(lease_files.read_json(item / "fill.json")):
                 done.add("fill")
             continue
         command = next((i for i in plan.AGENDA if isinstance(i, plan.Command) and i.name == item.name), None)
@@ -523,28 +506,6 @@ def _without_checkpoints(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if "checkpoints" in parts or "tensorboard" in parts else info
 
 
-def _split(path: Path) -> list[Path]:
-    """`path` as is when at most MAX_FILE bytes, else cut into `<name>.<k>` parts of at most MAX_FILE bytes."""
-    data = path.read_bytes()
-    if len(data) <= MAX_FILE:
-        return [path]
-    path.unlink()
-    parts = []
-    for k in range(plan.split_into_parts(len(data), MAX_FILE)):
-        part = path.with_name(f"{path.name}.{k}")
-        part.write_bytes(data[k * MAX_FILE : (k + 1) * MAX_FILE])
-        parts.append(part)
-    return parts
-
-
-def _joined(folder: Path, name: str) -> bytes | None:
-    """The bytes of `name` in `folder`, whole or from its parts; None if absent."""
-    if (folder / name).exists():
-        return (folder / name).read_bytes()
-    parts = sorted(folder.glob(f"{name}.*"), key=lambda p: int(p.suffix[1:]))
-    return b"".join(p.read_bytes() for p in parts) if parts else None
-
-
 def _steps_done(run: Path) -> int:
     from resnet_jax.run.rundir import RunDir  # as in train_program: the parent imports no JAX at start
 
@@ -557,10 +518,6 @@ def _size_mb(path: Path, newest_checkpoint_only: bool = False) -> float:
     keep = _newest_checkpoint_only(path) if newest_checkpoint_only else (lambda info: info)
     files = (f for f in path.rglob("*") if f.is_file())
     return sum(f.stat().st_size for f in files if keep(tarfile.TarInfo(str(f.relative_to(path))))) / 2**20
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _float(value: str | None) -> float | None:
@@ -576,140 +533,11 @@ def _uptime() -> float | None:
         return None
 
 
-# ------------------------------------------------------------------------------------------- unpack, here
-def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
-    """Merges what a lease brought back into `results`, regenerates the study's tables and figures, and adds the
-    lease's phases and fill table to `results_md` (default: benchmarks/RESULTS.md for the repository's results,
-    else <results>/RESULTS.md)."""
-    from experiments import cifar_depth_study as study
-    from experiments.layer_responses import study_figure7
-
-    folder = source if source.is_dir() else source.parent
-    record = _read_json(folder / "lease.json") or {}
-    kind = record.get("device_kind", "unknown")
-    merged: dict[str, list[str]] = {"runs": [], "leases": [], "carried": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        for name, target in (("runs.tar.gz", scratch / "runs"), ("carry.tar.gz", scratch / "carry")):
-            data = _joined(folder, name)
-            if data is not None:
-                with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-                    archive.extractall(target, filter="data")
-        for run in sorted((scratch / "runs" / plan.STUDY).glob("*")):
-            destination = results / plan.STUDY / run.name
-            if destination.exists():
-                logging.warning("%s is in %s already: kept as it is.", run.name, destination.parent)
-                continue
-            shutil.copytree(run, destination)
-            merged["runs"].append(run.name)
-        for item in sorted((scratch / "runs" / plan.LEASES).glob("*")):
-            shutil.copytree(item, results / plan.LEASES / kind / item.name, dirs_exist_ok=True)
-            merged["leases"].append(item.name)
-        for kind_folder, cache in ((plan.STUDY, CACHE), (plan.LEASES, CACHE / plan.LEASES)):
-            for run in sorted((scratch / "carry" / kind_folder).glob("*")):
-                shutil.rmtree(cache / run.name, ignore_errors=True)
-                shutil.copytree(run, cache / run.name)
-                merged["carried"].append(run.name)
-        cache = _joined(folder, "jax_cache.tar.gz")
-        if cache is not None:  # the compiled programs, for the next lease of this kind (lease_kit carries them)
-            with tarfile.open(fileobj=io.BytesIO(cache), mode="r:gz") as archive:
-                archive.extractall(CACHE, filter="data")
-        logs = _joined(folder, "logs.tar.gz")
-        if logs is not None:
-            with tarfile.open(fileobj=io.BytesIO(logs), mode="r:gz") as archive:
-                archive.extractall(scratch / "logs", filter="data")
-            for log in sorted((scratch / "logs" / "logs").glob("*.log")):
-                target = results / plan.LEASES / kind / "logs" / record.get("started", "lease").replace(":", "")
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(log, target / log.name)
-    for name in merged["runs"]:  # what finished is no longer carried
-        shutil.rmtree(CACHE / name, ignore_errors=True)
-    for name in merged["leases"]:
-        shutil.rmtree(CACHE / plan.LEASES / name, ignore_errors=True)
-    leases = results / plan.LEASES / kind
-    leases.mkdir(parents=True, exist_ok=True)
-    (leases / f"{record.get('started', 'lease').replace(':', '')}.json").write_text(json.dumps(record, indent=2))
-    study_dir = results / plan.STUDY
-    if study_dir.is_dir():
-        study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])
-        study_figure7(study_dir)
-        _runs_md(study_dir, merged["runs"], record)
-    if results_md is None:
-        results_md = REPO / "benchmarks" / "RESULTS.md" if results.resolve() == (REPO / "results").resolve() else None
-    _results_md(results_md or results / "RESULTS.md", record, _read_json(leases / "fill" / "fill.json"), merged)
-    return merged
-
-
-def _results_md(path: Path, record: dict, fill: dict | None, merged: dict) -> None:
-    """Appends a lease's section: its phases, what it finished and carried, and (if it measured it) the fill table."""
-    from benchmarks.fill import table
-
-    phases = record.get("phases", {})
-    lines = [
-        "",
-        f"## {record.get('started', '?')[:10]}, a GPU lease on {record.get('device_kind', '?')} "
-        "(`python -m experiments.lease`; record: results/leases/)",
-        "",
-        "| phase | seconds |",
-        "|---|---:|",
-        *(f"| {name.removesuffix('_s').replace('_', ' ')} | {value:.0f} |" for name, value in phases.items() if value),
-        "",
-        f"Finished: {', '.join(record.get('finished', [])) or 'nothing'}; carried to the next lease: "
-        f"{', '.join(record.get('carried', [])) or 'nothing'}; "
-        f"left on the agenda: {', '.join(record.get('left', [])) or 'nothing'}.",
-    ]
-    programs = [i for i in record.get("items", []) if i.get("program") and "exit" in i]  # the ones that ran
-    if programs:
-        lines += [
-            "",
-            "| program | finished | steps | set-up s | first dispatch s | loop s | ms per step |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {i['program']} | {i.get('finished')} | {i.get('step', '')} | {i.get('setup_s') or 0:.0f} | "
-            f"{i.get('first_dispatch_s') or 0:.0f} | {i.get('loop_s') or 0:.0f} | "
-            f"{(i.get('seconds_per_step') or 0) * 1e3:.2f} |"
-            for i in programs
-        ]
-    if fill and "fill" in merged["leases"]:
-        lines += ["", "Filling the device (`python -m benchmarks.fill`, in the lease):", "", table(fill)]
-    _insert_newest_first(path, "\n".join(lines).lstrip("\n") + "\n")
-
-
-def _insert_newest_first(path: Path, section: str) -> None:
-    """Puts `section` (a "## " heading and its text) above the file's first "## " section: RESULTS.md is newest first.
-
-    The file's title and preamble stay on top; a file without sections gets it at the end. Written whole
-    (`write_atomically`), so a crash leaves the old file as it was."""
-    from resnet_jax.core.files import write_atomically
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else ""
-    if text.startswith("## ") or "\n## " in text:
-        at = 0 if text.startswith("## ") else text.index("\n## ") + 1
-        text = f"{text[:at]}{section}\n{text[at:]}"
-    else:
-        text = f"{text.rstrip()}\n\n{section}" if text.strip() else section
-    write_atomically(path, text)
-
-
-def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:
-    """Adds the runs a lease brought to RUNS.md, with the device and the lease's date."""
-    if not runs:
-        return
-    path = study_dir / "RUNS.md"
-    text = path.read_text() if path.exists() else "| run | device | date | how |\n|---|---|---|---|\n"
-    device, date = record.get("device_kind", "?"), record.get("started", "?")[:10]
-    for run in runs:
-        text += f"| {run} | {device} | {date} | `python -m experiments.lease` |\n"
-    path.write_text(text)
-
-
 def plan_inputs(kind: str, results: Path) -> tuple:
     """(agenda, done items, finished seeds, fill, measured paces) of a lease on `kind`, from the committed results:
     what `lease_plan.simulate` needs before the deadline."""
     kind_results = results / plan.LEASES / kind
-    fill = _read_json(kind_results / "fill" / "fill.json")
+    fill = lease_files.read_json(kind_results / "fill" / "fill.json")
     done_items = items_done(kind_results)
     done_seeds = plan.finished_seeds(results / plan.STUDY)
     return plan.AGENDA, done_items, done_seeds, fill, plan.read_paces(kind_results)
@@ -742,7 +570,7 @@ def main(argv: list[str]) -> None:
         train_program(json.loads(FLAGS.program))
         return
     if FLAGS.unpack:
-        merged = unpack(Path(FLAGS.unpack), Path(FLAGS.results))
+        merged = lease_unpack.unpack(Path(FLAGS.unpack), Path(FLAGS.results))
         print(json.dumps(merged))
         return
     if FLAGS.plan_only:

@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from experiments import lease, lease_plan
+from experiments import lease, lease_files, lease_plan, lease_unpack
 from resnet_jax.core.sharding import make_mesh
 from resnet_jax.data.feeds import DeviceFeed
 from resnet_jax.data.on_device import TrainData
@@ -114,19 +114,19 @@ def test_the_h200_plan_starts_real_work_in_the_first_minute_and_ends_everything_
 
 
 def test_what_comes_back_is_at_most_8_files_of_16_mb_and_is_put_back_together(tmp_path, monkeypatch):
-    monkeypatch.setattr(lease, "MAX_FILE", 1000)
+    monkeypatch.setattr(lease_files, "MAX_FILE", 1000)
     big = tmp_path / "runs.tar.gz"
     big.write_bytes(bytes(range(256)) * 10)
-    parts = lease._split(big)
+    parts = lease_files.split(big)
     assert [p.name for p in parts] == [f"runs.tar.gz.{k}" for k in range(3)] and not big.exists()
     assert all(p.stat().st_size <= 1000 for p in parts)
-    assert lease._joined(tmp_path, "runs.tar.gz") == bytes(range(256)) * 10
+    assert lease_files.joined(tmp_path, "runs.tar.gz") == bytes(range(256)) * 10
 
 
 def test_unpack_merges_the_runs_and_keeps_what_the_next_plan_reads_and_unfinished_runs_out_of_the_repository(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(lease_unpack, "CACHE", tmp_path / "cache")
     work = tmp_path / "work"
     _fake_run(work / lease_plan.STUDY / "resnet32_seed0", [(64_000, 0.09)], config=_study_config("resnet32", 0))
     (work / lease_plan.STUDY / "resnet32_seed0" / "figure7.csv").write_text(
@@ -149,7 +149,7 @@ def test_unpack_merges_the_runs_and_keeps_what_the_next_plan_reads_and_unfinishe
     results = tmp_path / "results"
     _fake_run(results / lease_plan.STUDY / "resnet20_seed0", [(64_000, 0.12)])
 
-    merged = lease.unpack(back, results)
+    merged = lease_unpack.unpack(back, results)
     assert merged == {"runs": ["resnet32_seed0"], "leases": ["fill"], "carried": ["resnet44_seed0"]}
     table = (results / lease_plan.STUDY / "table6.md").read_text()
     assert "| resnet20 |" in table and "| resnet32 | 0.46M | full | float32 | 1 | 64000 |" in table
@@ -175,12 +175,12 @@ def test_a_lease_section_goes_above_the_newest_one_under_the_title(tmp_path):
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\nNewest first.\n\n## 2026-11-30, older\n\nold text\n")
     record = {"device_kind": "nvidia_h200", "started": "2026-12-01T10:00:00Z", "phases": {"setup_s": 12.0}}
-    lease._results_md(results_md, record, None, {"leases": []})
+    lease_unpack._results_md(results_md, record, None, {"leases": []})
     text = results_md.read_text()
     assert text.startswith("# Benchmark results\n\nNewest first.\n\n## 2026-12-01, a GPU lease on nvidia_h200")
     assert text.index("| setup | 12 |") < text.index("## 2026-11-30, older") and text.endswith("old text\n")
     empty = tmp_path / "scratch" / "RESULTS.md"  # a scratch results folder starts without one
-    lease._results_md(empty, record, None, {"leases": []})
+    lease_unpack._results_md(empty, record, None, {"leases": []})
     assert empty.read_text().startswith("## 2026-12-01, a GPU lease")
 
 
@@ -217,8 +217,8 @@ def test_a_lease_cut_by_sigkill_in_its_second_program_has_sent_back_the_first(tm
         assert b"trained plain20_seed0" in archive.extractfile("logs/plain20_seed0.log").read()
     record = json.loads((out / "lease.json").read_text())
     assert record["finished"] == ["plain20_seed0"] and record["items"][0]["seconds_per_step"] == 0.01
-    monkeypatch.setattr(lease, "CACHE", tmp_path / "cache")
-    merged = lease.unpack(out, tmp_path / "results")
+    monkeypatch.setattr(lease_unpack, "CACHE", tmp_path / "cache")
+    merged = lease_unpack.unpack(out, tmp_path / "results")
     assert merged["runs"] == ["plain20_seed0"]
     assert (tmp_path / "results" / lease_plan.STUDY / "plain20_seed0" / "result.json").exists()
     assert (tmp_path / "results" / lease_plan.LEASES / "fake" / "logs").is_dir()
