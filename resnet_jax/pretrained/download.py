@@ -23,7 +23,7 @@ from pathlib import Path
 from absl import logging
 
 from resnet_jax.core.errors import WeightsError
-from resnet_jax.core.files import write_atomically
+from resnet_jax.core.files import replacing, write_atomically
 from resnet_jax.pretrained.registry import Weights
 
 CACHE_ENV, MIRROR_ENV = "RESNET_JAX_CACHE", "RESNET_JAX_WEIGHTS_MIRROR"
@@ -88,8 +88,7 @@ def fetch(entry: Weights, cache: str | os.PathLike | None = None) -> Path:
         path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     source = source_of(entry)
-    partial = folder / f".{entry.file_name}.{os.getpid()}.partial"
-    try:
+    with replacing(path) as partial:  # the cache holds a verified file or none: never a half or a wrong one
         _copy(source, partial, entry)
         digest = sha256_of(partial)
         if not _hash_matches(digest, entry.sha256):
@@ -97,9 +96,6 @@ def fetch(entry: Weights, cache: str | os.PathLike | None = None) -> Path:
                 f"{source} has SHA-256 {digest}, but {entry.name} is published with {entry.sha256}: a wrong or damaged "
                 f"file, not kept. {_by_hand(entry, path)}"
             )
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
     if not entry.full_hash:
         write_atomically(_pinned(path), digest + "\n")
     logging.info("%s: %s (SHA-256 %s)", entry.name, path, digest)
