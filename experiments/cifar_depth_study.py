@@ -5,7 +5,7 @@
     python -m experiments.cifar_depth_study --workdir=... --first_seed=1 --runs=2               # more seeds later
     python -m experiments.cifar_depth_study --workdir=... --job_index=3 --num_jobs=10           # one slice (array job)
     python -m experiments.cifar_depth_study --workdir=... --print_commands                     # one line per net
-    python -m experiments.cifar_depth_study --workdir=... --collect                            # table + figure only
+    python -m experiments.cifar_depth_study --workdir=... --collect                            # tables, figures only
     python -m experiments.cifar_depth_study --workdir=... --quick                              # minutes on a CPU
     python -m experiments.cifar_depth_study --workdir=... --schedule_fraction=1/8              # 8k iterations each
     python -m experiments.cifar_depth_study --workdir=... --publish=results/...                # logs, as each ends
@@ -76,7 +76,7 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
     flags.DEFINE_integer("job_index", 0, "This job's index in an array job.")
     flags.DEFINE_integer("num_jobs", 1, "Number of jobs the nets are split over (net i goes to job i % num_jobs).")
     flags.DEFINE_bool("print_commands", False, "Print one command per net (for Slurm or a TPU pod) and exit.")
-    flags.DEFINE_bool("collect", False, "Only collect the finished runs into the table and figure.")
+    flags.DEFINE_bool("collect", False, "Only collect the finished runs into Table 6 and Figures 6 and 7.")
     flags.DEFINE_string(
         "publish", None, "Copy each finished run (no checkpoints) with its Figure 7 statistics here, and tabulate."
     )
@@ -411,6 +411,9 @@ def main(argv: list[str]) -> None:
             return
     workdir.mkdir(parents=True, exist_ok=True)
     rows = collect(workdir, nets)
+    from experiments.layer_responses import study_figure7
+
+    study_figure7(workdir)  # from the runs' figure7.csv, where --publish measured them (else nothing to draw)
     print((workdir / "table6.md").read_text())
     print(
         json.dumps(

@@ -102,6 +102,16 @@ def _layer_order(name: str) -> tuple:
     return (1, int(stage), int(block), int(parts[1].removeprefix("bn")))
 
 
+def std_axis_top(responses: dict[str, list[float]]) -> float | None:
+    """Where Figure 7's std axis is cut, or None for the whole range: a few layers far above the rest (plain-56's
+    first layers at a short schedule reach 10 where the others lie near 0.7) would flatten every other line, so the
+    axis is cut at twice the 95th percentile (to 0.5 above) when the largest std is above that and more than 3 times
+    the median."""
+    stds = np.concatenate([np.asarray(v, dtype=float) for v in responses.values()])
+    cut = float(np.ceil(4 * np.percentile(stds, 95)) / 2)
+    return cut if stds.max() > 3 * np.median(stds) and stds.max() > cut else None
+
+
 def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     from matplotlib.figure import Figure
 
@@ -115,9 +125,18 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
         bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), style, label=net)
     top.set(xlabel="layer index (original)", ylabel="std")
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
+    cut = std_axis_top(responses)
+    if cut is not None:  # said on the figure, so that no reader takes the cut lines for the data's end
+        net, stds = max(responses.items(), key=lambda item: max(item[1]))
+        above = sum(s > cut for s in stds)
+        top.set_title(
+            f"std axis cut at {cut:g}: {net} reaches {max(stds):.1f} ({above} layers above {cut:g})", fontsize=9
+        )
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        if cut is not None:
+            ax.set_ylim(0, cut)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 

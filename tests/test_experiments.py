@@ -205,6 +205,15 @@ def test_print_commands_gives_one_line_per_net(tmp_path):
         assert line.endswith(f"--nets={net}") and "--quick" in line and "-m experiments.cifar_depth_study" in line
 
 
+def test_figure7_cuts_its_axis_only_for_a_few_layers_far_above_the_rest():
+    from experiments.layer_responses import std_axis_top
+
+    converged = {"plain20": [0.9, 0.8, 0.7, 1.7], "resnet56": [0.4, 0.35, 0.3, 0.5]}  # the full schedule's shape
+    assert std_axis_top(converged) is None
+    short = {"plain56": [9.9, 5.1, 0.7, 0.7] + [0.7] * 40, "resnet56": [0.7] * 56}  # plain-56 at 1/8
+    assert std_axis_top(short) == 1.5  # twice the 95th percentile (0.7), to 0.5 above: the rest fills the axis
+
+
 def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
     (tmp_path / "a.csv").write_text("net,layer_index,layer,std\nplain20,2,layer1_0/bn1,0.5\nplain20,1,bn1,0.7\n")
     (tmp_path / "b.csv").write_text("net,layer_index,layer,std\nresnet56,1,bn1,0.3\n")
