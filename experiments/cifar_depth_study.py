@@ -338,7 +338,10 @@ def _depth(net: str) -> int:
 
 def error_axis_top(final_errors: list[float]) -> int:
     """The top of Figure 6's error axis: the paper's 20% when the nets converged below 15%; otherwise twice the worst
-    final error in tens (at most 100), so a short schedule's final differences of a point stay visible."""
+    final error rounded up to a multiple of 10 (at most 100), so a short schedule's final differences of a point stay
+    visible. A net whose final error is not a number (a diverged run) gets the whole range."""
+    if not final_errors or not all(math.isfinite(e) for e in final_errors):
+        return 100
     worst = max(final_errors)
     return 20 if worst < 15 else min(100, 10 * math.ceil(2 * worst / 10))
 
@@ -367,7 +370,10 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
             members = [member for _, member in net_members(workdir, net)]
             draw_curves(ax, members, f"{net} ({len(members)} runs)" if len(members) > 1 else net)
             finals.append(net_row(workdir, net)["test_error_mean"])
-        ax.set(title=title + schedule, xlabel="iterations", ylabel="error (%)", ylim=(0, error_axis_top(finals)))
+        top = error_axis_top(finals)
+        highest = max((np.nanmax(line.get_ydata(), initial=0) for line in ax.get_lines()), default=0)
+        cut = f" (axis cut at {top}%)" if highest > top else ""  # said, so that no curve seems to start lower
+        ax.set(title=title + schedule + cut, xlabel="iterations", ylabel="error (%)", ylim=(0, top))
         ax.grid(alpha=0.3)
         ax.legend(title="dashed: training, bold: test", fontsize=8)
     fig.tight_layout()

@@ -107,7 +107,10 @@ def std_axis_top(responses: dict[str, list[float]]) -> float | None:
     first layers at a short schedule reach 10 where the others lie near 0.7) would flatten every other line, so the
     axis is cut at twice the 95th percentile (to 0.5 above) when the largest std is above that and more than 3 times
     the median."""
-    stds = np.concatenate([np.asarray(v, dtype=float) for v in responses.values()])
+    stds = np.concatenate([np.asarray(v, dtype=float) for v in responses.values()] + [np.zeros(0)])
+    stds = stds[np.isfinite(stds)]
+    if stds.size == 0:
+        return None
     cut = float(np.ceil(4 * np.percentile(stds, 95)) / 2)
     return cut if stds.max() > 3 * np.median(stds) and stds.max() > cut else None
 
@@ -127,11 +130,13 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     cut = std_axis_top(responses)
     if cut is not None:  # said on the figure, so that no reader takes the cut lines for the data's end
-        net, stds = max(responses.items(), key=lambda item: max(item[1]))
-        above = sum(s > cut for s in stds)
-        top.set_title(
-            f"std axis cut at {cut:g}: {net} reaches {max(stds):.1f} ({above} layers above {cut:g})", fontsize=9
-        )
+        peaks = {net: max((s for s in v if np.isfinite(s)), default=0.0) for net, v in responses.items()}
+        above = [
+            f"{net} {sum(s > cut for s in v)} (up to {peaks[net]:.1f})"
+            for net, v in responses.items()
+            if peaks[net] > cut
+        ]
+        top.set_title(f"std axis cut at {cut:g}; layers above it: {', '.join(above)}", fontsize=9)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -27,3 +27,12 @@ def test_a_block_that_raises_leaves_the_old_file_and_no_partial(tmp_path):
     with files.replacing(path) as partial:
         partial.write_text("whole")
     assert path.read_text() == "whole"
+
+
+def test_a_rename_that_fails_leaves_no_partial(tmp_path):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    (folder / "inside").write_text("x")  # a non-empty folder cannot be replaced by a file
+    with pytest.raises(OSError), files.replacing(folder) as partial:
+        partial.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

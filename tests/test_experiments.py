@@ -147,6 +147,7 @@ def test_figure6_keeps_the_papers_axis_for_converged_nets_and_a_readable_one_for
     assert study.error_axis_top([6.6, 7.5]) == 20  # the paper's 0-20%
     assert study.error_axis_top([15.6, 16.9]) == 40  # 1/8: the ResNets' one-point differences stay visible
     assert study.error_axis_top([17.9, 54.4]) == 100  # every curve fits
+    assert study.error_axis_top([16.1, float("nan")]) == 100  # a diverged net: the whole range, no crash
 
 
 def test_a_scaled_schedule_scales_every_iteration_count_and_nothing_else():
@@ -212,6 +213,7 @@ def test_figure7_cuts_its_axis_only_for_a_few_layers_far_above_the_rest():
     assert std_axis_top(converged) is None
     short = {"plain56": [9.9, 5.1, 0.7, 0.7] + [0.7] * 40, "resnet56": [0.7] * 56}  # plain-56 at 1/8
     assert std_axis_top(short) == 1.5  # twice the 95th percentile (0.7), to 0.5 above: the rest fills the axis
+    assert std_axis_top({}) is None and std_axis_top({"plain20": [float("nan")]}) is None  # nothing to cut
 
 
 def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):

@@ -21,10 +21,10 @@ def replacing(path: str | os.PathLike) -> Iterator[epath.Path]:
     partial = path.parent / f".{path.name}.{os.getpid()}.partial"
     try:
         yield partial
+        partial.replace(path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(path)
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
