@@ -130,13 +130,9 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     cut = std_axis_top(responses)
     if cut is not None:  # said on the figure, so that no reader takes the cut lines for the data's end
-        peaks = {net: max((s for s in v if np.isfinite(s)), default=0.0) for net, v in responses.items()}
-        above = [
-            f"{net} {sum(s > cut for s in v)} (up to {peaks[net]:.1f})"
-            for net, v in responses.items()
-            if peaks[net] > cut
-        ]
-        top.set_title(f"std axis cut at {cut:g}; layers above it: {', '.join(above)}", fontsize=9)
+        above = {net: [s for s in v if s > cut] for net, v in responses.items()}  # a NaN is never above
+        listed = ", ".join(f"{net} {len(a)} (up to {max(a):.1f})" for net, a in above.items() if a)
+        top.set_title(f"std axis cut at {cut:g}; layers above it: {listed}", fontsize=9)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

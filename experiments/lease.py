@@ -456,8 +456,8 @@ class Lease:
         self._publish()
         parts = lease_files.split(self.out / "runs.tar.gz") + lease_files.split(self.out / "carry.tar.gz")
         self.record["files"] = sorted(p.name for p in self.out.iterdir())
-        if len(self.record["files"]) > lease_files.MAX_FILES:
-            limit = lease_files.MAX_FILES
+        limit = lease_files.MAX_FILES
+        if len(self.record["files"]) > limit:
             self.say(f"{len(self.record['files'])} files would come back, at most {limit} do: carry dropped")
             for part in parts:
                 if part.name.startswith("carry"):

@@ -19,6 +19,7 @@ from absl import logging
 
 from experiments import lease_files
 from experiments import lease_plan as plan
+from resnet_jax.core.files import write_atomically
 
 _REPO = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "resnet_jax" / "leases"  # what the next lease carries (lease_kit.py)
@@ -75,7 +76,7 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
         shutil.rmtree(CACHE / plan.LEASES / name, ignore_errors=True)
     leases = results / plan.LEASES / kind
     leases.mkdir(parents=True, exist_ok=True)
-    (leases / f"{record.get('started', 'lease').replace(':', '')}.json").write_text(json.dumps(record, indent=2))
+    write_atomically(leases / f"{record.get('started', 'lease').replace(':', '')}.json", json.dumps(record, indent=2))
     study_dir = results / plan.STUDY
     if study_dir.is_dir():
         study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])
@@ -129,8 +130,6 @@ def _insert_newest_first(path: Path, section: str) -> None:
 
     The file's title and preamble stay on top; a file without sections gets it at the end. Written whole
     (`write_atomically`), so a crash leaves the old file as it was."""
-    from resnet_jax.core.files import write_atomically
-
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else ""
     if text.startswith("## ") or "\n## " in text:
@@ -150,4 +149,4 @@ def _runs_md(study_dir: Path, runs: list[str], record: dict) -> None:
     device, date = record.get("device_kind", "?"), record.get("started", "?")[:10]
     for run in runs:
         text += f"| {run} | {device} | {date} | `python -m experiments.lease` |\n"
-    path.write_text(text)
+    write_atomically(path, text)
