@@ -102,6 +102,12 @@ def test_what_may_change_depends_on_what_decides_the_run():
         check_resume(biased, config, 100)
     changes = check_resume(biased, config, 100, accepted=["model.bn_unbiased_var"])
     assert changes == {"model.bn_unbiased_var": [False, True]}
+    # Steps per dispatch may change, but only to one that divides the step resumed at: the loop logs, evaluates
+    # and saves at multiples of it, and from step 2325 in dispatches of 100 it would never reach one again.
+    by_25 = _with(config, steps_per_dispatch=25)
+    assert check_resume(by_25, _with(config, steps_per_dispatch=5), 2325) == {"steps_per_dispatch": [25, 5]}
+    with pytest.raises(ConfigError, match="steps_per_dispatch=100 does not divide step 2325.*the saved 25 does"):
+        check_resume(by_25, _with(config, steps_per_dispatch=100), 2325)
 
 
 def test_a_run_started_before_bn_unbiased_var_existed_reads_as_the_biased_variance_it_trained_with(tmp_path):

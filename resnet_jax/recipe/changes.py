@@ -107,8 +107,9 @@ def check_resume(
     workdir: str = "",
 ) -> dict[str, list]:
     """The changes a run resuming at `step` with config `new` makes to its config `saved`; ConfigError if any is not
-    free and not `accepted` (naming each, with its saved and new value, and the ways on), or if `num_steps` is behind
-    `step`; ModelMismatchError if an unaccepted one is of the model."""
+    free and not `accepted` (naming each, with its saved and new value, and the ways on), if `num_steps` is behind
+    `step`, or if `steps_per_dispatch` does not divide `step`; ModelMismatchError if an unaccepted one is of the
+    model."""
     changes = differences(saved, new)
     free, accepted = free_keys(saved) & free_keys(new), set(accepted)
     unknown = accepted - set(flatten(new))
@@ -133,5 +134,11 @@ def check_resume(
         raise ConfigError(
             f"config.num_steps={new.num_steps} is behind the run in {workdir}, which is at step {step}: give "
             f"num_steps >= {step}, or evaluate its checkpoints (python -m resnet_jax.evaluate --step=N)."
+        )
+    if step % new.steps_per_dispatch:  # the loop logs, evaluates and saves at multiples of it: it would never again
+        raise ConfigError(
+            f"config.steps_per_dispatch={new.steps_per_dispatch} does not divide step {step}, at which the run in "
+            f"{workdir} resumes: it would never again reach a step at which the loop logs, evaluates or saves. Give "
+            f"one that divides {step} (the saved {saved.steps_per_dispatch} does), or a new --workdir."
         )
     return changes
