@@ -47,7 +47,7 @@ from experiments import paper
 from resnet_jax.core import cli
 from resnet_jax.core.errors import UserError
 from resnet_jax.recipe.members import Members
-from resnet_jax.run.rundir import RunDir
+from resnet_jax.run.rundir import LOCAL_ONLY, RunDir
 
 DEFAULT_NETS = cifar10.DEPTH_STUDY
 QUICK_NETS = ("plain20", "plain56", "resnet20", "resnet56")
@@ -198,16 +198,29 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
 
     copy = target / run_dir.path.name
     if copy.exists():
-        return
-    if not (run_dir.path / "figure7.csv").exists():
-        write_run_responses(run_dir.path, net)  # measured on the trained net: its checkpoint stays behind
-    partial = target / f".{run_dir.path.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.partial"))
-    partial.rename(copy)  # whole or not at all
+        if _tabled(target, net):  # published and tabled by an earlier command
+            return
+    else:
+        if not (run_dir.path / "figure7.csv").exists():
+            write_run_responses(run_dir.path, net)  # measured on the trained net: its checkpoint stays behind
+        partial = target / f".{run_dir.path.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns(*LOCAL_ONLY, "*.partial"))
+        partial.rename(copy)  # whole or not at all
     collect(target, [n for n in cifar10.CIFAR_MODELS if n in nets or net_runs(target, n)])
     study_figure7(target)
     logging.info("%s: published to %s", net, copy)
+
+
+def _tabled(workdir: Path, net: str) -> bool:
+    """Whether `workdir`'s Table 6 has `net`'s row with all its finished seeds (a command stopped between publishing
+    a run and redrawing the table leaves it behind: the next one redraws it)."""
+    path = workdir / "table6.csv"
+    if not path.exists():
+        return False
+    with open(path, newline="") as f:
+        runs = [row["runs"] for row in csv.DictReader(f) if row["net"] == net]
+    return runs == [str(len(net_members(workdir, net)))]
 
 
 def _final(records: list[dict], kind: str, key: str) -> tuple[int, float]:

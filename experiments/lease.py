@@ -502,8 +502,9 @@ def _children(folder: Path) -> list[Path]:
 
 
 def _without_checkpoints(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    parts = info.name.split("/")
-    return None if "checkpoints" in parts or "tensorboard" in parts else info
+    from resnet_jax.run.rundir import LOCAL_ONLY  # as in train_program: the parent imports no JAX at start
+
+    return None if set(info.name.split("/")) & set(LOCAL_ONLY) else info
 
 
 def _steps_done(run: Path) -> int:

@@ -88,6 +88,8 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     def fake_train(config, workdir):
         _fake_run(Path(workdir), [(8000, 0.2)], config={**eighth, "model": {"name": config.model.name}})
         (Path(workdir) / "checkpoints" / "8000").mkdir(parents=True)
+        (Path(workdir) / "damaged_checkpoints" / "20261205T000000Z" / "4000").mkdir(parents=True)
+        (Path(workdir) / "tensorboard").mkdir()
         return {"top1_error": 0.2}
 
     def finished(net, run_dir):
@@ -96,7 +98,7 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
     assert sorted(p.name for p in published.iterdir() if p.is_dir()) == ["plain20_seed0", "plain56_seed0"]
     assert (published / "plain56_seed0" / "figure7.csv").exists() and (published / "figure7.png").exists()
-    assert not list(published.rglob("checkpoints"))
+    assert not [p for p in published.rglob("*") if "checkpoints" in p.name or p.name == "tensorboard"]
     assert "| plain56 | 0.85M | 1/8 | float32 | 1 | 8000 |" in (published / "table6.md").read_text()
     # A later command with other nets: the table keeps those published before.
     assert study.run_nets(work, ["resnet20"], study.net_config, fake_train, finished)
@@ -105,6 +107,11 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     (published / "plain56_seed0" / "result.json").write_text("{}")  # published once: a rerun leaves it as it is
     assert study.run_nets(work, ["plain56", "plain20"], study.net_config, fake_train, finished)
     assert (published / "plain56_seed0" / "result.json").read_text() == "{}"
+    # A command stopped after publishing a run but before redrawing the table: the next one redraws it.
+    (published / "table6.md").unlink()
+    (published / "table6.csv").unlink()
+    assert study.run_nets(work, ["plain20"], study.net_config, fake_train, finished)
+    assert "| plain20 |" in (published / "table6.md").read_text()
 
 
 def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():

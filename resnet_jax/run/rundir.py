@@ -51,6 +51,9 @@ EVALUATIONS = "evaluations"
 CHECKPOINTS = "checkpoints"
 DAMAGED_CHECKPOINTS = "damaged_checkpoints"
 BN_STATISTICS = "bn_statistics"
+LOCAL_ONLY = (CHECKPOINTS, DAMAGED_CHECKPOINTS, TENSORBOARD)
+"""What a run's published copy leaves out (a results folder, a lease's finished runs): its weights, whole or moved
+aside as damaged, and the event files that repeat metrics.jsonl."""
 
 
 class RunDir:
