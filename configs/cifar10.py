@@ -28,6 +28,7 @@ plain-20 16.65 / 17.90, plain-32 20.37 / 21.58, plain-44 29.29 / 28.46, plain-56
 import math
 from fractions import Fraction
 
+from resnet_jax.core.errors import ConfigError
 from resnet_jax.recipe.config import base_config
 
 DEPTH_STUDY = tuple(f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56, 110))
@@ -38,12 +39,12 @@ CIFAR_MODELS = (*DEPTH_STUDY, "resnet1202")
 def get_config(arg: str = "resnet20"):
     model, *variants = arg.split(",")
     if model not in CIFAR_MODELS:
-        raise ValueError(f"configs/cifar10.py:{arg}: model must be one of {CIFAR_MODELS}.")
+        raise ConfigError(f"configs/cifar10.py:{arg}: model must be one of {CIFAR_MODELS}.")
     fractions = [v.removeprefix("fraction=") for v in variants if v.startswith("fraction=")]
     variants = [v for v in variants if not v.startswith("fraction=")]
     unknown = set(variants) - {"quick", "holdout"}
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"configs/cifar10.py:{arg}: unknown variants {sorted(unknown)}; use 'quick', 'fraction=F' or 'holdout'."
         )
 
@@ -65,7 +66,7 @@ def get_config(arg: str = "resnet20"):
 
     if fractions:
         if "quick" in variants or len(fractions) > 1:
-            raise ValueError(f"configs/cifar10.py:{arg}: one fraction=F, without quick (its own schedule).")
+            raise ConfigError(f"configs/cifar10.py:{arg}: one fraction=F, without quick (its own schedule).")
         scale_schedule(c, fractions[0], arg)
     if "holdout" in variants:
         c.data.holdout_val = True
@@ -92,7 +93,7 @@ def scale_schedule(c, fraction: str, arg: str = "") -> None:
         f = Fraction(0)
     counts = (c.num_steps, *c.schedule.boundaries, c.eval.every_steps, c.checkpoint_every_steps)
     if not 0 < f <= 1 or any((n * f).denominator != 1 for n in counts):
-        raise ValueError(
+        raise ConfigError(
             f"configs/cifar10.py:{arg}: fraction={fraction} must be in (0, 1] and give whole iteration counts "
             f"(64k, 32k, 48k, 2k times it): 1/2, 1/4, 1/8, 1/16 ..."
         )

@@ -45,7 +45,7 @@ from absl import flags, logging
 from configs import cifar10
 from experiments import paper
 from resnet_jax.core import cli
-from resnet_jax.core.errors import UserError
+from resnet_jax.core.errors import ConfigError, UserError
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import LOCAL_ONLY, RunDir
 
@@ -99,14 +99,14 @@ def study_nets(nets: list[str] | None, quick: bool, with_1202: bool) -> list[str
         chosen.append("resnet1202")
     unknown = set(chosen) - set(cifar10.CIFAR_MODELS)
     if unknown:
-        raise ValueError(f"Unknown nets {sorted(unknown)}; choose from {cifar10.CIFAR_MODELS}.")
+        raise ConfigError(f"--nets: unknown nets {sorted(unknown)}; choose from {', '.join(cifar10.CIFAR_MODELS)}.")
     return chosen
 
 
 def nets_for_job(nets: list[str], job_index: int, num_jobs: int) -> list[str]:
     """Net i goes to job i % num_jobs, so the jobs together run every net once."""
     if not 0 <= job_index < num_jobs:
-        raise ValueError(f"--job_index={job_index} must be in [0, --num_jobs={num_jobs}).")
+        raise ConfigError(f"--job_index={job_index} must be in [0, --num_jobs={num_jobs}).")
     return nets[job_index::num_jobs]
 
 
@@ -122,7 +122,7 @@ def net_config(
     schedule_fraction: str | None = None,
     dtype: str = "float32",
 ):
-    variant = ",quick" if quick else (f",fraction={schedule_fraction}" if schedule_fraction else "")
+    variant = (",quick" if quick else "") + (f",fraction={schedule_fraction}" if schedule_fraction else "")
     config = cifar10.get_config(net + variant)
     if batch_size:
         config.batch_size = batch_size
@@ -186,6 +186,34 @@ def run_nets(
         if finished is not None:
             finished(net, run_dir)
     return True
+
+
+def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> None:
+    """Refuses, before any training, runs that could not join the tables of `workdirs` (the study's workdir and its
+    --publish folder): of another schedule fraction or precision than their finished runs, or of a seed that a
+    finished run of the same net there already holds under another name (the table would count it twice)."""
+    for net in nets:
+        config = make_config(net)
+        planned = Members.from_config(config)
+        want = (float(config.schedule_fraction), config.model.dtype)
+        for workdir in (w for w in workdirs if w.is_dir()):
+            have = (study_fraction(workdir, cifar10.CIFAR_MODELS), study_precision(workdir, cifar10.CIFAR_MODELS))
+            if have[0] is not None and have != want:
+                raise UserError(
+                    f"{workdir} holds finished runs of the {fraction_label(have[0])} schedule in {have[1]}; "
+                    f"{net} would be of the {fraction_label(want[0])} schedule in {want[1]}, and a table takes one "
+                    "of each: give the same --schedule_fraction and --dtype, or another --workdir (and --publish)."
+                )
+            taken = {
+                seed
+                for seed, member in net_members(workdir, net)
+                if member.path.parent.name != run_name(net, planned) and member.path.name != run_name(net, planned)
+            } & {int(s) for s in planned.seeds}
+            if taken:
+                raise UserError(
+                    f"{workdir} already holds finished runs of {net} with seeds {sorted(taken)}: a table would count "
+                    "them twice. Choose other seeds (--first_seed, --runs) or another --workdir (and --publish)."
+                )
 
 
 def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
@@ -397,6 +425,23 @@ def main(argv: list[str]) -> None:
     del argv
     workdir = Path(FLAGS.workdir)
     nets = study_nets(FLAGS.nets, FLAGS.quick, FLAGS.with_1202)
+
+    def make_config(net):
+        return net_config(
+            net,
+            FLAGS.quick,
+            FLAGS.data_dir,
+            FLAGS.prepare_from,
+            FLAGS.batch_size,
+            FLAGS.runs,
+            FLAGS.steps_per_dispatch,
+            FLAGS.first_seed,
+            FLAGS.schedule_fraction,
+            FLAGS.dtype,
+        )
+
+    for net in nets:  # a flag no config takes (--schedule_fraction=1/3, with --quick) is refused before anything
+        make_config(net)
     if FLAGS.print_commands:
         for net in nets:
             print(net_command(net, sys.argv))
@@ -406,26 +451,13 @@ def main(argv: list[str]) -> None:
 
         cli.initialize()
 
-        def make_config(net):
-            return net_config(
-                net,
-                FLAGS.quick,
-                FLAGS.data_dir,
-                FLAGS.prepare_from,
-                FLAGS.batch_size,
-                FLAGS.runs,
-                FLAGS.steps_per_dispatch,
-                FLAGS.first_seed,
-                FLAGS.schedule_fraction,
-                FLAGS.dtype,
-            )
-
         def finished(net, run_dir):
             if FLAGS.publish:
                 Path(FLAGS.publish).mkdir(parents=True, exist_ok=True)
                 publish(net, run_dir, Path(FLAGS.publish), nets)
 
         job_nets = nets_for_job(nets, FLAGS.job_index, FLAGS.num_jobs)
+        check_plan([workdir] + ([Path(FLAGS.publish)] if FLAGS.publish else []), job_nets, make_config)
         if not run_nets(workdir, job_nets, make_config, train_and_evaluate, finished):
             return
     workdir.mkdir(parents=True, exist_ok=True)

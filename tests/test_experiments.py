@@ -13,7 +13,7 @@ from PIL import Image
 from configs import cifar10
 from experiments import cifar_depth_study as study
 from experiments import imagenet_tables, paper
-from resnet_jax.core.errors import UserError
+from resnet_jax.core.errors import ConfigError, UserError
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir
 
@@ -49,10 +49,12 @@ def test_jobs_split_the_nets_exactly_once():
     for num_jobs in (1, 3, 4, 11, 20):
         parts = [study.nets_for_job(nets, i, num_jobs) for i in range(num_jobs)]
         assert sorted(n for part in parts for n in part) == sorted(nets)
-    with pytest.raises(ValueError, match="job_index"):
+    with pytest.raises(ConfigError, match="job_index"):
         study.nets_for_job(nets, 3, 3)
-    with pytest.raises(ValueError, match="Unknown nets"):
+    with pytest.raises(ConfigError, match="unknown nets"):
         study.study_nets(["resnet50"], quick=False, with_1202=False)
+    with pytest.raises(ConfigError, match="without quick"):  # a fraction is not dropped for the quick schedule
+        study.net_config("resnet20", quick=True, schedule_fraction="1/8")
     assert study.study_nets(None, quick=True, with_1202=False) == list(study.QUICK_NETS)
 
 
@@ -197,6 +199,28 @@ def test_tables_and_figures_are_labelled_with_their_precision_and_never_mix_two(
     _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # float32, the default
     with pytest.raises(UserError, match="different precisions.*resnet20_seed0 bfloat16.*resnet20_seed1 float32"):
         study.collect(tmp_path, ["resnet20"])
+
+
+def test_runs_that_could_not_join_the_table_are_refused_before_training(tmp_path):
+    work, published = tmp_path / "work", tmp_path / "results"
+    eighth = {**_CONFIG, "schedule_fraction": 0.125}
+    _fake_run(work / "plain20_seed0", [(8000, 0.2)], config={**eighth, "model": {"name": "plain20"}})
+    _fake_run(published / "resnet20_seeds0-2", [(8000, 0.2)], config={**eighth, "runs": 3})
+    for seed in (0, 1, 2):
+        _fake_run(published / "resnet20_seeds0-2" / f"seed{seed}", [(8000, 0.2)])
+
+    def plan(nets, **options):
+        study.check_plan([work, published], nets, lambda net: study.net_config(net, **options))
+
+    plan(["plain20", "resnet56"], schedule_fraction="1/8")  # the finished run itself, and another net: fine
+    plan(["resnet20"], schedule_fraction="1/8", runs=3)  # the same run, to be skipped as finished
+    plan(["resnet20"], schedule_fraction="1/8", first_seed=3)
+    with pytest.raises(UserError, match="work holds finished runs of the 1/8 schedule in float32; resnet56 would be "):
+        plan(["resnet56"])
+    with pytest.raises(UserError, match="of the 1/8 schedule in bfloat16"):
+        plan(["resnet56"], schedule_fraction="1/8", dtype="bfloat16")
+    with pytest.raises(UserError, match="results already holds finished runs of resnet20 with seeds \\[1, 2\\]"):
+        plan(["resnet20"], schedule_fraction="1/8", first_seed=1, runs=2)
 
 
 def test_print_commands_gives_one_line_per_net(tmp_path):
