@@ -226,6 +226,8 @@ def test_every_save_is_written_and_a_failed_one_says_what_a_checkpoint_needs(tmp
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(checkpointer.manager, "save", full_disk)
+        # orbax lists a step from the moment its save starts; a rerun resumes from the newest whole one on disk
+        monkeypatch.setattr(checkpointer.manager, "all_steps", lambda: [2, 4, 6])
         needed = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
         with pytest.raises(CheckpointSaveError) as e:
             checkpointer.save(6, state, {"position": 6}, [{"warmup_ended_at": 6}])
@@ -236,6 +238,10 @@ def test_every_save_is_written_and_a_failed_one_says_what_a_checkpoint_needs(tmp
     reported = float(message.split("MiB, and ")[1].split(" MiB")[0].replace(",", ""))
     assert abs(reported - free) < 64  # other writers may change the free space a little meanwhile
     assert run_dir.saved_steps() == [2, 4]
+    with Checkpointer(RunDir(tmp_path / "new").create(), members, signature) as checkpointer:
+        monkeypatch.setattr(checkpointer.manager, "save", full_disk)
+        with pytest.raises(CheckpointSaveError, match=r"resumes from the start \(no checkpoint was saved yet\)\.$"):
+            checkpointer.save(2, state, {"position": 2}, [{"warmup_ended_at": 2}])
 
 
 def test_a_preemption_notice_is_the_manager_s(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ class RunStopped(Exception):
 
 
 class NonFiniteLossError(RunStopped, FloatingPointError):
-    """The loss or the parameters became NaN or Inf; the last good checkpoint is kept."""
+    """The loss or the parameters became NaN or Inf; the last good checkpoints are kept."""
 
 
 class InputPipelineError(RunStopped, RuntimeError):

@@ -106,6 +106,11 @@ class Checkpointer:
         """The newest step saved: the one a rerun resumes from (orbax's own latest_step is the last one saved)."""
         return max(self.manager.all_steps(), default=None)
 
+    def resume_point(self) -> str:
+        """Where a rerun resumes, in words: from the newest checkpoint (one in flight is whole once the run closes its
+        checkpointer, as every way out of the loop does) or from the start."""
+        return _resume_point(self.latest_step)
+
     # --- saving
     def save(self, step: int, state: Any, data_state: Any, schedule_states: list) -> None:
         """Starts an asynchronous save (the arrays are copied first, so training may go on). A failure of this save,
@@ -143,12 +148,11 @@ class Checkpointer:
         where = local_path(self.directory)
         free = f", and {shutil.disk_usage(where).free / 2**20:,.0f} MiB are free there" if where else ""
         cause = f"{error!r}" if error is not None else f"see process {failing}'s log"
-        latest = self.latest_step
+        whole = max(self.run_dir.saved_steps(), default=None)  # not the failed save, which orbax may still list
         raise CheckpointSaveError(
             f"Saving the checkpoint of {what} into {self.directory} failed: {cause}. A checkpoint of this run needs "
             f"about {needed:,.0f} MiB{free}. The earlier checkpoints are intact; free space (or choose a --workdir "
-            f"on a larger disk), then rerun the same command: it resumes from "
-            + (f"step {latest}." if latest is not None else "the start (no checkpoint was saved yet).")
+            f"on a larger disk), then rerun the same command: it resumes from {_resume_point(whole)}."
         ) from error
 
     # --- restoring
@@ -263,3 +267,7 @@ class Checkpointer:
             # still running at interpreter exit (a run that stops before its first save) prints a traceback.
             getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
             self.manager.close()
+
+
+def _resume_point(step: int | None) -> str:
+    return f"step {step}" if step is not None else "the start (no checkpoint was saved yet)"

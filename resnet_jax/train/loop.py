@@ -84,6 +84,12 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+_NAN_ADVICE = (
+    "Lower config.schedule.base_lr (the same command with --accept_changes=schedule.base_lr resumes with it), check "
+    "the data, or train in float32 (config.model.dtype) in a new --workdir."
+)
+
+
 class Trainer:
     """One run of `config` in `workdir`, set up once (resuming from the newest good checkpoint); `run()` trains it.
 
@@ -232,8 +238,8 @@ class Trainer:
     def _check_inputs(self) -> None:
         """Every process stops together if one's input pipeline failed for good (see `feeds.HostFeed`)."""
         self.feed.stop_together_if_failed(
-            " The checkpoints are intact; rerun the same command once the cause is fixed: it resumes from step "
-            f"{self.checkpointer.latest_step}."
+            " The checkpoints are intact; rerun the same command once the cause is fixed: it resumes from "
+            f"{self.checkpointer.resume_point()}."
         )
 
     def _log(self) -> None:
@@ -246,8 +252,8 @@ class Trainer:
             if not np.isfinite(loss):
                 raise NonFiniteLossError(
                     f"The training loss became {loss} between steps {self.window['from']} and {self.step}. The last "
-                    f"good checkpoint (step {self.checkpointer.latest_step}) is kept; lower config.schedule.base_lr, "
-                    "check the data, or use float32 (config.model.dtype)."
+                    f"good checkpoints are kept (a rerun resumes from {self.checkpointer.resume_point()}). "
+                    + _NAN_ADVICE
                 )
             schedule.observe(self.step, train_error=error)
             records.append(
@@ -279,8 +285,8 @@ class Trainer:
         self._check_inputs()
         if not bool(_all_finite(self.state.params)):
             raise NonFiniteLossError(
-                f"The parameters became NaN or Inf by step {self.step}; the last good checkpoint "
-                f"(step {self.checkpointer.latest_step}) is kept."
+                f"The parameters became NaN or Inf by step {self.step}; the last good checkpoints are kept (a rerun "
+                f"resumes from {self.checkpointer.resume_point()}). " + _NAN_ADVICE
             )
         schedule_states = [s.state_dict() for s in self.schedules]
         self.checkpointer.save(self.step, self.state, self.feed.get_state(), schedule_states)
