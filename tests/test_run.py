@@ -76,7 +76,7 @@ def test_run_dir_files_members_and_config_defaults(tmp_path):
         RunDir(run_dir.result_path / "below_a_file").create()
 
 
-def test_metric_writer_keeps_each_members_records_and_the_last_of_a_repeated_step(tmp_path):
+def test_metric_writer_keeps_each_members_records_the_last_of_a_repeated_step_and_none_of_a_cut_segment(tmp_path):
     members = RunDir(tmp_path).members(Members(count=2))
     for m in members:
         m.path.mkdir()
@@ -88,6 +88,13 @@ def test_metric_writer_keeps_each_members_records_and_the_last_of_a_repeated_ste
     assert [r["loss"] for r in members[1].read_metrics() if r["kind"] == "train"] == [2.5]
     assert [r["kind"] for r in members[0].read_metrics()] == ["eval", "train"]
     assert all(list(m.tensorboard.iterdir()) for m in members)
+    # Resumed at step 1 (its checkpoint): the cut segment's records after it go, and a redone step is written once.
+    writer = MetricWriter(members, total_steps=10, start_step=1)
+    writer.write(2, "train", [{"loss": 1.0}, {"loss": 1.1}])
+    writer.write(2, "train", [{"loss": 0.9}, {"loss": 1.0}])
+    writer.close()
+    assert [(r["kind"], r["step"]) for r in members[0].read_metrics()] == [("train", 1), ("train", 2)]
+    assert len(members[0].metrics_path.read_text().splitlines()) == 2
     assert format_duration(90061) == "1d 01:01:01" and format_duration(59) == "00:00:59"
 
 

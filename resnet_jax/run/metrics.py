@@ -32,30 +32,39 @@ class MetricWriter:
     Args:
       members: each member's directory (`RunDir.members()`; the run's own for a single run).
       total_steps: the run's length, for the ETA.
-      start_step: where this process started (0, or the step it resumed at), for the first ETA.
+      start_step: where this process started (0, or the step it resumed at), for the first ETA and for what of
+        the logs it keeps.
+
+    A run resumed at step S redoes what came after S (its checkpoint): the records after S, of the cut segment, are
+    dropped when this writer first writes (TensorBoard's purge_step does the same to the event files), so the logs
+    are those of the weights the run goes on from, and a redone step is written once.
     """
 
     def __init__(self, members: Sequence[RunDir], total_steps: int, start_step: int = 0):
         self.enabled = multihost.is_main()
         self.members = list(members)
         self.total_steps = total_steps
-        self._records = [m.read_metrics() if self.enabled else [] for m in self.members]
+        self._records: list[dict[tuple[str, int], dict[str, Any]]] = [
+            {(r["kind"], r["step"]): r for r in m.read_metrics() if r["step"] <= start_step} if self.enabled else {}
+            for m in self.members
+        ]
         self._tensorboards = []
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._tensorboards = [SummaryWriter(str(m.tensorboard)) for m in self.members]
+            self._tensorboards = [SummaryWriter(str(m.tensorboard), purge_step=start_step + 1) for m in self.members]
         self._start = (time.perf_counter(), start_step)
 
     def write(self, step: int, kind: str, values: Sequence[dict[str, Any]]) -> None:
-        """Appends one record `{"step", "kind", **values[k]}` per member; kind is 'train' or 'eval'."""
+        """Writes one record `{"step", "kind", **values[k]}` per member (in place of one of the same kind and step);
+        kind is 'train' or 'eval'."""
         if not self.enabled:
             return
         for member, records, tensorboard, member_values in zip(
             self.members, self._records, self._tensorboards, values, strict=True
         ):
-            records.append({"step": step, "kind": kind, **member_values})
-            member.write_metrics(records)
+            records[(kind, step)] = {"step": step, "kind": kind, **member_values}
+            member.write_metrics(list(records.values()))
             for key, value in member_values.items():
                 if isinstance(value, (int, float)):
                     tensorboard.add_scalar(f"{kind}/{key}", value, step)
