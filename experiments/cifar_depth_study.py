@@ -30,6 +30,7 @@ regenerates Table 6 and Figures 6 and 7 there: a batch job that stops leaves eve
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -46,6 +47,7 @@ from configs import cifar10
 from experiments import paper
 from resnet_jax.core import cli
 from resnet_jax.core.errors import ConfigError, UserError
+from resnet_jax.core.files import write_atomically
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import LOCAL_ONLY, RunDir
 
@@ -353,10 +355,13 @@ FIELDS = [
 
 
 def _write_tables(workdir: Path, rows: list[dict]) -> None:
-    with open(workdir / "table6.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(
+        workdir / "table6.csv", table.getvalue()
+    )  # whole, as every file here: a killed job leaves none half
     lines = [
         "| net | parameters | schedule | precision | runs | iterations | final training error % (mean) | "
         "final test error % (mean +- std) | best | paper (Table 6) |",
@@ -370,7 +375,7 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
             f"{r['train_error_mean']:.2f} | "
             f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
         )
-    (workdir / "table6.md").write_text("\n".join(lines) + "\n")
+    write_atomically(workdir / "table6.md", "\n".join(lines) + "\n")
 
 
 def _depth(net: str) -> int:

@@ -14,6 +14,7 @@ positions) and average it over the channels. Writes <output>.csv (net, layer ind
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import jax
@@ -23,6 +24,7 @@ from absl import app, flags, logging
 
 from resnet_jax.core import cli
 from resnet_jax.core.errors import UserError
+from resnet_jax.core.files import write_atomically
 from resnet_jax.data.pipeline import eval_iterator
 from resnet_jax.data.prepared import PreparedDataset
 from resnet_jax.models.batch_norm import GroupedBatchNorm
@@ -174,7 +176,7 @@ def write_run_responses(workdir: Path, net: str) -> Path:
     stds = layer_response_stds(str(workdir))
     lines = ["net,layer_index,layer,std"] + [f"{net},{i + 1},{n},{s:.6f}" for i, (n, s) in enumerate(stds)]
     path = Path(workdir) / "figure7.csv"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -194,7 +196,7 @@ def study_figure7(study_dir: Path) -> None:
     lines = ["net,layer_index,layer,std"] + [
         f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
     ]
-    (study_dir / "figure7.csv").write_text("\n".join(lines) + "\n")
+    write_atomically(study_dir / "figure7.csv", "\n".join(lines) + "\n")
     plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"))
 
 
@@ -211,8 +213,9 @@ def main(argv: list[str]) -> None:
     rows = [["net", "layer_index", "layer", "std"]]
     for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
         rows += [[net, i + 1, name, f"{s:.6f}"] for i, (name, s) in enumerate(stds)]
-        with open(f"{FLAGS.output}.csv", "w", newline="") as f:  # only once a net is measured: no empty file
-            csv.writer(f).writerows(rows)
+        table = io.StringIO()  # written once a net is measured (no empty file), and whole
+        csv.writer(table).writerows(rows)
+        write_atomically(f"{FLAGS.output}.csv", table.getvalue())
         plotted[net] = [s for _, s in stds]
         logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
     plot_figure7(plotted, f"{FLAGS.output}.png")

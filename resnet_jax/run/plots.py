@@ -11,10 +11,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from etils import epath
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from resnet_jax.core.files import write_atomically
 from resnet_jax.run.rundir import RunDir
 
 
@@ -38,10 +38,10 @@ def draw_curves(ax: Axes, members: Sequence[RunDir], label: str, color: str | No
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Writes `fig` as a PNG to a local or gs:// path."""
+    """Writes `fig` as a PNG to a local or gs:// path, whole (`write_atomically`)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    epath.Path(path).write_bytes(buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 def plot_training_curves(
