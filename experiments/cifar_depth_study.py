@@ -33,7 +33,6 @@ import csv
 import io
 import json
 import math
-import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from absl import flags, logging
 
 from configs import cifar10
 from experiments import paper
+from experiments.run_names import parse_run_name, run_name
 from resnet_jax.core import cli
 from resnet_jax.core.errors import ConfigError, UserError
 from resnet_jax.core.files import write_atomically
@@ -137,17 +137,15 @@ def net_config(
     return config
 
 
-def run_name(net: str, members: Members) -> str:
-    """The folder of a run of `net` with these members: `<net>_seed<s>` or `<net>_seeds<a>-<b>`."""
-    seeds = members.seeds
-    return f"{net}_seed{seeds[0]}" if members.single else f"{net}_seeds{seeds[0]}-{seeds[-1]}"
-
-
 def net_runs(workdir: Path, net: str) -> list[RunDir]:
-    """The finished runs of `net` in `workdir`: `<net>_seed<s>`, `<net>_seeds<a>-<b>`, and `<net>` (older layout)."""
-    pattern = re.compile(rf"{re.escape(net)}(_seeds?\d+(-\d+)?)?")
-    found = [RunDir(p) for p in sorted(workdir.iterdir()) if p.is_dir() and pattern.fullmatch(p.name)]
+    """The finished runs of `net` in `workdir` (its folders named as `run_names` says)."""
+    found = [RunDir(p) for p in sorted(workdir.iterdir()) if p.is_dir() and _net_of(p.name) == net]
     return [run for run in found if run.is_finished()]
+
+
+def _net_of(name: str) -> str | None:
+    parsed = parse_run_name(name)
+    return parsed and parsed[0]
 
 
 def net_members(workdir: Path, net: str) -> list[tuple[int, RunDir]]:
@@ -177,7 +175,7 @@ def run_nets(
     `finished(net, run_dir)` for each finished run; False if preempted."""
     for net in nets:
         config = make_config(net)
-        run_dir = RunDir(workdir / run_name(net, Members.from_config(config)))
+        run_dir = RunDir(workdir / run_name(net, Members.from_config(config).seeds))
         if run_dir.is_finished():
             logging.info("%s: finished earlier (%s), skipping.", net, run_dir.path)
         else:
@@ -197,6 +195,7 @@ def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> 
     for net in nets:
         config = make_config(net)
         planned = Members.from_config(config)
+        name = run_name(net, planned.seeds)
         want = (float(config.schedule_fraction), config.model.dtype)
         for workdir in (w for w in workdirs if w.is_dir()):
             have = (study_fraction(workdir, cifar10.CIFAR_MODELS), study_precision(workdir, cifar10.CIFAR_MODELS))
@@ -209,7 +208,7 @@ def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> 
             taken = {
                 seed
                 for seed, member in net_members(workdir, net)
-                if member.path.parent.name != run_name(net, planned) and member.path.name != run_name(net, planned)
+                if name not in (member.path.name, member.path.parent.name)
             } & {int(s) for s in planned.seeds}
             if taken:
                 raise UserError(

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from experiments.run_names import parse_run_name
 from resnet_jax.core import cli
 from resnet_jax.core.errors import UserError
 from resnet_jax.core.files import write_atomically
@@ -183,13 +184,12 @@ def write_run_responses(workdir: Path, net: str) -> Path:
 def study_figure7(study_dir: Path) -> None:
     """Figure 7 of a study folder (one folder per run, `<net>_seed<s>` or `<net>_seeds<a>-<b>`) from the responses
     measured on its runs (their figure7.csv): one line per net, its lowest seed's; writes figure7.csv and .png."""
-    from experiments.lease_plan import seeds_of
-
-    by_net: dict[str, Path] = {}
+    lowest: dict[str, tuple[int, Path]] = {}
     for path in sorted(study_dir.glob("*/figure7.csv")):
-        net = path.parent.name.split("_seed")[0]
-        if net not in by_net or seeds_of(path.parent.name)[0] < seeds_of(by_net[net].parent.name)[0]:
-            by_net[net] = path
+        parsed = parse_run_name(path.parent.name)
+        if parsed and (parsed[0] not in lowest or parsed[1][0] < lowest[parsed[0]][0]):
+            lowest[parsed[0]] = (parsed[1][0], path)
+    by_net = {net: path for net, (_, path) in lowest.items()}
     if not by_net:
         return
     responses = read_responses([str(p) for p in by_net.values()])

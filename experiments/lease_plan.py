@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from experiments.run_names import parse_run_name, run_name
+
 STUDY = "cifar10_depth_study"  # results/<STUDY>/<run>: the depth study's runs, from every device and lease
 LEASES = "leases"  # results/<LEASES>/<kind>/: each device kind's fill choice, command outputs and lease records
 PAPER_STEPS = 64_000
@@ -131,9 +133,8 @@ class Program:
 
     @property
     def run(self) -> str:
-        """The run's folder name, as the depth study names it: `<net>_seed<s>` or `<net>_seeds<a>-<b>`."""
-        first, last = self.seeds[0], self.seeds[-1]
-        return f"{self.net}_seed{first}" if len(self.seeds) == 1 else f"{self.net}_seeds{first}-{last}"
+        """The run's folder name, as the depth study names it (`run_names`)."""
+        return run_name(self.net, self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,15 +157,11 @@ class Shape:
 
 def finished_seeds(study: Path) -> dict[str, set[int]]:
     """{net: seeds with a final result} over the run folders of `study` (results/cifar10_depth_study)."""
-    pattern = re.compile(r"(?P<net>[a-z]+\d+)(_seeds?(?P<first>\d+)(-(?P<last>\d+))?)?")
     done: dict[str, set[int]] = {}
     for run in sorted(study.iterdir()) if study.is_dir() else []:
-        match = pattern.fullmatch(run.name)
-        if not match or not (run / "result.json").exists():
-            continue
-        first = int(match["first"] or 0)
-        last = int(match["last"] or first)
-        done.setdefault(match["net"], set()).update(range(first, last + 1))
+        parsed = parse_run_name(run.name)
+        if parsed and (run / "result.json").exists():
+            done.setdefault(parsed[0], set()).update(parsed[1])
     return done
 
 
@@ -175,16 +172,13 @@ def pending_programs(
     (consecutive seeds, so that each group is one run folder). A carried (partial) run resumes as the same program."""
     carried_seeds = {}
     for run in carried:  # a partial run from an earlier lease keeps its seeds: its checkpoint holds those members
-        if any(run.startswith(f"{net}_seed") for net in item.nets):
-            carried_seeds[run] = seeds_of(run)
+        parsed = parse_run_name(run)
+        if parsed and parsed[0] in item.nets:
+            carried_seeds[run] = parsed
     programs = []
     for net in item.nets:
         missing = [s for s in item.seeds if s not in done.get(net, set())]
-        groups = [
-            list(seeds)
-            for run, seeds in carried_seeds.items()
-            if run.startswith(f"{net}_seed") and set(seeds) <= set(missing)
-        ]
+        groups = [list(seeds) for of, seeds in carried_seeds.values() if of == net and set(seeds) <= set(missing)]
         taken = {s for g in groups for s in g}
         group: list[int] = []
         for seed in (s for s in missing if s not in taken):
@@ -195,12 +189,6 @@ def pending_programs(
         groups += [group] if group else []
         programs += [Program(net, tuple(g)) for g in sorted(groups)]
     return programs
-
-
-def seeds_of(run: str) -> tuple[int, ...]:
-    match = re.search(r"_seeds?(\d+)(?:-(\d+))?$", run)
-    first = int(match[1])
-    return tuple(range(first, int(match[2] or first) + 1))
 
 
 def _depth(net: str) -> int:

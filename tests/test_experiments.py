@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import cifar10
 from experiments import cifar_depth_study as study
-from experiments import imagenet_tables, paper
+from experiments import imagenet_tables, paper, run_names
 from resnet_jax.core.errors import ConfigError, UserError
 from resnet_jax.recipe.members import Members
 from resnet_jax.run.rundir import RunDir
@@ -72,7 +72,16 @@ def test_finished_nets_are_skipped_and_unfinished_ones_run(tmp_path):
     # a preempted net stops the job, so the scheduler can restart it
     assert not study.run_nets(tmp_path, ["resnet56", "resnet110"], study.net_config, lambda c, w: {})
     seeds_1_2 = study.net_config("resnet56", runs=2, first_seed=1)
-    assert study.run_name("resnet56", Members.from_config(seeds_1_2)) == "resnet56_seeds1-2"
+    assert run_names.run_name("resnet56", Members.from_config(seeds_1_2).seeds) == "resnet56_seeds1-2"
+
+
+def test_run_folder_names_are_written_and_read_in_one_place():
+    for net, seeds in (("resnet110", (0,)), ("plain56", (1, 2, 3))):
+        assert run_names.parse_run_name(run_names.run_name(net, seeds)) == (net, seeds)
+    assert run_names.parse_run_name("resnet20") == ("resnet20", (0,))  # the older layout: one run, seed 0
+    assert (
+        run_names.parse_run_name("figure7.png") is None and run_names.parse_run_name(".resnet20_seed0.partial") is None
+    )
 
 
 def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as_it_ends(tmp_path, monkeypatch):
@@ -245,6 +254,18 @@ def test_figure7_cuts_its_axis_only_for_a_few_layers_far_above_the_rest():
     short = {"plain56": [9.9, 5.1, 0.7, 0.7] + [0.7] * 40, "resnet56": [0.7] * 56}  # plain-56 at 1/8
     assert std_axis_top(short) == 1.5  # twice the 95th percentile (0.7), to 0.5 above: the rest fills the axis
     assert std_axis_top({}) is None and std_axis_top({"plain20": [float("nan")]}) is None  # nothing to cut
+
+
+def test_a_study_folders_figure7_takes_each_nets_lowest_seed_whatever_the_folder_layout(tmp_path):
+    from experiments.layer_responses import study_figure7
+
+    for folder, std in (("resnet20_seed1", 0.9), ("resnet20", 0.4), ("plain20_seeds2-3", 0.8), ("plain20_seed4", 0.1)):
+        (tmp_path / folder).mkdir()
+        net = folder.split("_")[0]
+        (tmp_path / folder / "figure7.csv").write_text(f"net,layer_index,layer,std\n{net},1,bn1,{std}\n")
+    study_figure7(tmp_path)
+    lines = (tmp_path / "figure7.csv").read_text().splitlines()[1:]
+    assert lines == ["plain20,1,bn1,0.800000", "resnet20,1,bn1,0.400000"]
 
 
 def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
