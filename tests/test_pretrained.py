@@ -264,7 +264,7 @@ def test_init_from_starts_a_run_from_the_weights_and_needs_their_input(monkeypat
     for collection in ("params", "batch_stats"):
         started = jax.tree.map(lambda x: x[0], getattr(trainer.state, collection))
         jax.tree.map(np.testing.assert_array_equal, started, variables[collection])
-    trainer.checkpointer.close()
+    trainer.close()
 
 
 @requires_shared_data

@@ -261,6 +261,30 @@ def test_bn_recompute_stores_a_plain_average_over_training_batches(cifar_slice_d
     assert again.top1_error == result["top1_error"]
 
 
+def test_a_set_up_that_fails_closes_what_it_opened(cifar_slice_data_dir, tmp_path, monkeypatch):
+    from resnet_jax.train import loop
+
+    closed = []
+    for name in ("make_feed", "Checkpointer", "MetricWriter"):
+        opener = getattr(loop, name)
+
+        def recording(*args, opener=opener, name=name, **kwargs):
+            opened = opener(*args, **kwargs)
+            close = opened.close
+            opened.close = lambda: (closed.append(name), close())[1]
+            return opened
+
+        monkeypatch.setattr(loop, name, recording)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no evaluator")
+
+    monkeypatch.setattr(loop, "make_evaluator", broken)
+    with pytest.raises(RuntimeError, match="no evaluator"):
+        loop.Trainer(small_config(cifar_slice_data_dir, num_steps=2), str(tmp_path))
+    assert closed == ["Checkpointer", "MetricWriter", "make_feed"]  # each of them, in reverse order
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cifar_slice_data_dir, tmp_path):
     train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=4), str(tmp_path))
     config = small_config(cifar_slice_data_dir, num_steps=40, **{"schedule.base_lr": 1e30})

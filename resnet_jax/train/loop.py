@@ -16,6 +16,7 @@ them and their mean. Metrics stay on the device between logs, so the host never 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -132,49 +133,54 @@ class Trainer:
         state = create_train_state(
             self.model, optimizer, models.spec(config.model.name).input_shape, members, self.mesh
         )
-        k = config.steps_per_dispatch
-        self.feed = make_feed(
-            self.dataset,
-            config.data,
-            self.mesh,
-            batch_size=config.batch_size,
-            steps=k,
-            seeds=members.seeds,
-            wrap=input_hook,
-        )
-        signature = model_signature(config.model, members, state.params)
-        self.checkpointer = Checkpointer(self.run_dir, members, signature, keep=config.keep_checkpoints)
-        restored = self.checkpointer.restore(state)
-        self.step = 0
-        if restored is not None:
-            state, self.step = restored.state, restored.step
-            self.feed.set_state(restored.data_state)
-            for schedule, schedule_state in zip(self.schedules, restored.schedule_states, strict=True):
-                schedule.load_state_dict(schedule_state)
-            logging.info("Resumed %s at step %d.", workdir, restored.step)
-        elif config.init_from is not None:
-            state = start_from_weights(state, config.init_from, config.model.num_classes, members, self.mesh)
-            logging.info("Starting from the published weights %s.", config.init_from)
-        self.state = state
-        self.member_dirs = self.run_dir.members(members)
-        if multihost.is_main():
-            if restored is None or changes is None:  # a run starting afresh (or one resumed without its config)
-                self.run_dir.start(config)
-            else:
-                self.run_dir.record_resume(restored.step, changes, sorted(set(accept_changes) & set(changes)))
-            self.run_dir.record_machine(0 if restored is None else restored.step)
-            for member in self.member_dirs:
-                member.path.mkdir(exist_ok=True)
-        self.writer = MetricWriter(self.member_dirs, config.num_steps, self.step)
-        self.dispatch = make_dispatch(
-            self.model, optimizer, self.mesh, self.feed, k, members, config.loss_scale, config.dispatch_loop
-        )
-        self.evaluator = make_evaluator(config, self.model, self.dataset, self.mesh, members)
-        self.preemption = _Preemption()
-        self.window: dict[str, Any] = {"sums": None, "start": time.perf_counter(), "from": self.step}
-        self.last_evaluation: tuple[int, list[EvalResult]] | None = None
-        self.learning_rates = np.zeros((members.count, k), np.float32)
-        self.timings = {"setup_s": time.perf_counter() - started, "first_dispatch_s": None, "loop_s": 0.0}
+        self.feed = self.checkpointer = self.writer = self.preemption = None  # opened below; closed by close()
+        try:  # a set-up that fails closes what it opened (input workers, orbax's threads, event files) at once
+            k = config.steps_per_dispatch
+            self.feed = make_feed(
+                self.dataset,
+                config.data,
+                self.mesh,
+                batch_size=config.batch_size,
+                steps=k,
+                seeds=members.seeds,
+                wrap=input_hook,
+            )
+            signature = model_signature(config.model, members, state.params)
+            self.checkpointer = Checkpointer(self.run_dir, members, signature, keep=config.keep_checkpoints)
+            restored = self.checkpointer.restore(state)
+            self.step = 0
+            if restored is not None:
+                state, self.step = restored.state, restored.step
+                self.feed.set_state(restored.data_state)
+                for schedule, schedule_state in zip(self.schedules, restored.schedule_states, strict=True):
+                    schedule.load_state_dict(schedule_state)
+                logging.info("Resumed %s at step %d.", workdir, restored.step)
+            elif config.init_from is not None:
+                state = start_from_weights(state, config.init_from, config.model.num_classes, members, self.mesh)
+                logging.info("Starting from the published weights %s.", config.init_from)
+            self.state = state
+            self.member_dirs = self.run_dir.members(members)
+            if multihost.is_main():
+                if restored is None or changes is None:  # a run starting afresh (or one resumed without its config)
+                    self.run_dir.start(config)
+                else:
+                    self.run_dir.record_resume(restored.step, changes, sorted(set(accept_changes) & set(changes)))
+                self.run_dir.record_machine(0 if restored is None else restored.step)
+                for member in self.member_dirs:
+                    member.path.mkdir(exist_ok=True)
+            self.writer = MetricWriter(self.member_dirs, config.num_steps, self.step)
+            self.dispatch = make_dispatch(
+                self.model, optimizer, self.mesh, self.feed, k, members, config.loss_scale, config.dispatch_loop
+            )
+            self.evaluator = make_evaluator(config, self.model, self.dataset, self.mesh, members)
+            self.preemption = _Preemption()
+            self.window: dict[str, Any] = {"sums": None, "start": time.perf_counter(), "from": self.step}
+            self.last_evaluation: tuple[int, list[EvalResult]] | None = None
+            self.learning_rates = np.zeros((members.count, k), np.float32)
+            self.timings = {"setup_s": time.perf_counter() - started, "first_dispatch_s": None, "loop_s": 0.0}
+        except BaseException:
+            self.close()
+            raise
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any] | None:
@@ -219,14 +225,16 @@ class Trainer:
             self.timings["loop_s"] = time.perf_counter() - loop_started
             results = self._finish()
         finally:
-            # However the run ends, a save in flight completes and the workers and event files are closed.
-            self.preemption.close()
-            try:
-                self.checkpointer.close()
-            finally:
-                self.writer.close()
-                self.feed.close()
+            self.close()
         return self._write_results(results)
+
+    def close(self) -> None:
+        """However the run ends (or its set-up fails): a save in flight completes, the signal handlers are restored,
+        and the input workers and event files are closed; each of them whatever the others raise."""
+        with contextlib.ExitStack() as closing:
+            for opened in (self.feed, self.writer, self.checkpointer, self.preemption):  # closed in reverse order
+                if opened is not None:
+                    closing.callback(opened.close)
 
     # ---------------------------------------------------------------- periodic actions
     def _past_deadline(self) -> bool:
