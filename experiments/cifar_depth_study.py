@@ -223,7 +223,7 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
     may be run a few nets per command)."""
     import shutil
 
-    from experiments.layer_responses import study_figure7, write_run_responses
+    from experiments.layer_responses import write_run_responses
 
     copy = target / run_dir.path.name
     if copy.exists():
@@ -237,7 +237,6 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
         shutil.copytree(run_dir.path, partial, ignore=shutil.ignore_patterns(*LOCAL_ONLY, "*.partial"))
         partial.rename(copy)  # whole or not at all
     collect(target, [n for n in cifar10.CIFAR_MODELS if n in nets or net_runs(target, n)])
-    study_figure7(target)
     logging.info("%s: published to %s", net, copy)
 
 
@@ -328,14 +327,25 @@ def net_row(workdir: Path, net: str) -> dict:
 
 
 def collect(workdir: Path, nets: list[str]) -> list[dict]:
-    """Rows of the nets with finished seeds; writes table6.md, table6.csv and figure6.png into `workdir`."""
-    study_fraction(workdir, nets)  # one fraction and one precision, or an error before anything is written
-    study_precision(workdir, nets)
+    """Rows of the nets with finished seeds; writes table6.md, table6.csv and figure6.png into `workdir`, and
+    figure7.csv/.png from its runs' figure7.csv (where --publish measured them; else there is nothing to draw)."""
+    from experiments.layer_responses import study_figure7
+
+    label = study_label(workdir, nets)  # one fraction and one precision, or an error before anything is written
     rows = [net_row(workdir, net) for net in nets if net_runs(workdir, net)]
     _write_tables(workdir, rows)
     if rows:
         draw_figure6(workdir, [r["net"] for r in rows])
+    study_figure7(workdir, label)
     return rows
+
+
+def study_label(workdir: Path, nets: list[str]) -> str:
+    """What the figures of `workdir` say of its runs beyond the net: '1/8 schedule', 'bfloat16', both, or '' for
+    the paper's schedule in float32 (see `_one_setting`)."""
+    fraction, dtype = study_fraction(workdir, nets), study_precision(workdir, nets)
+    said = [f"{fraction_label(fraction)} schedule"] if fraction_label(fraction) != "full" else []
+    return ", ".join(said + ([dtype] if dtype not in (None, "float32") else []))
 
 
 FIELDS = [
@@ -403,10 +413,8 @@ def draw_figure6(workdir: Path, nets: list[str]) -> None:
         ("ResNet-110 vs 1202", [n for n in nets if n in ("resnet110", "resnet1202") and "resnet1202" in nets]),
     ]
     panels = [(title, group) for title, group in panels if group]
-    fraction = study_fraction(workdir, nets)
-    schedule = "" if fraction_label(fraction) == "full" else f", {fraction_label(fraction)} schedule"
-    dtype = study_precision(workdir, nets)
-    schedule += "" if dtype in (None, "float32") else f", {dtype}"
+    label = study_label(workdir, nets)
+    schedule = f", {label}" if label else ""
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     for i, (title, group) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -466,9 +474,6 @@ def main(argv: list[str]) -> None:
             return
     workdir.mkdir(parents=True, exist_ok=True)
     rows = collect(workdir, nets)
-    from experiments.layer_responses import study_figure7
-
-    study_figure7(workdir)  # from the runs' figure7.csv, where --publish measured them (else nothing to draw)
     print((workdir / "table6.md").read_text())
     print(
         json.dumps(

@@ -118,7 +118,8 @@ def std_axis_top(responses: dict[str, list[float]]) -> float | None:
     return cut if stds.max() > 3 * np.median(stds) and stds.max() > cut else None
 
 
-def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
+def plot_figure7(responses: dict[str, list[float]], path: str, label: str = "") -> None:
+    """Figure 7: each net's layer responses (std) in layer order and sorted; `label` (say, '1/8 schedule') heads it."""
     from matplotlib.figure import Figure
 
     from resnet_jax.run.plots import save_figure
@@ -129,6 +130,8 @@ def plot_figure7(responses: dict[str, list[float]], path: str) -> None:
         style = "--" if net.startswith("plain") else "-"
         top.plot(range(1, len(stds) + 1), stds, style, label=net)
         bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), style, label=net)
+    if label:
+        fig.suptitle(f"layer responses ({label})", fontsize=10)
     top.set(xlabel="layer index (original)", ylabel="std")
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     cut = std_axis_top(responses)
@@ -181,7 +184,7 @@ def write_run_responses(workdir: Path, net: str) -> Path:
     return path
 
 
-def study_figure7(study_dir: Path) -> None:
+def study_figure7(study_dir: Path, label: str = "") -> None:
     """Figure 7 of a study folder (one folder per run, `<net>_seed<s>` or `<net>_seeds<a>-<b>`) from the responses
     measured on its runs (their figure7.csv): one line per net, its lowest seed's; writes figure7.csv and .png."""
     lowest: dict[str, tuple[int, Path]] = {}
@@ -197,7 +200,7 @@ def study_figure7(study_dir: Path) -> None:
         f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
     ]
     write_atomically(study_dir / "figure7.csv", "\n".join(lines) + "\n")
-    plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"))
+    plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"), label)
 
 
 def main(argv: list[str]) -> None:

@@ -30,7 +30,6 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
     lease's phases and fill table to `results_md` (default: benchmarks/RESULTS.md for the repository's results,
     else <results>/RESULTS.md)."""
     from experiments import cifar_depth_study as study
-    from experiments.layer_responses import study_figure7
 
     folder = source if source.is_dir() else source.parent
     record = lease_files.read_json(folder / "lease.json") or {}
@@ -79,8 +78,7 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
     write_atomically(leases / f"{record.get('started', 'lease').replace(':', '')}.json", json.dumps(record, indent=2))
     study_dir = results / plan.STUDY
     if study_dir.is_dir():
-        study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])
-        study_figure7(study_dir)
+        study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])  # Table 6, Figures 6 and 7
         _runs_md(study_dir, merged["runs"], record)
     if results_md is None:
         results_md = _REPO / "benchmarks" / "RESULTS.md" if results.resolve() == (_REPO / "results").resolve() else None

@@ -191,6 +191,7 @@ def test_tables_and_figures_are_labelled_with_their_fraction_and_never_mix_two(t
     rows = study.collect(tmp_path, ["plain20", "resnet20"])
     assert [r["schedule"] for r in rows] == ["1/8", "1/8"]
     assert "| resnet20 | 0.27M | 1/8 | float32 | 1 | 8000 |" in (tmp_path / "table6.md").read_text()
+    assert study.study_label(tmp_path, ["plain20", "resnet20"]) == "1/8 schedule"
     _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # the full schedule (no fraction recorded: 1)
     with pytest.raises(UserError, match="different schedule fractions.*resnet20_seed0 1/8.*resnet20_seed1 full"):
         study.collect(tmp_path, ["plain20", "resnet20"])
@@ -205,6 +206,7 @@ def test_tables_and_figures_are_labelled_with_their_precision_and_never_mix_two(
         row["precision"] == "bfloat16"
         and "| resnet20 | 0.27M | full | bfloat16 | 1 |" in (tmp_path / "table6.md").read_text()
     )
+    assert study.study_label(tmp_path, ["resnet20"]) == "bfloat16"
     _fake_run(tmp_path / "resnet20_seed1", [(64_000, 0.11)])  # float32, the default
     with pytest.raises(UserError, match="different precisions.*resnet20_seed0 bfloat16.*resnet20_seed1 float32"):
         study.collect(tmp_path, ["resnet20"])
@@ -266,6 +268,22 @@ def test_a_study_folders_figure7_takes_each_nets_lowest_seed_whatever_the_folder
     study_figure7(tmp_path)
     lines = (tmp_path / "figure7.csv").read_text().splitlines()[1:]
     assert lines == ["plain20,1,bn1,0.800000", "resnet20,1,bn1,0.400000"]
+
+
+def test_a_study_folders_figures_are_headed_with_its_schedule(tmp_path, monkeypatch):
+    from resnet_jax.run import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=0: drawn.update({Path(path).name: fig}))
+    eighth = {**_CONFIG, "schedule_fraction": 0.125}
+    _fake_run(tmp_path / "resnet20_seed0", [(8000, 0.12)], config=eighth)
+    (tmp_path / "resnet20_seed0" / "figure7.csv").write_text("net,layer_index,layer,std\nresnet20,1,bn1,0.5\n")
+    study.collect(tmp_path, ["resnet20"])
+    assert drawn["figure7.png"].get_suptitle() == "layer responses (1/8 schedule)"
+    assert drawn["figure6.png"].axes[0].get_title() == "ResNets, 1/8 schedule"
+    (tmp_path / "resnet20_seed0" / "config.json").write_text(json.dumps(_CONFIG))  # the paper's schedule: no heading
+    study.collect(tmp_path, ["resnet20"])
+    assert drawn["figure7.png"].get_suptitle() == "" and drawn["figure6.png"].axes[0].get_title() == "ResNets"
 
 
 def test_figure7_redrawn_from_earlier_csvs_keeps_layer_order(tmp_path):
