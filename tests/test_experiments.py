@@ -125,6 +125,22 @@ def test_each_finished_run_is_published_without_checkpoints_with_its_figure_7_as
     assert "| plain20 |" in (published / "table6.md").read_text()
 
 
+def test_a_runs_pace_is_read_from_its_logs_counting_a_redone_window_once(tmp_path):
+    from benchmarks import study_pace
+
+    run = RunDir(tmp_path / "plain20_seed0").create()
+    run.config_path.write_text(json.dumps({**_CONFIG, "batch_size": 100, "model": {"name": "plain20"}}))
+    windows = [(100, 500.0), (200, 100.0), (300, 400.0), (200, 300.0), (400, 200.0)]  # 200 redone after a resume
+    run.metrics_path.write_text(
+        "".join(json.dumps({"step": s, "kind": "train", "images_per_sec": r}) + "\n" for s, r in windows)
+    )
+    (row,) = study_pace.run_pace(run.path)
+    assert row["median_img_s"] == 350 and row["p90_img_s"] == 470  # of 500, 300, 400, 200: numpy's linear rule
+    assert row["minutes_at_median"] == round(400 * 100 / 350 / 60, 1) and row["machines"] == ["not recorded"]
+    assert row["minutes_of_windows"] == round(100 * 100 * (1 / 500 + 1 / 300 + 1 / 400 + 1 / 200) / 60, 1)
+    assert study_pace.run_pace(run.path, from_step=200)[0]["median_img_s"] == 300
+
+
 def test_quick_config_keeps_the_schedule_shape_and_runs_are_passed_on():
     config = study.net_config("resnet110", quick=True, data_dir="/d", prepare_from=None, batch_size=None)
     quick = cifar10.get_config("resnet110,quick")
