@@ -110,11 +110,12 @@ def test_what_may_change_depends_on_what_decides_the_run():
         check_resume(by_25, _with(config, steps_per_dispatch=100), 2325)
 
 
-def test_a_run_started_before_bn_unbiased_var_existed_reads_as_the_biased_variance_it_trained_with(tmp_path):
+def test_a_run_started_before_a_key_existed_reads_as_what_it_computed(tmp_path):
     run = RunDir(tmp_path / "old").create()
     run.config_path.write_text('{"model": {"name": "resnet20"}, "data": {"name": "cifar10"}}')
     config = run.read_config()
     assert config.model.bn_unbiased_var is False and cifar10.get_config("resnet20").model.bn_unbiased_var is True
+    assert config.model.bn_impl == "xla"  # the only batch norms then ('auto' now takes oneDNN's in bfloat16)
     assert config.schedule_fraction == 1.0  # every other key added since: its default
 
 
@@ -133,8 +134,9 @@ def test_the_committed_runs_load_and_resuming_them_with_their_config_is_accepted
             again.data.data_dir, again.data.worker_count = saved.data.data_dir, saved.data.worker_count
             again.seed, again.runs = saved.seed, saved.runs  # its seeds (a lease trains seeds 1, 2, ...)
             changes = check_resume(saved, again, saved.num_steps, accepted=["model.bn_unbiased_var"])
-            # Runs trained before the unbiased moving variance became the paper configs' BN: that key too.
-            assert set(changes) <= {"steps_per_dispatch", "model.bn_unbiased_var"}, changes
+            # Runs trained before the unbiased moving variance became the paper configs' BN: that key too; before
+            # bn_impl existed: XLA's batch norms, which 'auto' still picks in float32.
+            assert set(changes) <= {"steps_per_dispatch", "model.bn_unbiased_var", "model.bn_impl"}, changes
 
 
 def _with(config, **overrides):

@@ -23,7 +23,7 @@ PLATEAU_SIGNALS = ("train_error", "validation_error")
 BN_STATISTICS = ("moving_average", "recomputed")
 
 
-BEFORE_THE_KEY = {("model", "bn_unbiased_var"): False}
+BEFORE_THE_KEY = {("model", "bn_unbiased_var"): False, ("model", "bn_impl"): "xla"}
 """What a run started before a key existed computed, where the key's default says otherwise: the value its
 config.json, which lacks the key, stands for (every other key added since takes its default)."""
 
