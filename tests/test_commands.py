@@ -36,6 +36,20 @@ def test_evaluation_mistakes_are_one_line_with_status_2(cifar_slice_data_dir, tm
     }[case] in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--nets=resnet21"], "--nets: unknown nets ['resnet21']"),
+        (["--schedule_fraction=1/3"], "fraction=1/3 must be in (0, 1] and give whole iteration counts"),
+        (["--quick", "--schedule_fraction=1/8"], "one fraction=F, without quick"),
+    ],
+)
+def test_depth_study_mistakes_are_one_line_with_status_2(tmp_path, flags, said):
+    argv = [sys.executable, "-m", "experiments.cifar_depth_study", f"--workdir={tmp_path}", "--print_commands"]
+    result = run(argv + flags, expect=2)
+    assert "Traceback" not in result.stderr and said in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
 def test_the_compilation_cache_is_jax_s_variable_where_set(tmp_path):
     """`--compilation_cache` defaults to JAX's own JAX_COMPILATION_CACHE_DIR (the tests' commands share the session's
     cache through it), else to the user's cache directory."""
