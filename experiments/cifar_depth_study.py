@@ -206,14 +206,16 @@ def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> 
                     "of each: give the same --schedule_fraction and --dtype, or another --workdir (and --publish)."
                 )
             taken = {
-                seed
+                seed: member.path.name if member.path.name.startswith(net) else member.path.parent.name
                 for seed, member in net_members(workdir, net)
-                if name not in (member.path.name, member.path.parent.name)
-            } & {int(s) for s in planned.seeds}
+                if name not in (member.path.name, member.path.parent.name) and seed in {int(s) for s in planned.seeds}
+            }
             if taken:
+                listed = ", ".join(f"{seed} in {folder}" for seed, folder in sorted(taken.items()))
                 raise UserError(
-                    f"{workdir} already holds finished runs of {net} with seeds {sorted(taken)}: a table would count "
-                    "them twice. Choose other seeds (--first_seed, --runs) or another --workdir (and --publish)."
+                    f"{workdir} already holds finished runs of {net} with seeds {sorted(taken)} ({listed}): a table "
+                    f"would count them twice. Choose other seeds (--first_seed, --runs) or another --workdir (and "
+                    "--publish)."
                 )
 
 
@@ -242,7 +244,8 @@ def publish(net: str, run_dir: RunDir, target: Path, nets: list[str]) -> None:
 
 def _tabled(workdir: Path, net: str) -> bool:
     """Whether `workdir`'s Table 6 has `net`'s row with all its finished seeds (a command stopped between publishing
-    a run and redrawing the table leaves it behind: the next one redraws it)."""
+    a run and redrawing the table and figures leaves it behind, `collect` writing table6.csv last: the next one
+    redraws them)."""
     path = workdir / "table6.csv"
     if not path.exists():
         return False
@@ -333,10 +336,10 @@ def collect(workdir: Path, nets: list[str]) -> list[dict]:
 
     label = study_label(workdir, nets)  # one fraction and one precision, or an error before anything is written
     rows = [net_row(workdir, net) for net in nets if net_runs(workdir, net)]
-    _write_tables(workdir, rows)
     if rows:
         draw_figure6(workdir, [r["net"] for r in rows])
     study_figure7(workdir, label)
+    _write_tables(workdir, rows)  # table6.csv last: publish takes a net in it for one whose figures are drawn
     return rows
 
 
@@ -364,13 +367,7 @@ FIELDS = [
 
 
 def _write_tables(workdir: Path, rows: list[dict]) -> None:
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(
-        workdir / "table6.csv", table.getvalue()
-    )  # whole, as every file here: a killed job leaves none half
+    """table6.md, then table6.csv, each whole (a killed job leaves no half table)."""
     lines = [
         "| net | parameters | schedule | precision | runs | iterations | final training error % (mean) | "
         "final test error % (mean +- std) | best | paper (Table 6) |",
@@ -385,6 +382,11 @@ def _write_tables(workdir: Path, rows: list[dict]) -> None:
             f"{r['test_error_mean']:.2f}{spread} | {r['test_error_best']:.2f} | {r['paper_test_error']} |"
         )
     write_atomically(workdir / "table6.md", "\n".join(lines) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(workdir / "table6.csv", table.getvalue())
 
 
 def _depth(net: str) -> int:

@@ -1,6 +1,7 @@
 """Figure 7: standard deviations of the layer responses of trained CIFAR-10 nets.
 
-    python -m experiments.layer_responses --workdirs=workdirs/depth_study/plain20,workdirs/depth_study/resnet20,... \
+    python -m experiments.layer_responses \
+        --workdirs=workdirs/depth_study/plain20_seed0,workdirs/depth_study/resnet20_seed0,... \
         --output=workdirs/depth_study/figure7
     python -m experiments.layer_responses --from_csv=a/figure7.csv,b/figure7.csv --output=figure7   # redraw, merged
 
@@ -185,7 +186,7 @@ def write_run_responses(workdir: Path, net: str) -> Path:
 
 
 def study_figure7(study_dir: Path, label: str = "") -> None:
-    """Figure 7 of a study folder (one folder per run, `<net>_seed<s>` or `<net>_seeds<a>-<b>`) from the responses
+    """Figure 7 of a study folder (one folder per run, named as `run_names` says) from the responses
     measured on its runs (their figure7.csv): one line per net, its lowest seed's; writes figure7.csv and .png."""
     lowest: dict[str, tuple[int, Path]] = {}
     for path in sorted(study_dir.glob("*/figure7.csv")):

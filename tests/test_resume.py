@@ -110,6 +110,16 @@ def test_what_may_change_depends_on_what_decides_the_run():
         check_resume(by_25, _with(config, steps_per_dispatch=100), 2325)
 
 
+def test_the_step_restored_is_checked_against_the_steps_per_dispatch(cifar_slice_data_dir, tmp_path):
+    """Also where check_resume cannot ask (a run resumed without its config.json) or asks of another step (the
+    newest checkpoint, when it is damaged and an older one is restored)."""
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=3), str(tmp_path))
+    RunDir(tmp_path).config_path.unlink()
+    by_2 = small_config(cifar_slice_data_dir, num_steps=4, steps_per_dispatch=2, log_every_steps=2)
+    with pytest.raises(ConfigError, match="steps_per_dispatch=2 does not divide step 3"):
+        train_and_evaluate(by_2, str(tmp_path))
+
+
 def test_a_run_started_before_a_key_existed_reads_as_what_it_computed(tmp_path):
     run = RunDir(tmp_path / "old").create()
     run.config_path.write_text('{"model": {"name": "resnet20"}, "data": {"name": "cifar10"}}')

@@ -135,10 +135,18 @@ def check_resume(
             f"config.num_steps={new.num_steps} is behind the run in {workdir}, which is at step {step}: give "
             f"num_steps >= {step}, or evaluate its checkpoints (python -m resnet_jax.evaluate --step=N)."
         )
-    if step % new.steps_per_dispatch:  # the loop logs, evaluates and saves at multiples of it: it would never again
-        raise ConfigError(
-            f"config.steps_per_dispatch={new.steps_per_dispatch} does not divide step {step}, at which the run in "
-            f"{workdir} resumes: it would never again reach a step at which the loop logs, evaluates or saves. Give "
-            f"one that divides {step} (the saved {saved.steps_per_dispatch} does), or a new --workdir."
-        )
+    check_dispatch(step, new.steps_per_dispatch, workdir, saved.steps_per_dispatch)
     return changes
+
+
+def check_dispatch(step: int, steps_per_dispatch: int, workdir: str = "", saved: int | None = None) -> None:
+    """ConfigError if a run resuming at `step` cannot do so in dispatches of `steps_per_dispatch`: the loop logs,
+    evaluates and saves at multiples of it, and from a step it does not divide would never reach one again (nor stop
+    at num_steps). Asked before the set-up of the newest checkpoint's step, and after it of the step restored."""
+    if step % steps_per_dispatch:
+        was = f" (the saved {saved} does)" if saved else ""
+        raise ConfigError(
+            f"config.steps_per_dispatch={steps_per_dispatch} does not divide step {step}, at which the run in "
+            f"{workdir} resumes: it would never again reach a step at which the loop logs, evaluates or saves. Give "
+            f"one that divides {step}{was}, or a new --workdir."
+        )

@@ -103,7 +103,8 @@ class Checkpointer:
 
     @property
     def latest_step(self) -> int | None:
-        """The newest step saved: the one a rerun resumes from (orbax's own latest_step is the last one saved)."""
+        """The newest step saved, a save in flight included (orbax lists a step from the moment its save starts; its
+        own latest_step is the last one saved): the one a rerun resumes from once the run has closed."""
         return max(self.manager.all_steps(), default=None)
 
     def resume_point(self) -> str:
@@ -148,7 +149,8 @@ class Checkpointer:
         where = local_path(self.directory)
         free = f", and {shutil.disk_usage(where).free / 2**20:,.0f} MiB are free there" if where else ""
         cause = f"{error!r}" if error is not None else f"see process {failing}'s log"
-        whole = max(self.run_dir.saved_steps(), default=None)  # not the failed save, which orbax may still list
+        whole = max(self.run_dir.saved_steps(), default=None)  # not the failed save, which orbax may still list (on
+        # a local disk a save gets its step's name once whole; on gs:// a marker file says so, read on restore)
         raise CheckpointSaveError(
             f"Saving the checkpoint of {what} into {self.directory} failed: {cause}. A checkpoint of this run needs "
             f"about {needed:,.0f} MiB{free}. The earlier checkpoints are intact; free space (or choose a --workdir "

@@ -37,7 +37,7 @@ from resnet_jax.data.feeds import make_feed
 from resnet_jax.data.prepare import ensure_prepared
 from resnet_jax.eval.evaluator import make_evaluator
 from resnet_jax.eval.results import EvalResult, describe_summary, summarize
-from resnet_jax.recipe.changes import check_resume
+from resnet_jax.recipe.changes import check_dispatch, check_resume
 from resnet_jax.recipe.config import device_count_problem, model_from_config, validate
 from resnet_jax.recipe.members import Members
 from resnet_jax.recipe.optim import make_optimizer
@@ -150,6 +150,7 @@ class Trainer:
             restored = self.checkpointer.restore(state)
             self.step = 0
             if restored is not None:
+                check_dispatch(restored.step, k, workdir)  # the step restored: an older one if the newest is damaged
                 state, self.step = restored.state, restored.step
                 self.feed.set_state(restored.data_state)
                 for schedule, schedule_state in zip(self.schedules, restored.schedule_states, strict=True):
