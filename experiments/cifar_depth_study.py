@@ -206,7 +206,7 @@ def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> 
                     "of each: give the same --schedule_fraction and --dtype, or another --workdir (and --publish)."
                 )
             taken = {
-                seed: member.path.name if member.path.name.startswith(net) else member.path.parent.name
+                seed: member.path.name if _net_of(member.path.name) == net else member.path.parent.name
                 for seed, member in net_members(workdir, net)
                 if name not in (member.path.name, member.path.parent.name) and seed in {int(s) for s in planned.seeds}
             }
