@@ -192,13 +192,17 @@ def check_plan(workdirs: list[Path], nets: list[str], make_config: Callable) -> 
     """Refuses, before any training, runs that could not join the tables of `workdirs` (the study's workdir and its
     --publish folder): of another schedule fraction or precision than their finished runs, or of a seed that a
     finished run of the same net there already holds under another name (the table would count it twice)."""
+    held = {  # each workdir's one fraction and precision, read once
+        w: (study_fraction(w, cifar10.CIFAR_MODELS), study_precision(w, cifar10.CIFAR_MODELS))
+        for w in workdirs
+        if w.is_dir()
+    }
     for net in nets:
         config = make_config(net)
         planned = Members.from_config(config)
         name = run_name(net, planned.seeds)
         want = (float(config.schedule_fraction), config.model.dtype)
-        for workdir in (w for w in workdirs if w.is_dir()):
-            have = (study_fraction(workdir, cifar10.CIFAR_MODELS), study_precision(workdir, cifar10.CIFAR_MODELS))
+        for workdir, have in held.items():
             if have[0] is not None and have != want:
                 raise UserError(
                     f"{workdir} holds finished runs of the {fraction_label(have[0])} schedule in {have[1]}; "

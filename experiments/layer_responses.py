@@ -15,7 +15,6 @@ positions) and average it over the channels. Writes <output>.csv (net, layer ind
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import jax
@@ -178,11 +177,17 @@ def read_responses(paths: list[str]) -> dict[str, list[tuple[str, float]]]:
 
 def write_run_responses(workdir: Path, net: str) -> Path:
     """Measures a trained run's responses (its first seed) into `<workdir>/figure7.csv`; returns the file."""
-    stds = layer_response_stds(str(workdir))
-    lines = ["net,layer_index,layer,std"] + [f"{net},{i + 1},{n},{s:.6f}" for i, (n, s) in enumerate(stds)]
     path = Path(workdir) / "figure7.csv"
-    write_atomically(path, "\n".join(lines) + "\n")
+    write_responses(path, {net: layer_response_stds(str(workdir))})
     return path
+
+
+def write_responses(path: str | Path, responses: dict[str, list[tuple[str, float]]]) -> None:
+    """Writes {net: [(layer, std), ...]} whole as Figure 7's CSV: net, layer index (from 1), layer, std."""
+    lines = ["net,layer_index,layer,std"] + [
+        f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
+    ]
+    write_atomically(path, "\n".join(lines) + "\n")
 
 
 def study_figure7(study_dir: Path, label: str = "") -> None:
@@ -197,10 +202,7 @@ def study_figure7(study_dir: Path, label: str = "") -> None:
     if not by_net:
         return
     responses = read_responses([str(p) for p in by_net.values()])
-    lines = ["net,layer_index,layer,std"] + [
-        f"{net},{i + 1},{layer},{std:.6f}" for net, rows in responses.items() for i, (layer, std) in enumerate(rows)
-    ]
-    write_atomically(study_dir / "figure7.csv", "\n".join(lines) + "\n")
+    write_responses(study_dir / "figure7.csv", responses)
     plot_figure7({net: [s for _, s in rows] for net, rows in responses.items()}, str(study_dir / "figure7.png"), label)
 
 
@@ -213,13 +215,10 @@ def main(argv: list[str]) -> None:
     else:
         _check_unique([Path(workdir).name for workdir in FLAGS.workdirs])
         nets = ((Path(workdir).name, layer_response_stds(workdir, FLAGS.split)) for workdir in FLAGS.workdirs)
-    plotted = {}
-    rows = [["net", "layer_index", "layer", "std"]]
+    measured, plotted = {}, {}
     for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
-        rows += [[net, i + 1, name, f"{s:.6f}"] for i, (name, s) in enumerate(stds)]
-        table = io.StringIO()  # written once a net is measured (no empty file), and whole
-        csv.writer(table).writerows(rows)
-        write_atomically(f"{FLAGS.output}.csv", table.getvalue())
+        measured[net] = stds
+        write_responses(f"{FLAGS.output}.csv", measured)  # once a net is measured: no empty file
         plotted[net] = [s for _, s in stds]
         logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
     plot_figure7(plotted, f"{FLAGS.output}.png")
