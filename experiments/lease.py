@@ -45,9 +45,9 @@ from absl import app, flags
 
 from experiments import lease_files, lease_unpack
 from experiments import lease_plan as plan
+from experiments.lease_files import REPO
 from resnet_jax.core import files
 
-REPO = Path(__file__).resolve().parents[1]
 CARRY_MB = 20.0  # checkpoints carried to the next lease: what the 60 MiB that travels leaves beside the kit
 RESERVE_S = 45.0  # the end of a lease: the last saves, Figure 7, the archive
 GRACE_S = 15.0  # a program still running this long after the deadline is stopped (SIGTERM, then SIGKILL 10 s later)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from experiments import lease_plan as plan
 
+# The repository root: the lease's targets are its results/ and benchmarks/RESULTS.md, and its programs run here.
+REPO = Path(__file__).resolve().parents[1]
 MAX_FILE = 16 * 2**20
 MAX_FILES = 8
 

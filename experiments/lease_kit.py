@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from experiments import lease_plan as plan
-from experiments.lease import REPO, RESERVE_S
+from experiments.lease import RESERVE_S
+from experiments.lease_files import REPO
 from experiments.lease_unpack import CACHE
 
 # What the lease image lacks (the device tool's KINDS.md lists what it has), and ours to run in front of its own.

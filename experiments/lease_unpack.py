@@ -21,7 +21,6 @@ from experiments import lease_files
 from experiments import lease_plan as plan
 from resnet_jax.core.files import write_atomically
 
-_REPO = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "resnet_jax" / "leases"  # what the next lease carries (lease_kit.py)
 
 
@@ -80,8 +79,8 @@ def unpack(source: Path, results: Path, results_md: Path | None = None) -> dict:
     if study_dir.is_dir():
         study.collect(study_dir, list(study.DEFAULT_NETS) + ["resnet1202"])  # Table 6, Figures 6 and 7
         _runs_md(study_dir, merged["runs"], record)
-    if results_md is None:
-        results_md = _REPO / "benchmarks" / "RESULTS.md" if results.resolve() == (_REPO / "results").resolve() else None
+    if results_md is None and results.resolve() == (lease_files.REPO / "results").resolve():
+        results_md = lease_files.REPO / "benchmarks" / "RESULTS.md"
     fill = lease_files.read_json(leases / "fill" / "fill.json")
     _results_md(results_md or results / "RESULTS.md", record, fill, merged)
     return merged
