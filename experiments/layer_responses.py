@@ -10,6 +10,12 @@ A response is the output of a 3x3 convolution after its BatchNorm, before the Re
 positions) and average it over the channels. Writes <output>.csv (net, layer index, layer, std) and <output>.png
 (top: in layer order; bottom: sorted in descending order), as in the paper. For a workdir of several runs
 (`config.runs`), the run of its first seed is measured.
+
+The BNs normalise with their moving averages (the trained net as it is tested; the default), or with
+`--statistics=batch` with each group's own statistics, as in training (groups of `model.bn_group_size` test images;
+a last incomplete group is left out). With the batch's statistics a response's std is its BN's |scale| (times
+sqrt(var / (var + epsilon))), so the two differ where the net's activations at test time drift from those its
+moving averages were taken from.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from resnet_jax.run.load import load_run
 from resnet_jax.run.state import member
 
 FLAGS = flags.FLAGS
+STATISTICS = ("moving", "batch")  # what the BNs normalise with while their responses are measured
 
 
 def _define_flags() -> None:  # at run time, not at import: scripts import each other's functions
@@ -45,6 +52,8 @@ def _define_flags() -> None:  # at run time, not at import: scripts import each 
     )
     flags.DEFINE_string("output", "figure7", "Output path without extension (.csv and .png are written).")
     flags.DEFINE_string("split", "test", "Split whose images give the responses.")
+    flags.DEFINE_enum("statistics", "moving", STATISTICS, "What the BNs normalise with: their moving averages "
+                      "(the net as tested) or each group's own statistics (as in training).")  # fmt: skip
 
 
 def _is_3x3_response(path: tuple[str, ...]) -> bool:
@@ -52,19 +61,23 @@ def _is_3x3_response(path: tuple[str, ...]) -> bool:
     return path[-1].startswith("bn") and "downsample" not in path
 
 
-def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, float]]:
-    """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split`."""
+def layer_response_stds(workdir: str, split: str = "test", statistics: str = "moving") -> list[tuple[str, float]]:
+    """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split` (with
+    `statistics='batch'`, on every whole group of `model.bn_group_size` of them)."""
+    if statistics not in STATISTICS:
+        raise UserError(f"statistics={statistics!r}: choose one of {', '.join(STATISTICS)}.")
     config, model, state = load_run(workdir)
     variables = member(state.variables(), 0)
+    train = statistics == "batch"
 
     @jax.jit
     def moments(images, mask):
         _, captured = model.apply(
             variables,
             images[:, 0],
-            train=False,
+            train=train,
             capture_intermediates=lambda m, _: isinstance(m, GroupedBatchNorm),
-            mutable=["intermediates"],
+            mutable=["intermediates", "batch_stats"] if train else ["intermediates"],
         )
         flat = jax.tree_util.tree_flatten_with_path(captured["intermediates"])[0]
         out = {}
@@ -81,12 +94,21 @@ def layer_response_stds(workdir: str, split: str = "test") -> list[tuple[str, fl
         return out
 
     totals = None
+    group = config.model.bn_group_size or 512
+    batch_size = 512 if train else 500  # 512: whole groups of 64 (the CIFAR configs') or of 4 (the tests')
     batches = eval_iterator(
-        PreparedDataset.open(config.data), config.data, split=split, protocol="single", global_batch_size=500
+        PreparedDataset.open(config.data), config.data, split=split, protocol="single", global_batch_size=batch_size
     )
     try:
         for batch in batches:
-            m = moments(jnp.asarray(batch["image"]), jnp.asarray(batch["mask"]))
+            images, mask = batch["image"], batch["mask"]
+            if train:  # whole groups of real examples: padding would join a group's statistics
+                keep = np.flatnonzero(np.asarray(mask))
+                keep = keep[: len(keep) // group * group]
+                if not len(keep):
+                    continue
+                images, mask = np.asarray(images)[keep], np.asarray(mask)[keep]
+            m = moments(jnp.asarray(images), jnp.asarray(mask))
             totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
     finally:
         batches.close()
@@ -214,7 +236,10 @@ def main(argv: list[str]) -> None:
         nets = list(read_responses(FLAGS.from_csv).items())
     else:
         _check_unique([Path(workdir).name for workdir in FLAGS.workdirs])
-        nets = ((Path(workdir).name, layer_response_stds(workdir, FLAGS.split)) for workdir in FLAGS.workdirs)
+        nets = (
+            (Path(workdir).name, layer_response_stds(workdir, FLAGS.split, FLAGS.statistics))
+            for workdir in FLAGS.workdirs
+        )
     measured, plotted = {}, {}
     for net, stds in nets:  # for workdirs, each net is measured, written and reported in turn
         measured[net] = stds

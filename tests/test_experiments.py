@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -400,3 +401,30 @@ def test_the_data_control_pairs_each_lossless_image_with_its_jpeg_copy(tmp_path)
     from resnet_jax.recipe.config import validate
 
     validate(config)
+
+
+def test_figure_7_with_batch_statistics_measures_each_bn_scale_and_with_moving_ones_the_tested_net(
+    cifar_slice_data_dir, tmp_path
+):
+    from experiments.layer_responses import layer_response_stds
+    from resnet_jax.run.load import load_run
+    from resnet_jax.train.loop import train_and_evaluate
+    from tests.support.training import small_config
+
+    train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=2), str(tmp_path))
+    _, _, state = load_run(tmp_path)
+    scales = {}
+    for path, scale in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        names = [getattr(k, "key", "") for k in path]
+        if names[-1] == "scale":
+            scales["/".join(names[:-1])] = float(np.mean(np.abs(np.asarray(scale))))
+    batch = dict(layer_response_stds(str(tmp_path), statistics="batch"))
+    moving = dict(layer_response_stds(str(tmp_path)))
+    assert batch.keys() == moving.keys() and len(batch) == 19  # ResNet-20's 3x3 layers
+    # Normalised by each group's own statistics, a channel's std over the test set is its BN's |scale|.
+    for layer, std in batch.items():
+        assert std == pytest.approx(scales[layer], rel=2e-3), layer
+    # Two steps leave the moving averages near their initial values (momentum 0.9): the tested net responds otherwise.
+    assert max(abs(moving[k] - batch[k]) / batch[k] for k in batch) > 0.1
+    with pytest.raises(UserError, match="statistics='train'"):
+        layer_response_stds(str(tmp_path), statistics="train")
