@@ -23,7 +23,7 @@ schedule (",fraction=1/8": about 28 minutes for ResNet-20, 65-75 for the 44-laye
 Measured at 1/8 on that CPU, seed 0, final training / test error % (results/cifar10_depth_study_cpu_1of8/table6.md):
 plain-20 16.65 / 17.90, plain-32 20.37 / 21.58, plain-44 29.29 / 28.46, plain-56 57.45 / 54.35; ResNet-20 12.87 /
 16.11, ResNet-32 12.87 / 15.64, ResNet-44 12.52 / 15.39, ResNet-56 13.66 / 16.91, ResNet-110 11.73 / 15.67 (about
-3.5 hours on that CPU).
+3.1 hours at that CPU's idle pace).
 """
 
 import math

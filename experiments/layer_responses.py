@@ -12,10 +12,11 @@ positions) and average it over the channels. Writes <output>.csv (net, layer ind
 (`config.runs`), the run of its first seed is measured.
 
 The BNs normalise with their moving averages (the trained net as it is tested; the default), or with
-`--statistics=batch` with each group's own statistics, as in training (groups of `model.bn_group_size` test images;
-a last incomplete group is left out). With the batch's statistics a response's std is its BN's |scale| (times
-sqrt(var / (var + epsilon))), so the two differ where the net's activations at test time drift from those its
-moving averages were taken from.
+`--statistics=batch` with each group's own statistics, as in training (groups of training's size; a last incomplete
+group is left out: 9,984 of CIFAR-10's 10,000 test images). With the batch's statistics a response's std is, by
+construction, its BN's mean |scale| over the channels (times sqrt(var / (var + epsilon))), so the two kinds differ
+where the net's activations at test time drift from those its moving averages were taken from. The figure names the
+batch kind; the CSV does not, so keep the two apart when merging with `--from_csv`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _is_3x3_response(path: tuple[str, ...]) -> bool:
 
 def layer_response_stds(workdir: str, split: str = "test", statistics: str = "moving") -> list[tuple[str, float]]:
     """[(layer, mean over channels of the per-channel std)] in network order, on every example of `split` (with
-    `statistics='batch'`, on every whole group of `model.bn_group_size` of them)."""
+    `statistics='batch'`, on as many whole groups of `model.bn_group_size` of them as there are: training's group
+    size, or its whole batch where that is None)."""
     if statistics not in STATISTICS:
         raise UserError(f"statistics={statistics!r}: choose one of {', '.join(STATISTICS)}.")
     config, model, state = load_run(workdir)
@@ -94,8 +96,8 @@ def layer_response_stds(workdir: str, split: str = "test", statistics: str = "mo
         return out
 
     totals = None
-    group = config.model.bn_group_size or 512
-    batch_size = 512 if train else 500  # 512: whole groups of 64 (the CIFAR configs') or of 4 (the tests')
+    group = config.model.bn_group_size or config.batch_size
+    batch_size = group * max(1, 512 // group) if train else 500  # batch mode: whole groups only
     batches = eval_iterator(
         PreparedDataset.open(config.data), config.data, split=split, protocol="single", global_batch_size=batch_size
     )
@@ -112,6 +114,8 @@ def layer_response_stds(workdir: str, split: str = "test", statistics: str = "mo
             totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
     finally:
         batches.close()
+    if totals is None:
+        raise UserError(f"--split={split} of {workdir} has fewer than one BN group ({group}) of examples to measure.")
     stds = []
     for name, (s, ss, n) in totals.items():
         mean = s / n
@@ -246,7 +250,8 @@ def main(argv: list[str]) -> None:
         write_responses(f"{FLAGS.output}.csv", measured)  # once a net is measured: no empty file
         plotted[net] = [s for _, s in stds]
         logging.info("%s: %d layers, mean std %.4f", net, len(stds), np.mean(plotted[net]))
-    plot_figure7(plotted, f"{FLAGS.output}.png")
+    label = "BN batch statistics, as in training" if FLAGS.statistics == "batch" else ""
+    plot_figure7(plotted, f"{FLAGS.output}.png", label)
 
 
 if __name__ == "__main__":
