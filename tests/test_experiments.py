@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
+import flax
 import numpy as np
 import pytest
 from PIL import Image
@@ -413,11 +413,11 @@ def test_figure_7_with_batch_statistics_measures_each_bn_scale_and_with_moving_o
 
     train_and_evaluate(small_config(cifar_slice_data_dir, num_steps=2), str(tmp_path))
     _, _, state = load_run(tmp_path)
-    scales = {}
-    for path, scale in jax.tree_util.tree_flatten_with_path(state.params)[0]:
-        names = [getattr(k, "key", "") for k in path]
-        if names[-1] == "scale":
-            scales["/".join(names[:-1])] = float(np.mean(np.abs(np.asarray(scale))))
+    scales = {  # each BN's mean |scale|, by the layer name Figure 7 gives it
+        "/".join(path[:-1]): float(np.mean(np.abs(np.asarray(value))))
+        for path, value in flax.traverse_util.flatten_dict(state.params).items()
+        if path[-1] == "scale"
+    }
     batch = dict(layer_response_stds(str(tmp_path), statistics="batch"))
     moving = dict(layer_response_stds(str(tmp_path)))
     assert batch.keys() == moving.keys() and len(batch) == 19  # ResNet-20's 3x3 layers
